@@ -1,0 +1,205 @@
+//! `resource-defaults` (mutating): containers without CPU or memory requests
+//! (and, optionally, limits) get the defaults from settings. What the user set
+//! is never changed, and a default that would make the container invalid is
+//! skipped: no default request where a limit is set (the apiserver copies the
+//! limit), no default limit below the container's own request.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tollgate_sdk::pod::{self, ContainerKind, TemplatePathRule, TemplatePaths};
+use tollgate_sdk::{Policy, Request, Verdict, quantity};
+
+/// The policy's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Settings {
+    /// Default requests, e.g. `{cpu: 100m, memory: 128Mi}`.
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    /// Default limits.
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+    /// Where pod specs live in kinds the SDK does not know.
+    #[serde(default)]
+    pub template_paths: Vec<TemplatePathRule>,
+}
+
+/// The policy.
+pub struct ResourceDefaults;
+
+impl Policy for ResourceDefaults {
+    type Settings = Settings;
+
+    fn validate_settings(settings: &Settings) -> Result<(), String> {
+        if settings.requests.is_empty() && settings.limits.is_empty() {
+            return Err("neither requests nor limits is set, so the policy adds nothing: set e.g. requests: {cpu: 100m, memory: 128Mi}".into());
+        }
+        for (field, map) in [("requests", &settings.requests), ("limits", &settings.limits)] {
+            for (resource, amount) in map {
+                if quantity::parse(amount).is_none() {
+                    return Err(format!("{field}.{resource}: {amount:?} is not a quantity (write e.g. 100m, 1, 512Mi)"));
+                }
+            }
+        }
+        for (resource, request) in &settings.requests {
+            if let Some(limit) = settings.limits.get(resource)
+                && quantity::parse(request) > quantity::parse(limit)
+            {
+                return Err(format!("requests.{resource} ({request}) exceeds limits.{resource} ({limit}): lower the request or raise the limit"));
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let Some(object) = request.object_opt()? else {
+            return Ok(Verdict::allow());
+        };
+        let mut object = object.clone();
+        let mut warnings = Vec::new();
+        TemplatePaths::with(&settings.template_paths).for_each_pod_spec_mut(&mut object, |_, spec| {
+            pod::for_each_container_mut(spec, |kind, container| {
+                // Ephemeral containers may not set resources.
+                if kind != ContainerKind::Ephemeral {
+                    apply_defaults(kind, container, settings, &mut warnings);
+                }
+            });
+        });
+        let verdict = Verdict::mutate(object);
+        Ok(warnings.into_iter().fold(verdict, Verdict::warn))
+    }
+}
+
+tollgate_sdk::export!(ResourceDefaults);
+
+fn amount(resources: &Value, field: &str, resource: &str) -> Option<f64> {
+    resources.get(field)?.get(resource)?.as_str().and_then(quantity::parse)
+}
+
+fn has(resources: &Value, field: &str, resource: &str) -> bool {
+    resources.get(field).and_then(|m| m.get(resource)).is_some()
+}
+
+fn apply_defaults(kind: ContainerKind, container: &mut Value, settings: &Settings, warnings: &mut Vec<String>) {
+    let name = pod::container_name(container).to_owned();
+    let Some(container) = container.as_object_mut() else {
+        return;
+    };
+    let resources = container.entry("resources").or_insert_with(|| Value::Object(Map::new()));
+    if !resources.is_object() {
+        return;
+    }
+    let mut add = Vec::new();
+    for (resource, default) in &settings.requests {
+        if !has(resources, "requests", resource) && !has(resources, "limits", resource) {
+            add.push(("requests", resource, default));
+        }
+    }
+    for (resource, default) in &settings.limits {
+        if has(resources, "limits", resource) {
+            continue;
+        }
+        let request = amount(resources, "requests", resource)
+            .or_else(|| settings.requests.get(resource).and_then(|r| quantity::parse(r)));
+        if request.is_some_and(|request| Some(request) > quantity::parse(default)) {
+            warnings.push(format!(
+                "{} {name:?}: its {resource} request exceeds the default limit {default}, so no limit was added",
+                kind.noun()
+            ));
+            continue;
+        }
+        add.push(("limits", resource, default));
+    }
+    for (field, resource, default) in add {
+        let map = resources
+            .as_object_mut()
+            .expect("checked above")
+            .entry(field)
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(map) = map.as_object_mut() {
+            map.insert(resource.clone(), Value::String(default.clone()));
+        }
+    }
+    if resources.as_object().is_some_and(Map::is_empty) {
+        container.remove("resources");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tollgate_sdk::testing;
+
+    const SETTINGS: &str = r#"{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"256Mi"}}"#;
+
+    fn pod(containers: Value) -> String {
+        testing::review(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": containers}}))
+    }
+
+    #[test]
+    fn adds_defaults_to_containers_without_resources() {
+        let verdict = testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a", "image": "x"}])), SETTINGS).unwrap();
+        let object = verdict.mutated_object.unwrap();
+        assert_eq!(
+            object["spec"]["containers"][0]["resources"],
+            json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}})
+        );
+    }
+
+    #[test]
+    fn never_overwrites_what_the_user_set() {
+        let containers = json!([{"name": "a", "resources": {"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}}]);
+        let verdict = testing::evaluate::<ResourceDefaults>(&pod(containers), SETTINGS).unwrap();
+        let resources = &verdict.mutated_object.unwrap()["spec"]["containers"][0]["resources"];
+        // memory limit set without request: the apiserver copies it, so no default request.
+        assert_eq!(resources, &json!({"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}));
+    }
+
+    #[test]
+    fn fully_specified_pods_get_no_mutation() {
+        let containers = json!([{"name": "a", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}}]);
+        let verdict = testing::evaluate::<ResourceDefaults>(&pod(containers), SETTINGS).unwrap();
+        assert!(verdict.allowed);
+        assert_eq!(verdict.mutated_object, None);
+    }
+
+    #[test]
+    fn applying_to_its_own_output_changes_nothing() {
+        let first = testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a"}])), SETTINGS).unwrap();
+        let second =
+            testing::evaluate::<ResourceDefaults>(&testing::review(first.mutated_object.unwrap()), SETTINGS).unwrap();
+        assert_eq!(second.mutated_object, None);
+    }
+
+    #[test]
+    fn skips_a_default_limit_below_the_users_request_with_a_warning() {
+        let containers = json!([{"name": "big", "resources": {"requests": {"memory": "1Gi"}}}]);
+        let verdict = testing::evaluate::<ResourceDefaults>(&pod(containers), SETTINGS).unwrap();
+        assert_eq!(verdict.warnings, vec!["container \"big\": its memory request exceeds the default limit 256Mi, so no limit was added"]);
+    }
+
+    #[test]
+    fn mutates_init_containers_of_cronjob_templates_but_not_ephemeral_ones() {
+        let request = testing::review(json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+            "spec": {"jobTemplate": {"spec": {"template": {"spec": {"initContainers": [{"name": "i"}],
+                "containers": [{"name": "m"}], "ephemeralContainers": [{"name": "e"}]}}}}}}));
+        let object = testing::evaluate::<ResourceDefaults>(&request, SETTINGS).unwrap().mutated_object.unwrap();
+        let spec = &object["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert!(spec["initContainers"][0]["resources"]["requests"].is_object());
+        assert!(spec["containers"][0]["resources"]["requests"].is_object());
+        assert!(spec["ephemeralContainers"][0].get("resources").is_none());
+    }
+
+    #[test]
+    fn refuses_settings_that_are_not_quantities_or_inconsistent() {
+        let err = testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":"lots"}}"#).unwrap_err();
+        assert_eq!(err, "requests.cpu: \"lots\" is not a quantity (write e.g. 100m, 1, 512Mi)");
+        let err =
+            testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":"2"},"limits":{"cpu":"1"}}"#).unwrap_err();
+        assert!(err.starts_with("requests.cpu (2) exceeds limits.cpu (1)"));
+    }
+}

@@ -1,0 +1,112 @@
+//! Builds policy crates into WebAssembly components, for build scripts (the
+//! `tollgate` binary embeds its built-in policies this way) and tooling.
+//!
+//! A policy crate is compiled for `wasm32-unknown-unknown` and the core
+//! module is encoded as a component with `wit-component`. That target, not
+//! `wasm32-wasip2`, because a wasip2 build imports WASI even when the policy
+//! uses none of it, and instantiating those imports doubles the per-request
+//! instantiation cost (see `docs/abi.md`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Rust target policies are compiled for.
+pub const TARGET: &str = "wasm32-unknown-unknown";
+
+/// The cargo profile (defined in the workspace) policies are compiled with.
+pub const PROFILE: &str = "wasm-policy";
+
+/// One policy crate to build.
+#[derive(Debug, Clone)]
+pub struct Crate {
+    /// Package name (`image-registries`).
+    pub name: String,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+/// Every crate directly inside `dir` (a folder with a `Cargo.toml`), sorted
+/// by name.
+///
+/// # Errors
+///
+/// When `dir` cannot be read.
+pub fn crates_in(dir: &Path) -> Result<Vec<Crate>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut crates: Vec<Crate> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.join("Cargo.toml").is_file())
+        .map(|dir| Crate { name: dir.file_name().unwrap_or_default().to_string_lossy().into_owned(), dir })
+        .collect();
+    crates.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(crates)
+}
+
+/// Compiles `crates` (members of the workspace at `workspace`) in one cargo
+/// call into `target_dir`, encodes each as a component, and writes
+/// `<out_dir>/<name>.wasm`. Returns the written paths, in order.
+///
+/// # Errors
+///
+/// A failed compilation (with cargo's output), a missing Rust target (with
+/// the `rustup` command that adds it), or a module that is not a valid policy.
+pub fn build(workspace: &Path, crates: &[Crate], target_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--quiet", "--profile", PROFILE, "--target", TARGET, "--target-dir"])
+        .arg(target_dir);
+    for krate in crates {
+        command.args(["-p", &krate.name]);
+    }
+    // The outer build's settings are for the host, not for Wasm.
+    for variable in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        command.env_remove(variable);
+    }
+    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("may not be installed") || stderr.contains("can't find crate for `core`") {
+            format!("\nhint: run `rustup target add {TARGET}`")
+        } else {
+            String::new()
+        };
+        return Err(format!("building policies for {TARGET} failed:\n{stderr}{hint}"));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    crates
+        .iter()
+        .map(|krate| {
+            let module_path = target_dir.join(TARGET).join(PROFILE).join(format!("{}.wasm", krate.name.replace('-', "_")));
+            let module = std::fs::read(&module_path).map_err(|e| format!("cannot read {}: {e}", module_path.display()))?;
+            let component = componentize(&module).map_err(|e| format!("{}: {e}", krate.name))?;
+            let path = out_dir.join(format!("{}.wasm", krate.name));
+            std::fs::write(&path, component).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Encodes a core module (with the component-type section that
+/// `wit-bindgen` embeds) as a component.
+///
+/// # Errors
+///
+/// When the module lacks the section or does not fit its world.
+pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .map_err(|e| format!("not a policy module: {e:#}"))
+}

@@ -1,0 +1,189 @@
+//! # tollgate-sdk
+//!
+//! Everything a policy author needs to write a Tollgate policy in Rust.
+//!
+//! A policy is a type that implements [`Policy`]: typed settings, checked once
+//! at load, and an `evaluate` that turns a [`Request`] into a [`Verdict`].
+//! [`export!`] makes it a WebAssembly component for the `tollgate:policy`
+//! world (`sdk/wit/policy.wit`); [`testing`] runs the same code natively in
+//! `cargo test`, no Wasm needed.
+//!
+//! ```
+//! use tollgate_sdk::{Policy, Request, Verdict};
+//!
+//! #[derive(serde::Deserialize, Default)]
+//! struct Settings { forbidden_label: String }
+//!
+//! struct NoLabel;
+//!
+//! impl Policy for NoLabel {
+//!     type Settings = Settings;
+//!     fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+//!         let labels = &request.object()?["metadata"]["labels"];
+//!         Ok(if labels.get(&settings.forbidden_label).is_some() {
+//!             Verdict::deny(format!("label {:?} is not allowed", settings.forbidden_label))
+//!         } else {
+//!             Verdict::allow()
+//!         })
+//!     }
+//! }
+//!
+//! let review = tollgate_sdk::testing::review(serde_json::json!({
+//!     "apiVersion": "v1", "kind": "Pod",
+//!     "metadata": {"name": "p", "labels": {"debug": "1"}},
+//! }));
+//! let verdict = tollgate_sdk::testing::evaluate::<NoLabel>(&review, r#"{"forbidden_label":"debug"}"#).unwrap();
+//! assert!(!verdict.allowed);
+//! assert_eq!(verdict.message.as_deref(), Some("label \"debug\" is not allowed"));
+//! ```
+//!
+//! # Layout
+//!
+//! - [`request`]: the admission request as the policy sees it.
+//! - [`verdict`]: allow, deny, warn, annotate, mutate.
+//! - [`pod`]: containers of every kind, and pod specs inside workloads and
+//!   ML jobs ([`pod::TemplatePaths`]).
+//! - [`quantity`]: resource quantities as numbers.
+//! - [`log`]: diagnostics through the host.
+//! - [`testing`]: the native harness.
+//! - `guest` (Wasm only): the generated bindings behind [`export!`].
+
+pub mod log;
+pub mod pod;
+pub mod quantity;
+pub mod request;
+pub mod testing;
+pub mod verdict;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod guest;
+
+pub use k8s_openapi;
+pub use request::Request;
+pub use serde_json;
+pub use verdict::Verdict;
+
+/// Why a policy could not reach a verdict; the host applies the policy's
+/// `failurePolicy` to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error(format!("invalid JSON: {e}"))
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error(message.to_owned())
+    }
+}
+
+/// Result of a policy call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A Tollgate policy.
+pub trait Policy {
+    /// The policy's settings, deserialized from the configuration's
+    /// `settings` (absent settings deserialize from `{}`).
+    type Settings: serde::de::DeserializeOwned;
+
+    /// Checks settings beyond what deserialization checks.
+    ///
+    /// # Errors
+    ///
+    /// A message saying which setting is wrong and what to write instead.
+    fn validate_settings(_settings: &Self::Settings) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Decides one admission request.
+    ///
+    /// # Errors
+    ///
+    /// When no verdict can be reached (e.g. the object is malformed); the host
+    /// then applies the policy's `failurePolicy`.
+    fn evaluate(request: &Request, settings: &Self::Settings) -> Result<Verdict>;
+}
+
+/// Parses settings JSON text; empty text or `null` count as `{}`.
+///
+/// # Errors
+///
+/// The deserializer's message, naming the offending field.
+pub fn parse_settings<S: serde::de::DeserializeOwned>(settings: &str) -> Result<S, String> {
+    let text = settings.trim();
+    let text = if text.is_empty() || text == "null" { "{}" } else { text };
+    serde_json::from_str(text).map_err(|e| format!("invalid settings: {e}"))
+}
+
+/// Runs [`Policy::validate_settings`] on settings text (used by the export
+/// glue and the test harness).
+///
+/// # Errors
+///
+/// Whatever parsing or the policy's own check reports.
+pub fn run_validate_settings<P: Policy>(settings: &str) -> Result<(), String> {
+    let settings: P::Settings = parse_settings(settings)?;
+    P::validate_settings(&settings)
+}
+
+/// Runs [`Policy::evaluate`] on request and settings text (used by the export
+/// glue and the test harness). A mutation that leaves the object unchanged is
+/// dropped, so applying a policy to its own output yields no patch.
+///
+/// # Errors
+///
+/// Unparseable request or settings, or the policy's own error.
+pub fn run_evaluate<P: Policy>(request: &str, settings: &str) -> Result<Verdict> {
+    let settings: P::Settings = parse_settings(settings).map_err(Error)?;
+    let request = Request::parse(request)?;
+    let mut verdict = P::evaluate(&request, &settings)?;
+    if let Some(mutated) = &verdict.mutated_object
+        && request.object_opt()?.is_some_and(|original| original == mutated)
+    {
+        verdict.mutated_object = None;
+    }
+    Ok(verdict)
+}
+
+/// Makes a [`Policy`] the component's exports. Call it once, at the crate
+/// root of a `cdylib` policy crate; on non-Wasm targets it expands to nothing,
+/// so the same crate also builds natively for `cargo test`.
+#[macro_export]
+macro_rules! export {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct Export;
+            impl $crate::guest::Guest for Export {
+                fn validate_settings(settings: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::run_validate_settings::<$policy>(&settings)
+                }
+                fn evaluate(
+                    request: ::std::string::String,
+                    settings: ::std::string::String,
+                ) -> ::std::result::Result<$crate::guest::tollgate::policy::types::Verdict, ::std::string::String> {
+                    $crate::guest::to_wit($crate::run_evaluate::<$policy>(&request, &settings))
+                }
+            }
+            $crate::guest::export!(Export with_types_in $crate::guest);
+        };
+    };
+}

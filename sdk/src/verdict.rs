@@ -1,0 +1,60 @@
+//! What a policy decides: allow or deny, with warnings, audit annotations and
+//! an optional mutated object.
+
+use serde_json::Value;
+
+/// A policy's decision about one request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Verdict {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// The denial's reason: what is wrong and what to change.
+    pub message: Option<String>,
+    /// HTTP status code of a denial (the host uses 403 when unset).
+    pub code: Option<u16>,
+    /// Warnings shown to the user.
+    pub warnings: Vec<String>,
+    /// Audit annotations recorded by the apiserver.
+    pub audit_annotations: Vec<(String, String)>,
+    /// The object as the policy wants it (mutating policies only).
+    pub mutated_object: Option<Value>,
+}
+
+impl Verdict {
+    /// Allows the request unchanged.
+    pub fn allow() -> Self {
+        Verdict { allowed: true, ..Verdict::default() }
+    }
+
+    /// Denies the request; the message should say what to change.
+    pub fn deny(message: impl Into<String>) -> Self {
+        Verdict { allowed: false, message: Some(message.into()), ..Verdict::default() }
+    }
+
+    /// Allows the request with the object replaced by `object`. The host turns
+    /// the difference into a JSON Patch; an unchanged object yields none.
+    pub fn mutate(object: Value) -> Self {
+        Verdict { allowed: true, mutated_object: Some(object), ..Verdict::default() }
+    }
+
+    /// Sets the HTTP status code of a denial.
+    #[must_use]
+    pub fn with_code(mut self, code: u16) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// Adds a warning.
+    #[must_use]
+    pub fn warn(mut self, warning: impl Into<String>) -> Self {
+        self.warnings.push(warning.into());
+        self
+    }
+
+    /// Adds an audit annotation.
+    #[must_use]
+    pub fn annotate(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.audit_annotations.push((key.into(), value.into()));
+        self
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests (see tests/src/lib.rs for the harness).

@@ -1,0 +1,104 @@
+//! A policy that misbehaves as its settings say, for testing the sandbox:
+//! the host must contain each behaviour within the policy's limits and keep
+//! answering other requests.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::Deserialize;
+use serde_json::json;
+use tollgate_sdk::{Error, Policy, Request, Verdict};
+
+/// What to do on `evaluate`.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behaviour {
+    /// Allow, reporting how many calls this instance has seen (always 1 when
+    /// the host gives every call a fresh instance).
+    #[default]
+    Count,
+    /// Loop forever.
+    Loop,
+    /// Allocate until memory runs out.
+    Allocate,
+    /// Panic (a trap).
+    Trap,
+    /// Recurse until the stack overflows.
+    StackOverflow,
+    /// Return a warning of 16 MiB.
+    HugeOutput,
+    /// Return an error instead of a verdict.
+    Error,
+    /// Add a label (a mutation).
+    Mutate,
+    /// Loop forever in `validate-settings`.
+    LoopInSettings,
+}
+
+/// Settings.
+#[derive(Debug, Default, Deserialize)]
+pub struct Settings {
+    /// The behaviour.
+    #[serde(default)]
+    pub behaviour: Behaviour,
+}
+
+/// The policy.
+pub struct Misbehave;
+
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[inline(never)]
+fn recurse(depth: u64, sink: &mut Vec<u64>) -> u64 {
+    let frame = [depth; 64];
+    sink.push(frame[depth as usize % 64]);
+    recurse(depth + 1, sink) + frame[0]
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+impl Policy for Misbehave {
+    type Settings = Settings;
+
+    fn validate_settings(settings: &Settings) -> Result<(), String> {
+        if settings.behaviour == Behaviour::LoopInSettings {
+            spin();
+        }
+        Ok(())
+    }
+
+    fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        match settings.behaviour {
+            Behaviour::Count | Behaviour::LoopInSettings => {
+                let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                Ok(Verdict::allow().annotate("calls", calls.to_string()))
+            }
+            Behaviour::Loop => spin(),
+            Behaviour::Allocate => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                }
+            }
+            Behaviour::Trap => panic!("misbehave: trap on purpose"),
+            Behaviour::StackOverflow => {
+                let mut sink = Vec::new();
+                let n = recurse(0, &mut sink);
+                Ok(Verdict::deny(format!("unreachable {n}")))
+            }
+            Behaviour::HugeOutput => Ok(Verdict::allow().warn("x".repeat(16 << 20))),
+            Behaviour::Error => Err(Error("misbehave: no verdict on purpose".into())),
+            Behaviour::Mutate => {
+                let mut object = request.object()?.clone();
+                object["metadata"]["labels"] = json!({"misbehave": "was-here"});
+                Ok(Verdict::mutate(object))
+            }
+        }
+    }
+}
+
+tollgate_sdk::export!(Misbehave);

@@ -1,0 +1,140 @@
+//! `tollgate serve`: the webhook.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::engine::{self, Compiler, Engine};
+use crate::policy::PolicySet;
+use crate::policy::matcher::Unknown;
+use crate::server::{self, AppState, certs, tls};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443", env = "TOLLGATE_ADDR")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    policies: super::PolicyArgs,
+    /// Serving certificate (PEM); with --tls-key. Reloaded when it changes.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Serving key (PEM); with --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where a self-made CA and serving certificate are kept when no
+    /// --tls-cert is given (ca.crt, tls.crt, tls.key).
+    #[arg(long, default_value = "tollgate-certs")]
+    cert_dir: PathBuf,
+    /// Extra DNS names for a self-made certificate (e.g. the Service's
+    /// tollgate.tollgate-system.svc). May repeat.
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// Require client certificates signed by this CA (the apiserver's).
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// On SIGTERM, how long to keep accepting while readiness reports false,
+    /// so that Service endpoints drop this replica first.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        return Err(format!("{text:?}: write a duration like 5s or 500ms"));
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n >= 0.0)
+        .map(|n| Duration::from_secs_f64(n * scale))
+        .ok_or_else(|| format!("{text:?}: write a duration like 5s or 500ms"))
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    init_tracing(&args.log_format);
+    let config = args.policies.load_config()?;
+    let files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tls::Files { cert: cert.clone(), key: key.clone() },
+        _ => {
+            let made = certs::ensure(&args.cert_dir, &args.tls_sans)?;
+            let verb = if made.created { "created" } else { "reusing" };
+            tracing::info!(ca = %made.ca.display(), "{verb} self-made certificate; trust it with: curl --cacert {}", made.ca.display());
+            made.files
+        }
+    };
+    let (tls_config, resolver) = tls::server_config(files, args.client_ca.as_deref())?;
+    let engine = Engine::new(engine::Config {
+        cache_dir: args.policies.cache_dir(),
+        compiler: Compiler::Subprocess(std::env::current_exe().context("locating the tollgate binary")?),
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+        tracing::info!(addr = %args.addr, "listening (HTTPS)");
+        let state = Arc::new(AppState::new());
+        tokio::spawn(resolver.watch());
+        let loading = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let set = PolicySet::load(&config, &engine, Arc::new(Unknown));
+            let failed = set.failures().count();
+            let total = set.policies().len();
+            loading.policies.store(Some(Arc::new(set)));
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            if failed == 0 {
+                tracing::info!(policies = total, elapsed_ms, "ready");
+            } else {
+                tracing::error!(policies = total, failed, elapsed_ms, "serving, but some policies failed to load (see /readyz)");
+            }
+        });
+        let delay = args.shutdown_delay;
+        let draining = state.clone();
+        server::serve(listener, tls_config, state, async move {
+            shutdown_signal().await;
+            draining.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!("shutdown requested; readiness is now false");
+            tokio::time::sleep(delay).await;
+        })
+        .await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

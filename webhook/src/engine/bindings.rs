@@ -1,0 +1,33 @@
+//! Host side of the `tollgate:policy` world: the generated bindings and the
+//! imports the host provides.
+
+use super::limits::StoreState;
+
+wasmtime::component::bindgen!({
+    world: "policy",
+    path: "../sdk/wit",
+});
+
+/// Longest log line a policy may write; longer ones are cut, so a policy
+/// cannot flood the host's log with one call.
+const MAX_LOG_LINE: usize = 4096;
+
+impl tollgate::policy::types::Host for StoreState {}
+
+impl tollgate::policy::log::Host for StoreState {
+    fn log(&mut self, level: tollgate::policy::log::Level, message: String) {
+        use tollgate::policy::log::Level;
+        let message = match message.char_indices().nth(MAX_LOG_LINE) {
+            Some((cut, _)) => &message[..cut],
+            None => &message[..],
+        };
+        let policy = &*self.policy;
+        match level {
+            Level::Trace => tracing::trace!(policy, "{message}"),
+            Level::Debug => tracing::debug!(policy, "{message}"),
+            Level::Info => tracing::info!(policy, "{message}"),
+            Level::Warn => tracing::warn!(policy, "{message}"),
+            Level::Error => tracing::error!(policy, "{message}"),
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The WebAssembly engine: one wasmtime [`wasmtime::Engine`] for the process,
+//! policies compiled once and cached on disk ([`cache`]), prepared as
+//! [`PolicyPre`]s, and instantiated fresh for every call ([`PolicyPre::evaluate`]).
+//!
+//! # Isolation
+//!
+//! Every call gets a new [`wasmtime::Store`] and a new instance from the
+//! pooling allocator: no state survives from one request to the next. Each
+//! call is bounded by a wall-clock deadline (epoch interruption, driven by
+//! [`ticker`]), a linear-memory cap ([`limits`]) and an output size cap. A
+//! policy that exceeds a bound is stopped and reported as an [`Error`]; the
+//! caller decides what that means for the request.
+//!
+//! # Where to start reading
+//!
+//! [`Engine::new`] (the wasmtime configuration and why), then
+//! [`Engine::load`], then [`PolicyPre::evaluate`].
+
+mod bindings;
+pub mod cache;
+mod limits;
+mod pre;
+mod ticker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use limits::Limits;
+pub use pre::{PolicyPre, Verdict};
+
+use limits::StoreState;
+use ticker::Ticker;
+
+/// How many instances may be alive at once across all policies. Evaluations
+/// run on the server's worker threads, so a handful are alive at a time; the
+/// rest of the pool is address space only.
+const POOL_INSTANCES: u32 = 256;
+
+/// The largest linear memory any policy may have; a policy's own
+/// `memoryLimitMb` lowers it.
+pub const MAX_MEMORY_BYTES: usize = 512 << 20;
+
+/// Memory kept resident in a pool slot after use and reset with `memset`
+/// (or only its touched pages, with `PAGEMAP_SCAN`), so that the next
+/// instance in that slot takes no page faults.
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+
+/// Where compilation happens.
+#[derive(Debug, Clone)]
+pub enum Compiler {
+    /// In this process. Cranelift's memory stays in the process afterwards:
+    /// fine for tests, benchmarks and one-shot commands.
+    InProcess,
+    /// In a child process running this binary's `compile` subcommand, so the
+    /// server's resident memory never holds the compiler.
+    Subprocess(PathBuf),
+}
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of compiled artifacts, keyed by content hash.
+    pub cache_dir: PathBuf,
+    /// Where modules not in the cache are compiled.
+    pub compiler: Compiler,
+}
+
+/// Errors of loading and running policies.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The wasmtime configuration was refused (an unsupported platform).
+    #[error("cannot configure the Wasm engine: {0:#}")]
+    Configure(#[source] wasmtime::Error),
+    /// The bytes are not a valid component for the `tollgate:policy` world.
+    #[error("not a valid policy component: {0:#} (build it for the tollgate:policy world, see docs/abi.md)")]
+    Compile(wasmtime::Error),
+    /// The module cache could not be used.
+    #[error(transparent)]
+    Cache(#[from] cache::Error),
+    /// The component imports something the host does not provide, or lacks
+    /// an export.
+    #[error("cannot link the policy: {0:#} (it must target the tollgate:policy world)")]
+    Link(wasmtime::Error),
+    /// Instantiation failed (pool exhausted, memory minimum above the cap).
+    #[error("cannot instantiate the policy: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// The policy ran past its deadline.
+    #[error("policy exceeded its deadline of {0} ms")]
+    Timeout(u64),
+    /// The policy tried to grow its memory past the cap.
+    #[error("policy exceeded its memory limit of {0} MiB")]
+    MemoryLimit(usize),
+    /// The policy trapped (panic, unreachable, stack overflow, …).
+    #[error("policy trapped: {0}")]
+    Trap(String),
+    /// The policy's output was larger than allowed.
+    #[error("policy output of {size} bytes exceeds the limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Bytes the policy returned.
+        size: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// The policy ran but reported that it could not reach a verdict.
+    #[error("policy error: {0}")]
+    Policy(String),
+}
+
+/// The process-wide Wasm engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    wasmtime: wasmtime::Engine,
+    /// Links the host's imports (`log`) into every policy; built once.
+    linker: Linker<StoreState>,
+    /// Advances the epoch while evaluations run; shared by every store.
+    ticker: Ticker,
+    cache: cache::Cache,
+}
+
+/// The wasmtime configuration. Compilation (here or in the `compile` child)
+/// must use exactly this, so that artifacts are compatible.
+fn wasmtime_config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    // Deadlines: cheap checks at loop headers and function entries, driven
+    // by the ticker thread; fuel would cost more per instruction.
+    config.epoch_interruption(true);
+    config.max_wasm_stack(512 << 10);
+    config.parallel_compilation(true);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 4)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(POOL_INSTANCES * 2)
+        .max_memory_size(MAX_MEMORY_BYTES)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(64 << 10)
+        // Linux 6.7+: reset only the pages a call touched; older kernels
+        // fall back to memset of the resident prefix.
+        .pagemap_scan(Enabled::Auto);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+impl Engine {
+    /// Builds the engine.
+    ///
+    /// # Errors
+    ///
+    /// When wasmtime refuses the configuration or the cache directory cannot
+    /// be created.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let wasmtime = wasmtime::Engine::new(&wasmtime_config()).map_err(Error::Configure)?;
+        let mut linker = Linker::new(&wasmtime);
+        bindings::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(Error::Link)?;
+        let cache = cache::Cache::new(config.cache_dir, config.compiler, &wasmtime)?;
+        let ticker = Ticker::start(wasmtime.clone());
+        Ok(Engine { inner: Arc::new(Inner { wasmtime, linker, ticker, cache }) })
+    }
+
+    /// Compiles (or fetches from the cache) and pre-instantiates a policy
+    /// component. `name` is used in logs.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a component of the policy world, or the cache
+    /// cannot be written.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
+        let component: Component = self.inner.cache.component(&self.inner.wasmtime, bytes)?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(Error::Link)?;
+        let pre = PolicyPre::new(name, pre, self.clone())?;
+        Ok(pre)
+    }
+}
+
+/// Compiles a component to an artifact with the engine configuration the
+/// server uses; what the `compile` child process runs.
+///
+/// # Errors
+///
+/// When the bytes are not a valid component.
+pub fn precompile(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let engine = wasmtime::Engine::new(&wasmtime_config()).map_err(Error::Configure)?;
+    engine.precompile_component(bytes).map_err(Error::Compile)
+}

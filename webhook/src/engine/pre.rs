@@ -1,0 +1,136 @@
+//! A policy prepared for fast instantiation, and one call of it.
+
+use std::sync::Arc;
+
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{self, Policy};
+use super::limits::{Limits, StoreState};
+use super::ticker::TICK;
+use super::{Engine, Error};
+
+/// What a policy returned, in host types.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// The denial's reason.
+    pub message: Option<String>,
+    /// HTTP status code of a denial.
+    pub code: Option<u16>,
+    /// Warnings for the user.
+    pub warnings: Vec<String>,
+    /// Audit annotations.
+    pub audit_annotations: Vec<(String, String)>,
+    /// The mutated object as JSON text.
+    pub mutated_object: Option<String>,
+}
+
+impl Verdict {
+    fn output_bytes(&self) -> usize {
+        self.message.as_ref().map_or(0, String::len)
+            + self.warnings.iter().map(String::len).sum::<usize>()
+            + self.audit_annotations.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self.mutated_object.as_ref().map_or(0, String::len)
+    }
+}
+
+impl From<bindings::tollgate::policy::types::Verdict> for Verdict {
+    fn from(v: bindings::tollgate::policy::types::Verdict) -> Self {
+        Verdict {
+            allowed: v.allowed,
+            message: v.message,
+            code: v.code,
+            warnings: v.warnings,
+            audit_annotations: v.audit_annotations,
+            mutated_object: v.mutated_object,
+        }
+    }
+}
+
+/// A compiled, linked policy: type-checked once, instantiated per call.
+///
+/// Invariant: every call gets a fresh store and instance; nothing a call
+/// writes is visible to the next one.
+#[derive(Clone)]
+pub struct PolicyPre {
+    name: Arc<str>,
+    pre: bindings::PolicyPre<StoreState>,
+    engine: Engine,
+}
+
+impl PolicyPre {
+    pub(super) fn new(name: &str, pre: InstancePre<StoreState>, engine: Engine) -> Result<Self, Error> {
+        let pre = bindings::PolicyPre::new(pre).map_err(Error::Link)?;
+        Ok(PolicyPre { name: name.into(), pre, engine })
+    }
+
+    /// Runs the policy's `validate-settings` on settings JSON text. The outer
+    /// error is the sandbox's (trap, timeout); the inner one is the policy's
+    /// verdict on the settings.
+    ///
+    /// # Errors
+    ///
+    /// When the policy could not run to completion within `limits`.
+    pub fn validate_settings(&self, settings: &str, limits: &Limits) -> Result<Result<(), String>, Error> {
+        let result = self.call(limits, |policy, store| policy.call_validate_settings(store, settings))?;
+        if let Err(message) = &result
+            && message.len() > limits.output_bytes
+        {
+            return Err(Error::OutputTooLarge { size: message.len(), limit: limits.output_bytes });
+        }
+        Ok(result)
+    }
+
+    /// Evaluates one AdmissionRequest (JSON text) with settings (JSON text)
+    /// in a fresh instance.
+    ///
+    /// # Errors
+    ///
+    /// A trap, timeout, memory or output cap, or the policy's own error.
+    pub fn evaluate(&self, request: &str, settings: &str, limits: &Limits) -> Result<Verdict, Error> {
+        let verdict: Verdict = self
+            .call(limits, |policy, store| policy.call_evaluate(store, request, settings))?
+            .map_err(Error::Policy)?
+            .into();
+        let size = verdict.output_bytes();
+        if size > limits.output_bytes {
+            return Err(Error::OutputTooLarge { size, limit: limits.output_bytes });
+        }
+        Ok(verdict)
+    }
+
+    fn call<R>(
+        &self,
+        limits: &Limits,
+        f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Error> {
+        let _active = self.engine.inner.ticker.active();
+        let mut store = Store::new(&self.engine.inner.wasmtime, StoreState::new(self.name.clone(), limits.memory_bytes));
+        store.limiter(|state| state);
+        // Set before instantiating: a new store's deadline is "now", and
+        // instantiation itself checks it. One tick more than the timeout, so
+        // that a call gets at least the full timeout.
+        let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let timeout_ms = limits.timeout.as_millis() as u64;
+        let classify = |store: &Store<StoreState>, error: wasmtime::Error| -> Error {
+            if store.data().memory_exceeded {
+                return Error::MemoryLimit(limits.memory_bytes >> 20);
+            }
+            match error.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => Error::Timeout(timeout_ms),
+                Some(trap) => Error::Trap(trap.to_string()),
+                None => Error::Trap(format!("{error:#}")),
+            }
+        };
+        let policy = match self.pre.instantiate(&mut store) {
+            Ok(policy) => policy,
+            Err(error) if error.downcast_ref::<Trap>().is_some() => return Err(classify(&store, error)),
+            Err(error) => return Err(Error::Instantiate(error)),
+        };
+        f(&policy, &mut store).map_err(|error| classify(&store, error))
+    }
+}

@@ -1,0 +1,24 @@
+//! # Tollgate
+//!
+//! A Kubernetes admission webhook whose policies are WebAssembly components.
+//! One HTTPS call from the apiserver evaluates every matching policy.
+//!
+//! # Layout
+//!
+//! Read in the order a request flows:
+//!
+//! - [`server`]: HTTPS (rustls, hyper), routes, the AdmissionReview codec,
+//!   metrics. The one place errors become HTTP answers.
+//! - [`policy`]: the configuration model, the match index, the evaluation
+//!   chain (modes, failure policies, mutation composition).
+//! - [`engine`]: wasmtime: compile once (disk cache), pre-instantiate, a
+//!   fresh pooled instance per call with deadline, memory and output caps.
+//! - [`builtin`]: the policies compiled into the binary and the embedded
+//!   default configuration.
+//! - [`cli`]: the `tollgate` subcommands.
+
+pub mod builtin;
+pub mod cli;
+pub mod engine;
+pub mod policy;
+pub mod server;

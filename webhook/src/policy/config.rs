@@ -1,0 +1,481 @@
+//! The configuration file: which policies run, on what, and how.
+//!
+//! ```yaml
+//! policies:
+//!   - name: registries
+//!     module: builtin:image-registries   # or a path to a .wasm component
+//!     settings: {allowedRegistries: ["nvcr.io/"]}
+//!     mode: enforce                      # enforce | warn | audit
+//!     failurePolicy: fail                # fail | ignore
+//!     match: {kinds: [Pod], operations: [CREATE]}
+//! ```
+//!
+//! Every field is documented in `docs/configuration.md`. Errors name the
+//! file, the policy and the field.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors in a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: cannot read the configuration: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not YAML of the expected shape at the top level.
+    #[error("{path}: {message} (expected a mapping with a `policies:` list; see docs/configuration.md)")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The parser's message, with the line and column.
+        message: String,
+    },
+    /// One field of one policy is wrong.
+    #[error("{path}: policy {policy:?}: {field}: {message}")]
+    Field {
+        /// The file.
+        path: String,
+        /// The policy's name (or `#N` when it has none).
+        policy: String,
+        /// The field, as a path (`match.operations[0]`).
+        field: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+}
+
+/// What a policy's verdict does to the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials deny; mutations apply.
+    #[default]
+    Enforce,
+    /// Denials become admission warnings; mutations are not applied.
+    Warn,
+    /// Denials become audit annotations only; mutations are not applied.
+    Audit,
+}
+
+impl Mode {
+    /// The mode's name as written in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Warn => "warn",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// What happens when a policy cannot reach a verdict (trap, timeout, memory
+/// or output cap, invalid mutation, failed load).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailurePolicy {
+    /// Deny, naming the policy and what happened.
+    #[default]
+    Fail,
+    /// Allow, with a warning naming the policy and what happened.
+    Ignore,
+}
+
+/// An admission operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Operation {
+    /// Object creation.
+    Create,
+    /// Object update.
+    Update,
+    /// Object deletion.
+    Delete,
+    /// Connect (exec, attach, port-forward).
+    Connect,
+}
+
+impl Operation {
+    /// Parses the wire name (`CREATE`, …).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "CREATE" => Some(Operation::Create),
+            "UPDATE" => Some(Operation::Update),
+            "DELETE" => Some(Operation::Delete),
+            "CONNECT" => Some(Operation::Connect),
+            _ => None,
+        }
+    }
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LabelSelector {
+    /// Labels that must be present with these values.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements, all of which must hold.
+    #[serde(default)]
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One set-based selector requirement.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Requirement {
+    /// The label key.
+    pub key: String,
+    /// How the key's value is tested.
+    pub operator: SelectorOperator,
+    /// Values for `In` and `NotIn`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// Operator of a [`Requirement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SelectorOperator {
+    /// The label's value is one of `values`.
+    In,
+    /// The label is absent or its value is not one of `values`.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector (an empty selector matches all).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    SelectorOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+}
+
+fn all() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn create_update() -> Vec<Operation> {
+    vec![Operation::Create, Operation::Update]
+}
+
+/// Which requests a policy sees.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Match {
+    /// API groups (`""` is the core group, `*` any).
+    #[serde(default = "all")]
+    pub api_groups: Vec<String>,
+    /// Kinds (`*` any).
+    #[serde(default = "all")]
+    pub kinds: Vec<String>,
+    /// Operations.
+    #[serde(default = "create_update")]
+    pub operations: Vec<Operation>,
+    /// Only these namespaces (empty: all). Cluster-scoped objects are matched
+    /// only when this is empty.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Never these namespaces.
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// Namespaces whose labels match (needs namespace labels from cluster
+    /// context; without it, only a Namespace object's own labels are known).
+    #[serde(default)]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Objects whose labels match.
+    #[serde(default)]
+    pub object_selector: Option<LabelSelector>,
+}
+
+impl Default for Match {
+    fn default() -> Self {
+        Match {
+            api_groups: all(),
+            kinds: all(),
+            operations: create_update(),
+            namespaces: Vec::new(),
+            exclude_namespaces: Vec::new(),
+            namespace_selector: None,
+            object_selector: None,
+        }
+    }
+}
+
+fn default_timeout_ms() -> u64 {
+    100
+}
+
+fn default_memory_limit_mb() -> usize {
+    64
+}
+
+/// One policy entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Unique name, used in messages, metrics and logs.
+    pub name: String,
+    /// `builtin:<name>` or a path to a `.wasm` component (relative paths are
+    /// relative to the configuration file).
+    pub module: String,
+    /// Settings handed to the policy, as JSON.
+    #[serde(default)]
+    pub settings: serde_json::Value,
+    /// What a denial does.
+    #[serde(default)]
+    pub mode: Mode,
+    /// What a failure does.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// Whether the policy may mutate.
+    #[serde(default)]
+    pub mutating: bool,
+    /// Which requests it sees.
+    #[serde(default, rename = "match")]
+    pub matches: Match,
+    /// Deadline per evaluation, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Linear memory cap, in MiB.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: usize,
+}
+
+/// Where a policy's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// Shipped inside the binary.
+    Builtin(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+/// A whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Policies, in the order mutating ones run.
+    pub policies: Vec<PolicyConfig>,
+    /// Where it was read from (for messages and relative paths).
+    pub origin: String,
+    base_dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    policies: Vec<serde_yaml::Value>,
+}
+
+/// Longest deadline a policy may ask for: the apiserver's own webhook
+/// timeout is at most 30 s.
+const MAX_TIMEOUT_MS: u64 = 30_000;
+
+impl Config {
+    /// Reads and checks a configuration file.
+    ///
+    /// # Errors
+    ///
+    /// An unreadable file, bad YAML, or a bad field (named).
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::parse(&text, &path.display().to_string(), base_dir)
+    }
+
+    /// Parses configuration text; `origin` names it in errors and `base_dir`
+    /// anchors relative module paths.
+    ///
+    /// # Errors
+    ///
+    /// Bad YAML, or a bad field (named).
+    pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Self, Error> {
+        let raw: RawConfig = serde_yaml::from_str(text)
+            .map_err(|e| Error::Syntax { path: origin.to_owned(), message: e.to_string() })?;
+        let mut policies = Vec::with_capacity(raw.policies.len());
+        let mut names = HashSet::new();
+        for (index, entry) in raw.policies.into_iter().enumerate() {
+            let policy_name = entry
+                .get("name")
+                .and_then(serde_yaml::Value::as_str)
+                .map_or_else(|| format!("#{}", index + 1), str::to_owned);
+            let field_error = |field: &str, message: String| Error::Field {
+                path: origin.to_owned(),
+                policy: policy_name.clone(),
+                field: field.to_owned(),
+                message,
+            };
+            let policy: PolicyConfig = serde_path_to_error::deserialize(entry).map_err(|e| {
+                let field = e.path().to_string();
+                let field = if field == "." { "(entry)".to_owned() } else { field };
+                field_error(&field, e.into_inner().to_string())
+            })?;
+            check(&policy, &field_error)?;
+            if !names.insert(policy.name.clone()) {
+                return Err(field_error("name", "another policy has this name; names must be unique".into()));
+            }
+            policies.push(policy);
+        }
+        Ok(Config { policies, origin: origin.to_owned(), base_dir })
+    }
+
+    /// Where the module of `policy` comes from.
+    pub fn module_source(&self, policy: &PolicyConfig) -> ModuleSource {
+        match policy.module.strip_prefix("builtin:") {
+            Some(name) => ModuleSource::Builtin(name.to_owned()),
+            None => ModuleSource::File(self.base_dir.join(&policy.module)),
+        }
+    }
+}
+
+fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Result<(), Error> {
+    let valid_name = !policy.name.is_empty()
+        && policy.name.len() <= 63
+        && policy.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid_name {
+        return Err(error("name", "must be 1 to 63 lowercase letters, digits or '-'".into()));
+    }
+    if policy.module.trim().is_empty() {
+        return Err(error("module", "is empty: write builtin:<name> or a path to a .wasm file".into()));
+    }
+    if let Some(name) = policy.module.strip_prefix("builtin:")
+        && !crate::builtin::NAMES.contains(&name)
+    {
+        return Err(error(
+            "module",
+            format!("no built-in policy {name:?}; built-ins are: {}", crate::builtin::NAMES.join(", ")),
+        ));
+    }
+    if !(1..=MAX_TIMEOUT_MS).contains(&policy.timeout_ms) {
+        return Err(error("timeoutMs", format!("{} is out of range: use 1 to {MAX_TIMEOUT_MS}", policy.timeout_ms)));
+    }
+    let max_mb = crate::engine::MAX_MEMORY_BYTES >> 20;
+    if !(1..=max_mb).contains(&policy.memory_limit_mb) {
+        return Err(error("memoryLimitMb", format!("{} is out of range: use 1 to {max_mb}", policy.memory_limit_mb)));
+    }
+    if policy.matches.operations.is_empty() {
+        return Err(error("match.operations", "is empty, so the policy would never run: list CREATE, UPDATE, …".into()));
+    }
+    for (field, selector) in [
+        ("match.namespaceSelector", &policy.matches.namespace_selector),
+        ("match.objectSelector", &policy.matches.object_selector),
+    ] {
+        for requirement in selector.iter().flat_map(|s| &s.match_expressions) {
+            let needs_values = matches!(requirement.operator, SelectorOperator::In | SelectorOperator::NotIn);
+            if needs_values == requirement.values.is_empty() {
+                return Err(error(
+                    field,
+                    format!(
+                        "requirement on {:?}: {:?} {}",
+                        requirement.key,
+                        requirement.operator,
+                        if needs_values { "needs values" } else { "takes no values" }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, "test.yaml", PathBuf::from("/etc/tollgate"))
+    }
+
+    #[test]
+    fn parses_a_full_entry_with_defaults_filled_in() {
+        let config = parse(
+            "policies:\n- name: regs\n  module: builtin:image-registries\n  settings: {denyLatest: true}\n  match: {kinds: [Pod], namespaceSelector: {matchLabels: {team: a}}}\n",
+        )
+        .unwrap();
+        let policy = &config.policies[0];
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert_eq!(policy.failure_policy, FailurePolicy::Fail);
+        assert_eq!(policy.timeout_ms, 100);
+        assert_eq!(policy.matches.operations, vec![Operation::Create, Operation::Update]);
+        assert_eq!(policy.matches.api_groups, vec!["*"]);
+        assert_eq!(policy.settings, serde_json::json!({"denyLatest": true}));
+        assert_eq!(config.module_source(policy), ModuleSource::Builtin("image-registries".into()));
+    }
+
+    #[test]
+    fn relative_module_paths_are_relative_to_the_file() {
+        let config = parse("policies:\n- name: a\n  module: mods/a.wasm\n").unwrap();
+        assert_eq!(
+            config.module_source(&config.policies[0]),
+            ModuleSource::File(PathBuf::from("/etc/tollgate/mods/a.wasm"))
+        );
+    }
+
+    #[test]
+    fn a_bad_field_names_file_policy_and_field() {
+        let err = parse("policies:\n- name: regs\n  module: builtin:image-registries\n  mode: enforcing\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.yaml: policy \"regs\": mode: unknown variant `enforcing`"), "{text}");
+        let err = parse("policies:\n- name: regs\n  module: x.wasm\n  match: {operations: [CREAT]}\n").unwrap_err();
+        assert!(err.to_string().starts_with("test.yaml: policy \"regs\": match.operations[0]: unknown variant `CREAT`"));
+    }
+
+    #[test]
+    fn unknown_fields_and_out_of_range_limits_are_refused() {
+        let err = parse("policies:\n- name: a\n  module: a.wasm\n  timeout: 5\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
+        let err = parse("policies:\n- name: a\n  module: a.wasm\n  timeoutMs: 0\n").unwrap_err();
+        assert_eq!(err.to_string(), "test.yaml: policy \"a\": timeoutMs: 0 is out of range: use 1 to 30000");
+    }
+
+    #[test]
+    fn unknown_builtins_and_duplicate_names_are_refused() {
+        let err = parse("policies:\n- name: a\n  module: builtin:nope\n").unwrap_err();
+        assert!(err.to_string().contains("no built-in policy \"nope\"; built-ins are: image-registries"));
+        let err = parse("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n").unwrap_err();
+        assert!(err.to_string().contains("names must be unique"));
+    }
+
+    #[test]
+    fn entries_without_a_name_are_named_by_position() {
+        let err = parse("policies:\n- module: a.wasm\n").unwrap_err();
+        assert!(err.to_string().starts_with("test.yaml: policy \"#1\": "), "{err}");
+    }
+
+    #[test]
+    fn yaml_that_is_not_a_config_is_a_syntax_error() {
+        assert!(matches!(parse("- just a list"), Err(Error::Syntax { .. })));
+        assert!(matches!(parse("policies: [\n"), Err(Error::Syntax { .. })));
+    }
+
+    #[test]
+    fn selectors_match_like_kubernetes() {
+        let selector: LabelSelector = serde_yaml::from_str(
+            "matchLabels: {team: a}\nmatchExpressions:\n- {key: tier, operator: NotIn, values: [dev]}\n- {key: gpu, operator: Exists}",
+        )
+        .unwrap();
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert!(selector.matches(&labels(&[("team", "a"), ("gpu", "1")])));
+        assert!(!selector.matches(&labels(&[("team", "a"), ("gpu", "1"), ("tier", "dev")])));
+        assert!(!selector.matches(&labels(&[("team", "a")])));
+        assert!(LabelSelector::default().matches(&BTreeMap::new()));
+    }
+}

@@ -1,0 +1,183 @@
+//! Which policies apply to a request.
+//!
+//! An [`Index`] maps (API group, kind) to the policies that name them, so a
+//! request only looks at its candidates, never at every policy; the
+//! remaining conditions (operation, namespace, selectors) are checked per
+//! candidate by [`matches`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::config::Match;
+use super::request::Request;
+
+/// Labels of namespaces, for namespace selectors. Served from cluster
+/// context where there is one.
+pub trait NamespaceLabels: Send + Sync {
+    /// The labels of `namespace`, if known.
+    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
+}
+
+/// No cluster context: no namespace's labels are known.
+pub struct Unknown;
+
+impl NamespaceLabels for Unknown {
+    fn labels(&self, _namespace: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
+}
+
+/// Policy positions by the (group, kind) they match.
+#[derive(Debug, Default)]
+pub struct Index {
+    exact: HashMap<(String, String), Vec<usize>>,
+    any_group: HashMap<String, Vec<usize>>,
+    any_kind: HashMap<String, Vec<usize>>,
+    any: Vec<usize>,
+}
+
+impl Index {
+    /// Indexes `(position, match)` pairs; positions keep configuration order.
+    pub fn build<'m>(entries: impl IntoIterator<Item = (usize, &'m Match)>) -> Self {
+        let mut index = Index::default();
+        for (position, matches) in entries {
+            for group in &matches.api_groups {
+                for kind in &matches.kinds {
+                    let list = match (group.as_str(), kind.as_str()) {
+                        ("*", "*") => &mut index.any,
+                        ("*", kind) => index.any_group.entry(kind.to_owned()).or_default(),
+                        (group, "*") => index.any_kind.entry(group.to_owned()).or_default(),
+                        (group, kind) => index.exact.entry((group.to_owned(), kind.to_owned())).or_default(),
+                    };
+                    if list.last() != Some(&position) {
+                        list.push(position);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Positions of the policies naming this group and kind, in
+    /// configuration order.
+    pub fn candidates(&self, group: &str, kind: &str) -> Vec<usize> {
+        let mut found = Vec::new();
+        // Look-ups by borrowed (group, kind) need an owned key for the tuple
+        // map; the common case hits a kind-only or exact entry.
+        if let Some(list) = self.exact.get(&(group.to_owned(), kind.to_owned())) {
+            found.extend_from_slice(list);
+        }
+        for list in [self.any_group.get(kind), self.any_kind.get(group), Some(&self.any)].into_iter().flatten() {
+            found.extend_from_slice(list);
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+}
+
+/// Whether a candidate's remaining conditions hold for `request`.
+pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLabels) -> bool {
+    if !rule.operations.contains(&request.operation) {
+        return false;
+    }
+    let namespace = request.namespace.as_ref();
+    if !rule.namespaces.is_empty() && !rule.namespaces.iter().any(|n| n == namespace) {
+        return false;
+    }
+    if rule.exclude_namespaces.iter().any(|n| n == namespace) {
+        return false;
+    }
+    if let Some(selector) = &rule.namespace_selector {
+        let labels = if request.kind == "Namespace" && request.group.is_empty() {
+            Some(request.labels().clone())
+        } else {
+            namespaces.labels(namespace)
+        };
+        if !selector.matches(&labels.unwrap_or_default()) {
+            return false;
+        }
+    }
+    if let Some(selector) = &rule.object_selector
+        && !selector.matches(request.labels())
+    {
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::config::{LabelSelector, Operation};
+    use std::borrow::Cow;
+
+    fn rule(groups: &[&str], kinds: &[&str]) -> Match {
+        Match {
+            api_groups: groups.iter().map(|s| s.to_string()).collect(),
+            kinds: kinds.iter().map(|s| s.to_string()).collect(),
+            ..Match::default()
+        }
+    }
+
+    fn request<'a>(text: &'a str, namespace: &'a str, operation: Operation) -> Request<'a> {
+        let start = text.find("\"object\":").map(|i| i + 9);
+        Request::new(
+            text,
+            Cow::Borrowed("u"),
+            Cow::Borrowed(""),
+            Cow::Borrowed("Pod"),
+            operation,
+            Cow::Borrowed(namespace),
+            Cow::Borrowed("p"),
+            Cow::Borrowed("alice"),
+            false,
+            start.map(|s| s..text.len() - 1),
+            None,
+        )
+    }
+
+    #[test]
+    fn candidates_come_from_exact_and_wildcard_entries_in_order() {
+        let rules = [rule(&["apps"], &["Deployment"]), rule(&["*"], &["*"]), rule(&[""], &["Pod"]), rule(&["*"], &["Pod"])];
+        let index = Index::build(rules.iter().enumerate());
+        assert_eq!(index.candidates("", "Pod"), vec![1, 2, 3]);
+        assert_eq!(index.candidates("apps", "Deployment"), vec![0, 1]);
+        assert_eq!(index.candidates("batch", "Job"), vec![1]);
+    }
+
+    #[test]
+    fn operations_namespaces_and_object_selectors_filter() {
+        let text = r#"{"object":{"metadata":{"labels":{"gpu":"yes"}}}}"#;
+        let mut rule = rule(&[""], &["Pod"]);
+        assert!(matches(&rule, &request(text, "ml", Operation::Create), &Unknown));
+        assert!(!matches(&rule, &request(text, "ml", Operation::Delete), &Unknown));
+        rule.exclude_namespaces = vec!["kube-system".into()];
+        assert!(!matches(&rule, &request(text, "kube-system", Operation::Create), &Unknown));
+        rule.namespaces = vec!["ml".into()];
+        assert!(!matches(&rule, &request(text, "web", Operation::Create), &Unknown));
+        rule.object_selector = Some(LabelSelector {
+            match_labels: [("gpu".to_string(), "no".to_string())].into(),
+            ..LabelSelector::default()
+        });
+        assert!(!matches(&rule, &request(text, "ml", Operation::Create), &Unknown));
+    }
+
+    #[test]
+    fn namespace_selectors_use_the_namespace_labels_provider() {
+        struct Teams;
+        impl NamespaceLabels for Teams {
+            fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+                (namespace == "ml").then(|| [("team".to_string(), "vision".to_string())].into())
+            }
+        }
+        let mut rule = rule(&[""], &["Pod"]);
+        rule.namespace_selector = Some(LabelSelector {
+            match_labels: [("team".to_string(), "vision".to_string())].into(),
+            ..LabelSelector::default()
+        });
+        let text = r#"{"object":{}}"#;
+        assert!(matches(&rule, &request(text, "ml", Operation::Create), &Teams));
+        assert!(!matches(&rule, &request(text, "web", Operation::Create), &Teams));
+        assert!(!matches(&rule, &request(text, "ml", Operation::Create), &Unknown));
+    }
+}

@@ -1,0 +1,113 @@
+//! A loaded configuration: every policy compiled, pre-instantiated and its
+//! settings validated, plus the match indexes. Immutable once built; a reload
+//! builds a new set and swaps it in, so in-flight requests finish on the old.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::config::{Config, ModuleSource, PolicyConfig};
+use super::matcher::{Index, NamespaceLabels};
+use crate::engine::{self, Engine, PolicyPre};
+
+/// One policy of a set, ready to evaluate (or failed to load).
+pub struct LoadedPolicy {
+    /// Its configuration.
+    pub config: PolicyConfig,
+    /// Its name, shared with log lines and outcomes.
+    pub name: Arc<str>,
+    /// Its settings as JSON text, serialized once at load.
+    pub settings: String,
+    /// Bounds per call.
+    pub limits: engine::Limits,
+    /// The prepared module, or why it failed to load.
+    pub module: Result<PolicyPre, String>,
+}
+
+/// Every policy of a configuration, loaded.
+pub struct PolicySet {
+    pub(super) policies: Vec<LoadedPolicy>,
+    pub(super) mutating: Index,
+    pub(super) validating: Index,
+    pub(super) namespaces: Arc<dyn NamespaceLabels>,
+}
+
+/// Output cap per call: the apiserver refuses objects over 3 MiB anyway.
+const OUTPUT_BYTES: usize = 4 << 20;
+
+impl PolicySet {
+    /// Loads every policy of `config`, in parallel. A policy that fails to
+    /// load (unreadable module, invalid component, settings refused) is kept
+    /// with its error: requests it matches get its `failurePolicy`, and
+    /// [`PolicySet::failures`] reports it.
+    pub fn load(config: &Config, engine: &Engine, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+        let policies: Vec<LoadedPolicy> = std::thread::scope(|scope| {
+            let handles: Vec<_> = config
+                .policies
+                .iter()
+                .map(|policy| scope.spawn(move || load_one(config, policy, engine)))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("policy loading panicked")).collect()
+        });
+        for policy in &policies {
+            if let Err(error) = &policy.module {
+                tracing::error!(policy = &*policy.name, "policy failed to load: {error}");
+            }
+        }
+        let mutating = Index::build(
+            policies.iter().enumerate().filter(|(_, p)| p.config.mutating).map(|(i, p)| (i, &p.config.matches)),
+        );
+        let validating = Index::build(
+            policies.iter().enumerate().filter(|(_, p)| !p.config.mutating).map(|(i, p)| (i, &p.config.matches)),
+        );
+        PolicySet { policies, mutating, validating, namespaces }
+    }
+
+    /// Policies that failed to load, with why.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.policies.iter().filter_map(|p| p.module.as_ref().err().map(|e| (&*p.name, e.as_str())))
+    }
+
+    /// Every policy, in configuration order.
+    pub fn policies(&self) -> &[LoadedPolicy] {
+        &self.policies
+    }
+}
+
+fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPolicy {
+    let limits = engine::Limits {
+        timeout: Duration::from_millis(policy.timeout_ms),
+        memory_bytes: policy.memory_limit_mb << 20,
+        output_bytes: OUTPUT_BYTES,
+    };
+    let settings = if policy.settings.is_null() { "{}".to_owned() } else { policy.settings.to_string() };
+    let module = prepare(config, policy, engine, &settings, &limits);
+    LoadedPolicy { config: policy.clone(), name: policy.name.as_str().into(), settings, limits, module }
+}
+
+fn prepare(
+    config: &Config,
+    policy: &PolicyConfig,
+    engine: &Engine,
+    settings: &str,
+    limits: &engine::Limits,
+) -> Result<PolicyPre, String> {
+    let started = std::time::Instant::now();
+    let pre = match config.module_source(policy) {
+        ModuleSource::Builtin(name) => {
+            let bytes = crate::builtin::module(&name).ok_or_else(|| format!("no built-in policy {name:?}"))?;
+            engine.load(&policy.name, bytes)
+        }
+        ModuleSource::File(path) => {
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
+            engine.load(&policy.name, &bytes)
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    match pre.validate_settings(settings, limits) {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => return Err(format!("settings rejected: {message}")),
+        Err(error) => return Err(format!("validate-settings failed: {error}")),
+    }
+    tracing::info!(policy = policy.name, elapsed_ms = started.elapsed().as_millis() as u64, "policy loaded");
+    Ok(pre)
+}
