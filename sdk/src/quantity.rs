@@ -2,6 +2,29 @@
 //! comparison. `k8s-openapi` keeps a `Quantity` as its text; policies that
 //! compare amounts need the number.
 
+use std::collections::BTreeMap;
+
+use serde::de::{Deserialize, Deserializer, Error as _};
+use serde_json::Value;
+
+/// Deserializes a map of resource name to quantity, accepting numbers as
+/// YAML users write them (`cpu: 1`) as well as strings (`cpu: 100m`). Use
+/// with `#[serde(deserialize_with = "…")]`.
+///
+/// # Errors
+///
+/// When a value is neither a string nor a number.
+pub fn deserialize_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+    BTreeMap::<String, Value>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(resource, value)| match value {
+            Value::String(text) => Ok((resource, text)),
+            Value::Number(number) => Ok((resource, number.to_string())),
+            other => Err(D::Error::custom(format!("{resource}: {other} is not a quantity (write e.g. 100m or 1Gi)"))),
+        })
+        .collect()
+}
+
 /// The value of a quantity in base units (cores, bytes, devices), or `None`
 /// when the text is not a quantity.
 pub fn parse(text: &str) -> Option<f64> {

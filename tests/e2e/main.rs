@@ -1,1 +1,9 @@
-//! End-to-end tests (see tests/src/lib.rs for the harness).
+//! End-to-end tests: the real `tollgate serve` binary over HTTPS, driven with
+//! real AdmissionReview JSON. One test binary; the harness is in
+//! `tests/src/lib.rs`.
+
+mod bad_input;
+mod cli;
+mod sandbox;
+mod serve;
+mod workloads;

@@ -22,3 +22,6 @@ pub mod cli;
 pub mod engine;
 pub mod policy;
 pub mod server;
+
+#[cfg(test)]
+mod test_support;

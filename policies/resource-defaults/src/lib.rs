@@ -16,10 +16,10 @@ use tollgate_sdk::{Policy, Request, Verdict, quantity};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Settings {
     /// Default requests, e.g. `{cpu: 100m, memory: 128Mi}`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "quantity::deserialize_map")]
     pub requests: BTreeMap<String, String>,
     /// Default limits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "quantity::deserialize_map")]
     pub limits: BTreeMap<String, String>,
     /// Where pod specs live in kinds the SDK does not know.
     #[serde(default)]
@@ -154,9 +154,10 @@ mod tests {
     fn never_overwrites_what_the_user_set() {
         let containers = json!([{"name": "a", "resources": {"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}}]);
         let verdict = testing::evaluate::<ResourceDefaults>(&pod(containers), SETTINGS).unwrap();
-        let resources = &verdict.mutated_object.unwrap()["spec"]["containers"][0]["resources"];
-        // memory limit set without request: the apiserver copies it, so no default request.
-        assert_eq!(resources, &json!({"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}));
+        // The cpu request stays; the memory limit without a request gets no
+        // default request (the apiserver copies the limit): nothing to add.
+        assert!(verdict.allowed);
+        assert_eq!(verdict.mutated_object, None);
     }
 
     #[test]
@@ -192,6 +193,14 @@ mod tests {
         assert!(spec["initContainers"][0]["resources"]["requests"].is_object());
         assert!(spec["containers"][0]["resources"]["requests"].is_object());
         assert!(spec["ephemeralContainers"][0].get("resources").is_none());
+    }
+
+    #[test]
+    fn numbers_are_quantities_too() {
+        let verdict = testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a"}])), r#"{"requests":{"cpu":1}}"#);
+        let object = verdict.unwrap().mutated_object.unwrap();
+        assert_eq!(object["spec"]["containers"][0]["resources"]["requests"]["cpu"], "1");
+        assert!(testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":true}}"#).is_err());
     }
 
     #[test]

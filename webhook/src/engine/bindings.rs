@@ -12,11 +12,11 @@ wasmtime::component::bindgen!({
 /// cannot flood the host's log with one call.
 const MAX_LOG_LINE: usize = 4096;
 
-impl tollgate::policy::types::Host for StoreState {}
+impl self::tollgate::policy::types::Host for StoreState {}
 
-impl tollgate::policy::log::Host for StoreState {
-    fn log(&mut self, level: tollgate::policy::log::Level, message: String) {
-        use tollgate::policy::log::Level;
+impl self::tollgate::policy::log::Host for StoreState {
+    fn log(&mut self, level: self::tollgate::policy::log::Level, message: String) {
+        use self::tollgate::policy::log::Level;
         let message = match message.char_indices().nth(MAX_LOG_LINE) {
             Some((cut, _)) => &message[..cut],
             None => &message[..],

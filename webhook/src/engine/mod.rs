@@ -190,3 +190,109 @@ pub fn precompile(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let engine = wasmtime::Engine::new(&wasmtime_config()).map_err(Error::Configure)?;
     engine.precompile_component(bytes).map_err(Error::Compile)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::test_support::{MISBEHAVE, engine};
+
+    const POD: &str = r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE",
+        "namespace":"ml","object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+        "spec":{"containers":[{"name":"c","image":"quay.io/x:1"}]}}}"#;
+
+    fn misbehave(behaviour: &str, limits: &Limits) -> Result<Verdict, Error> {
+        let pre = engine().load("misbehave", MISBEHAVE).unwrap();
+        pre.evaluate(POD, &format!(r#"{{"behaviour":"{behaviour}"}}"#), limits)
+    }
+
+    #[test]
+    fn evaluates_a_builtin_policy() {
+        let pre = engine().load("image-registries", crate::builtin::module("image-registries").unwrap()).unwrap();
+        let limits = Limits::default();
+        let verdict = pre.evaluate(POD, r#"{"allowedRegistries":["nvcr.io/"]}"#, &limits).unwrap();
+        assert!(!verdict.allowed);
+        assert!(verdict.message.unwrap().contains("\"quay.io/x:1\""));
+        let verdict = pre.evaluate(POD, r#"{"allowedRegistries":["quay.io/"]}"#, &limits).unwrap();
+        assert!(verdict.allowed);
+    }
+
+    #[test]
+    fn validate_settings_reports_the_policys_message() {
+        let pre = engine().load("image-registries", crate::builtin::module("image-registries").unwrap()).unwrap();
+        let refused = pre.validate_settings(r#"{"allowedRegistries":["nvcr.io"]}"#, &Limits::default()).unwrap();
+        assert!(refused.unwrap_err().contains("must end in '/'"));
+    }
+
+    #[test]
+    fn every_call_gets_a_fresh_instance() {
+        for _ in 0..3 {
+            let verdict = misbehave("count", &Limits::default()).unwrap();
+            assert_eq!(verdict.audit_annotations, vec![("calls".to_string(), "1".to_string())]);
+        }
+    }
+
+    #[test]
+    fn an_endless_loop_is_stopped_at_the_deadline() {
+        let limits = Limits { timeout: Duration::from_millis(20), ..Limits::default() };
+        let started = std::time::Instant::now();
+        assert!(matches!(misbehave("loop", &limits), Err(Error::Timeout(20))));
+        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn unbounded_allocation_hits_the_memory_cap() {
+        let limits = Limits { memory_bytes: 16 << 20, ..Limits::default() };
+        assert!(matches!(misbehave("allocate", &limits), Err(Error::MemoryLimit(16))));
+    }
+
+    #[test]
+    fn traps_and_stack_overflows_are_reported() {
+        assert!(matches!(misbehave("trap", &Limits::default()), Err(Error::Trap(_))));
+        match misbehave("stack-overflow", &Limits::default()) {
+            Err(Error::Trap(message)) => assert!(message.contains("stack"), "{message}"),
+            other => panic!("expected a stack overflow trap, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_output_and_policy_errors_are_reported() {
+        let limits = Limits { output_bytes: 1 << 20, ..Limits::default() };
+        assert!(matches!(misbehave("huge-output", &limits), Err(Error::OutputTooLarge { limit: 1048576, .. })));
+        match misbehave("error", &Limits::default()) {
+            Err(Error::Policy(message)) => assert_eq!(message, "misbehave: no verdict on purpose"),
+            other => panic!("expected a policy error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_component_are_refused() {
+        assert!(matches!(engine().load("junk", b"not wasm"), Err(Error::Compile(_))));
+    }
+
+    #[test]
+    fn a_second_engine_loads_artifacts_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config { cache_dir: dir.path().to_owned(), compiler: Compiler::InProcess };
+        Engine::new(config()).unwrap().load("m", MISBEHAVE).unwrap();
+        let artifacts = || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+        let first = artifacts();
+        assert_eq!(first.len(), 1);
+        let modified = std::fs::metadata(&first[0]).unwrap().modified().unwrap();
+        Engine::new(config()).unwrap().load("m", MISBEHAVE).unwrap();
+        assert_eq!(artifacts(), first);
+        assert_eq!(std::fs::metadata(&first[0]).unwrap().modified().unwrap(), modified);
+    }
+
+    #[test]
+    fn a_damaged_artifact_is_recompiled() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(Config { cache_dir: dir.path().to_owned(), compiler: Compiler::InProcess }).unwrap();
+        engine.load("m", MISBEHAVE).unwrap();
+        let artifact = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        std::fs::write(&artifact, b"garbage").unwrap();
+        engine.load("m", MISBEHAVE).unwrap();
+        assert!(std::fs::read(&artifact).unwrap().len() > 1000);
+    }
+}

@@ -252,3 +252,212 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
     };
     outcome.evaluations.push(Evaluation { policy: name.clone(), mode, result, message, duration });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::policy::config::Operation;
+    use crate::test_support::policy_set;
+
+    fn request_text(object: &Value) -> String {
+        json!({"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
+            "namespace": "ml", "name": "p", "userInfo": {"username": "alice"}, "object": object})
+        .to_string()
+    }
+
+    fn request(text: &str) -> Request<'_> {
+        let object = serde_json::from_str::<Value>(text).unwrap()["object"].to_string();
+        let start = text.find(&object).unwrap();
+        Request::new(
+            text,
+            Cow::Borrowed("u"),
+            Cow::Borrowed(""),
+            Cow::Borrowed("Pod"),
+            Operation::Create,
+            Cow::Borrowed("ml"),
+            Cow::Borrowed("p"),
+            Cow::Borrowed("alice"),
+            false,
+            Some(start..start + object.len()),
+            None,
+        )
+    }
+
+    fn pod(image: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ml"},
+            "spec": {"containers": [{"name": "main", "image": image}]}})
+    }
+
+    fn apply(object: &Value, patch: &json_patch::Patch) -> Value {
+        let mut object = object.clone();
+        json_patch::patch(&mut object, patch).unwrap();
+        object
+    }
+
+    const TWO_DEFAULTS: &str = r#"
+policies:
+  - name: cpu-requests
+    module: builtin:resource-defaults
+    mutating: true
+    settings: {requests: {cpu: 100m}}
+  - name: cpu-limits
+    module: builtin:resource-defaults
+    mutating: true
+    settings: {limits: {cpu: 50m, memory: 1Gi}}
+"#;
+
+    #[test]
+    fn each_mutating_policy_sees_the_previous_ones_output_and_one_patch_results() {
+        let set = policy_set(TWO_DEFAULTS);
+        let object = pod("nvcr.io/x:1");
+        let text = request_text(&object);
+        let outcome = set.mutate(&request(&text));
+        assert!(outcome.allowed);
+        // cpu-limits saw the 100m request that cpu-requests added, so it
+        // refused to add a lower limit.
+        assert_eq!(
+            outcome.warnings,
+            vec!["cpu-limits: container \"main\": its cpu request exceeds the default limit 50m, so no limit was added"]
+        );
+        let patched = apply(&object, outcome.patch.as_ref().unwrap());
+        assert_eq!(
+            patched["spec"]["containers"][0]["resources"],
+            json!({"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}})
+        );
+        assert_eq!(serde_json::from_str::<Value>(outcome.final_object.as_ref().unwrap()).unwrap(), patched);
+        // The chain on its own output changes nothing.
+        let again = request_text(&patched);
+        let outcome = set.mutate(&request(&again));
+        assert!(outcome.allowed && outcome.patch.is_none(), "{outcome:?}");
+    }
+
+    #[test]
+    fn validating_policies_in_review_see_the_final_object() {
+        let set = policy_set(
+            r#"
+policies:
+  - name: label
+    module: "{misbehave}"
+    mutating: true
+    settings: {behaviour: mutate}
+  - name: registries
+    module: builtin:image-registries
+    settings: {allowedRegistries: [nvcr.io/]}
+    match: {objectSelector: {matchLabels: {misbehave: was-here}}}
+"#,
+        );
+        let text = request_text(&pod("quay.io/x:1"));
+        assert!(set.validate(&request(&text)).allowed, "without the label the selector does not match");
+        let outcome = set.review(&request(&text));
+        assert!(!outcome.allowed);
+        assert_eq!(outcome.code, 403);
+        assert!(outcome.message.unwrap().starts_with("registries: container \"main\" uses image \"quay.io/x:1\""));
+        assert_eq!(outcome.evaluations.len(), 2);
+    }
+
+    #[test]
+    fn failure_policy_fail_denies_and_ignore_warns() {
+        let set = policy_set(
+            r#"
+policies:
+  - name: strict
+    module: "{misbehave}"
+    settings: {behaviour: trap}
+    failurePolicy: fail
+  - name: lenient
+    module: "{misbehave}"
+    settings: {behaviour: error}
+    failurePolicy: ignore
+"#,
+        );
+        let text = request_text(&pod("nvcr.io/x:1"));
+        let outcome = set.validate(&request(&text));
+        assert!(!outcome.allowed);
+        assert_eq!(outcome.code, 500);
+        let message = outcome.message.unwrap();
+        assert!(message.starts_with("policy \"strict\" failed: policy trapped"), "{message}");
+        assert!(message.ends_with("(failurePolicy: fail)"));
+        assert_eq!(
+            outcome.warnings,
+            vec!["policy \"lenient\" failed and was ignored: policy error: misbehave: no verdict on purpose"]
+        );
+        assert!(outcome.evaluations.iter().all(|e| e.result == Result::Failed));
+    }
+
+    #[test]
+    fn warn_and_audit_modes_turn_denials_into_warnings_and_annotations() {
+        let set = policy_set(
+            r#"
+policies:
+  - name: warned
+    module: builtin:image-registries
+    settings: {allowedRegistries: [nvcr.io/]}
+    mode: warn
+  - name: audited
+    module: builtin:image-registries
+    settings: {allowedRegistries: [nvcr.io/]}
+    mode: audit
+"#,
+        );
+        let text = request_text(&pod("quay.io/x:1"));
+        let outcome = set.validate(&request(&text));
+        assert!(outcome.allowed);
+        assert_eq!(outcome.warnings.len(), 1);
+        assert!(outcome.warnings[0].starts_with("warned: container \"main\""));
+        assert_eq!(outcome.audit_annotations.len(), 1);
+        assert_eq!(outcome.audit_annotations[0].0, "audited.violation");
+    }
+
+    #[test]
+    fn mutations_apply_only_in_enforce_mode() {
+        let set = policy_set(
+            "policies:\n  - {name: m, module: builtin:resource-defaults, mutating: true, mode: warn, settings: {requests: {cpu: 1}}}\n",
+        );
+        let text = request_text(&pod("nvcr.io/x:1"));
+        let outcome = set.mutate(&request(&text));
+        assert!(outcome.allowed && outcome.patch.is_none());
+        assert_eq!(outcome.warnings, vec!["m: would change the object (mode: warn)"]);
+    }
+
+    #[test]
+    fn a_mutation_from_a_policy_not_marked_mutating_is_a_failure() {
+        let set = policy_set("policies:\n  - {name: sneaky, module: \"{misbehave}\", settings: {behaviour: mutate}}\n");
+        let text = request_text(&pod("nvcr.io/x:1"));
+        let outcome = set.validate(&request(&text));
+        assert!(!outcome.allowed);
+        assert!(outcome.message.unwrap().contains("returned a mutation but is not configured with mutating: true"));
+    }
+
+    #[test]
+    fn a_policy_that_failed_to_load_is_reported_and_gets_its_failure_policy() {
+        let set = policy_set(
+            r#"
+policies:
+  - name: bad-settings
+    module: builtin:image-registries
+    settings: {allowedRegistries: [nvcr.io]}
+  - name: hangs-at-load
+    module: "{misbehave}"
+    settings: {behaviour: loop-in-settings}
+    timeoutMs: 20
+    failurePolicy: ignore
+  - name: missing
+    module: /nonexistent/policy.wasm
+"#,
+        );
+        let failures: Vec<_> = set.failures().collect();
+        assert_eq!(failures.len(), 3);
+        assert!(failures[0].1.starts_with("settings rejected: allowedRegistries entry \"nvcr.io\""));
+        assert_eq!(failures[1].1, "validate-settings failed: policy exceeded its deadline of 20 ms");
+        assert!(failures[2].1.starts_with("cannot read module /nonexistent/policy.wasm"));
+        let text = request_text(&pod("nvcr.io/x:1"));
+        let outcome = set.validate(&request(&text));
+        assert!(!outcome.allowed);
+        assert!(outcome.message.as_ref().unwrap().contains("policy \"bad-settings\" failed: the policy failed to load"));
+        assert!(outcome.warnings[0].starts_with("policy \"hangs-at-load\" failed and was ignored"));
+    }
+}

@@ -48,10 +48,10 @@ pub struct Misbehave;
 static CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[inline(never)]
-fn recurse(depth: u64, sink: &mut Vec<u64>) -> u64 {
-    let frame = [depth; 64];
-    sink.push(frame[depth as usize % 64]);
-    recurse(depth + 1, sink) + frame[0]
+#[allow(unconditional_recursion, reason = "overflowing the stack is the point")]
+fn recurse(depth: u64) -> u64 {
+    // `black_box` keeps LLVM from turning the recursion into a loop.
+    std::hint::black_box(recurse(std::hint::black_box(depth + 1))) ^ depth
 }
 
 fn spin() -> ! {
@@ -86,8 +86,7 @@ impl Policy for Misbehave {
             }
             Behaviour::Trap => panic!("misbehave: trap on purpose"),
             Behaviour::StackOverflow => {
-                let mut sink = Vec::new();
-                let n = recurse(0, &mut sink);
+                let n = recurse(0);
                 Ok(Verdict::deny(format!("unreachable {n}")))
             }
             Behaviour::HugeOutput => Ok(Verdict::allow().warn("x".repeat(16 << 20))),

@@ -1,0 +1,57 @@
+//! Untrusted input gets a clear 400, never a crash or a hang, and the server
+//! keeps serving.
+
+use tollgate_e2e::{Server, standard_request};
+
+#[tokio::test]
+async fn malformed_reviews_get_400_with_a_message_and_the_server_keeps_serving() {
+    let server = Server::start_default().await;
+    let mut no_uid = standard_request();
+    no_uid["request"].as_object_mut().unwrap().remove("uid");
+    let mut v1beta1 = standard_request();
+    v1beta1["apiVersion"] = "admission.k8s.io/v1beta1".into();
+    let mut no_request = standard_request();
+    no_request.as_object_mut().unwrap().remove("request");
+    let mut wrong_kind = standard_request();
+    wrong_kind["kind"] = "Pod".into();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "invalid AdmissionReview JSON"),
+        (b"".to_vec(), "invalid AdmissionReview JSON"),
+        (serde_json::to_vec(&no_uid).unwrap(), "the AdmissionReview request has no uid"),
+        (serde_json::to_vec(&v1beta1).unwrap(), "unsupported apiVersion \"admission.k8s.io/v1beta1\""),
+        (serde_json::to_vec(&no_request).unwrap(), "the AdmissionReview has no request"),
+        (serde_json::to_vec(&wrong_kind).unwrap(), "unsupported kind \"Pod\""),
+        (vec![b'['; 1 << 20], "invalid AdmissionReview JSON"),
+    ];
+    for (body, expected) in cases {
+        for path in ["/validate", "/mutate"] {
+            let (status, message) = server.post_raw(path, body.clone()).await;
+            assert_eq!(status, 400, "{path} {expected}: {message}");
+            assert!(message.starts_with(expected), "{path}: expected {expected:?}, got {message:?}");
+        }
+    }
+    let response = server.review("/validate", &standard_request()).await;
+    assert_eq!(response["allowed"], true);
+}
+
+#[tokio::test]
+async fn a_body_over_3_mib_is_refused_with_400() {
+    let server = Server::start_default().await;
+    let mut request = standard_request();
+    request["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(3 << 20).into();
+    let (status, message) = server.post_raw("/validate", serde_json::to_vec(&request).unwrap()).await;
+    assert_eq!(status, 400);
+    assert_eq!(message, "request body exceeds the 3 MiB limit\n");
+    assert_eq!(server.review("/validate", &standard_request()).await["allowed"], true);
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("tollgate_admission_requests_total{endpoint=\"validate\",result=\"invalid\"} 1"));
+}
+
+#[tokio::test]
+async fn a_request_just_under_the_limit_is_evaluated() {
+    let server = Server::start_default().await;
+    let mut request = standard_request();
+    request["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat((3 << 20) - 8 * 1024).into();
+    let response = server.review("/validate", &request).await;
+    assert_eq!(response["allowed"], true);
+}
