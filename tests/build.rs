@@ -5,13 +5,26 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest.parent().expect("tests/ is inside the workspace").to_owned();
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("policies");
+    let workspace = manifest
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned();
+    let out_dir =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("policies");
     for watched in ["tests/policies", "sdk/src", "sdk/wit"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
-    let crates = tollgate_sdk_build::crates_in(&workspace.join("tests/policies")).unwrap_or_else(|e| panic!("{e}"));
-    tollgate_sdk_build::build(&workspace, &crates, &workspace.join("target/wasm-policies"), &out_dir)
+    let crates = tollgate_sdk_build::crates_in(&workspace.join("tests/policies"))
         .unwrap_or_else(|e| panic!("{e}"));
+    tollgate_sdk_build::build(
+        &workspace,
+        &crates,
+        &workspace.join("target/wasm-policies"),
+        &out_dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     println!("cargo:rustc-env=TEST_POLICIES_DIR={}", out_dir.display());
 }

@@ -18,7 +18,7 @@
 //!
 //! impl Policy for NoLabel {
 //!     type Settings = Settings;
-//!     fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+//!     fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
 //!         let labels = &request.object()?["metadata"]["labels"];
 //!         Ok(if labels.get(&settings.forbidden_label).is_some() {
 //!             Verdict::deny(format!("label {:?} is not allowed", settings.forbidden_label))
@@ -113,13 +113,15 @@ pub trait Policy {
         Ok(())
     }
 
-    /// Decides one admission request.
+    /// Decides one admission request. A mutating policy returns
+    /// [`Verdict::mutate`] only when it changed something; the host turns the
+    /// difference into a JSON Patch (an empty difference is no patch).
     ///
     /// # Errors
     ///
     /// When no verdict can be reached (e.g. the object is malformed); the host
     /// then applies the policy's `failurePolicy`.
-    fn evaluate(request: &Request, settings: &Self::Settings) -> Result<Verdict>;
+    fn evaluate(request: &Request<'_>, settings: &Self::Settings) -> Result<Verdict>;
 }
 
 /// Parses settings JSON text; empty text or `null` count as `{}`.
@@ -129,7 +131,11 @@ pub trait Policy {
 /// The deserializer's message, naming the offending field.
 pub fn parse_settings<S: serde::de::DeserializeOwned>(settings: &str) -> Result<S, String> {
     let text = settings.trim();
-    let text = if text.is_empty() || text == "null" { "{}" } else { text };
+    let text = if text.is_empty() || text == "null" {
+        "{}"
+    } else {
+        text
+    };
     serde_json::from_str(text).map_err(|e| format!("invalid settings: {e}"))
 }
 
@@ -145,8 +151,7 @@ pub fn run_validate_settings<P: Policy>(settings: &str) -> Result<(), String> {
 }
 
 /// Runs [`Policy::evaluate`] on request and settings text (used by the export
-/// glue and the test harness). A mutation that leaves the object unchanged is
-/// dropped, so applying a policy to its own output yields no patch.
+/// glue and the test harness).
 ///
 /// # Errors
 ///
@@ -154,13 +159,7 @@ pub fn run_validate_settings<P: Policy>(settings: &str) -> Result<(), String> {
 pub fn run_evaluate<P: Policy>(request: &str, settings: &str) -> Result<Verdict> {
     let settings: P::Settings = parse_settings(settings).map_err(Error)?;
     let request = Request::parse(request)?;
-    let mut verdict = P::evaluate(&request, &settings)?;
-    if let Some(mutated) = &verdict.mutated_object
-        && request.object_opt()?.is_some_and(|original| original == mutated)
-    {
-        verdict.mutated_object = None;
-    }
-    Ok(verdict)
+    P::evaluate(&request, &settings)
 }
 
 /// Makes a [`Policy`] the component's exports. Call it once, at the crate
@@ -173,13 +172,18 @@ macro_rules! export {
         const _: () = {
             struct Export;
             impl $crate::guest::Guest for Export {
-                fn validate_settings(settings: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn validate_settings(
+                    settings: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::run_validate_settings::<$policy>(&settings)
                 }
                 fn evaluate(
                     request: ::std::string::String,
                     settings: ::std::string::String,
-                ) -> ::std::result::Result<$crate::guest::tollgate::policy::types::Verdict, ::std::string::String> {
+                ) -> ::std::result::Result<
+                    $crate::guest::tollgate::policy::types::Verdict,
+            ::std::string::String,
+                > {
                     $crate::guest::to_wit($crate::run_evaluate::<$policy>(&request, &settings))
                 }
             }

@@ -8,10 +8,15 @@
 //! (`spec.pytorchReplicaSpecs.*.template.spec`). Policies extend the defaults
 //! from their settings with [`TemplatePaths::with`].
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::fmt;
 
 use serde::Deserialize;
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Which list of a pod spec a container comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,7 +31,11 @@ pub enum ContainerKind {
 
 impl ContainerKind {
     /// All kinds, in the order PSA reports them.
-    pub const ALL: [ContainerKind; 3] = [ContainerKind::Init, ContainerKind::Regular, ContainerKind::Ephemeral];
+    pub const ALL: [ContainerKind; 3] = [
+        ContainerKind::Init,
+        ContainerKind::Regular,
+        ContainerKind::Ephemeral,
+    ];
 
     /// The pod spec field holding this list.
     pub fn field(self) -> &'static str {
@@ -62,7 +71,10 @@ pub fn containers(pod_spec: &Value) -> impl Iterator<Item = (ContainerKind, &Val
 
 /// Calls `visit` on every container of a pod spec, mutably, in the order of
 /// [`containers`].
-pub fn for_each_container_mut(pod_spec: &mut Value, mut visit: impl FnMut(ContainerKind, &mut Value)) {
+pub fn for_each_container_mut(
+    pod_spec: &mut Value,
+    mut visit: impl FnMut(ContainerKind, &mut Value),
+) {
     for kind in ContainerKind::ALL {
         if let Some(list) = pod_spec.get_mut(kind.field()).and_then(Value::as_array_mut) {
             for container in list {
@@ -75,6 +87,41 @@ pub fn for_each_container_mut(pod_spec: &mut Value, mut visit: impl FnMut(Contai
 /// The name of a container, or `""`.
 pub fn container_name(container: &Value) -> &str {
     container.get("name").and_then(Value::as_str).unwrap_or("")
+}
+
+/// The three container lists of a pod spec, each container parsed as `C`: a
+/// struct of only the fields a policy reads, so the rest is skipped without
+/// allocating.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "C: Deserialize<'de>"))]
+pub struct ContainerLists<C> {
+    /// `initContainers`.
+    #[serde(default)]
+    pub init_containers: Vec<C>,
+    /// `containers`.
+    #[serde(default)]
+    pub containers: Vec<C>,
+    /// `ephemeralContainers`.
+    #[serde(default)]
+    pub ephemeral_containers: Vec<C>,
+}
+
+impl<C> ContainerLists<C> {
+    /// Every container with its kind and index in its list, in the order of
+    /// [`containers`].
+    pub fn iter(&self) -> impl Iterator<Item = (ContainerKind, usize, &C)> {
+        [
+            (ContainerKind::Init, &self.init_containers),
+            (ContainerKind::Regular, &self.containers),
+            (ContainerKind::Ephemeral, &self.ephemeral_containers),
+        ]
+        .into_iter()
+        .flat_map(|(kind, list)| {
+            list.iter()
+                .enumerate()
+                .map(move |(index, c)| (kind, index, c))
+        })
+    }
 }
 
 /// One kind's template paths, as written in settings.
@@ -91,10 +138,14 @@ pub struct TemplatePathRule {
     pub paths: Vec<String>,
 }
 
-/// Where the pod specs of each kind live.
-#[derive(Debug, Clone)]
+/// Where the pod specs of each kind live: the built-in table, plus rules
+/// from settings that add kinds or replace a kind's paths.
+///
+/// Built per request in a fresh instance, so it allocates nothing for the
+/// built-in kinds.
+#[derive(Debug, Clone, Default)]
 pub struct TemplatePaths {
-    by_kind: HashMap<(String, String), Vec<Vec<String>>>,
+    rules: Vec<TemplatePathRule>,
 }
 
 /// Built-in kinds: (group, kind, paths to pod specs).
@@ -108,73 +159,139 @@ const DEFAULT_PATHS: &[(&str, &str, &[&str])] = &[
     ("apps", "DaemonSet", &["spec.template.spec"]),
     ("batch", "Job", &["spec.template.spec"]),
     ("batch", "CronJob", &["spec.jobTemplate.spec.template.spec"]),
-    ("kubeflow.org", "PyTorchJob", &["spec.pytorchReplicaSpecs.*.template.spec"]),
-    ("kubeflow.org", "TFJob", &["spec.tfReplicaSpecs.*.template.spec"]),
-    ("kubeflow.org", "MPIJob", &["spec.mpiReplicaSpecs.*.template.spec"]),
-    ("kubeflow.org", "PaddleJob", &["spec.paddleReplicaSpecs.*.template.spec"]),
-    ("kubeflow.org", "XGBoostJob", &["spec.xgbReplicaSpecs.*.template.spec"]),
-    ("jobset.x-k8s.io", "JobSet", &["spec.replicatedJobs.*.template.spec.template.spec"]),
-    ("ray.io", "RayCluster", &["spec.headGroupSpec.template.spec", "spec.workerGroupSpecs.*.template.spec"]),
+    (
+        "kubeflow.org",
+        "PyTorchJob",
+        &["spec.pytorchReplicaSpecs.*.template.spec"],
+    ),
+    (
+        "kubeflow.org",
+        "TFJob",
+        &["spec.tfReplicaSpecs.*.template.spec"],
+    ),
+    (
+        "kubeflow.org",
+        "MPIJob",
+        &["spec.mpiReplicaSpecs.*.template.spec"],
+    ),
+    (
+        "kubeflow.org",
+        "PaddleJob",
+        &["spec.paddleReplicaSpecs.*.template.spec"],
+    ),
+    (
+        "kubeflow.org",
+        "XGBoostJob",
+        &["spec.xgbReplicaSpecs.*.template.spec"],
+    ),
+    (
+        "jobset.x-k8s.io",
+        "JobSet",
+        &["spec.replicatedJobs.*.template.spec.template.spec"],
+    ),
+    (
+        "ray.io",
+        "RayCluster",
+        &[
+            "spec.headGroupSpec.template.spec",
+            "spec.workerGroupSpecs.*.template.spec",
+        ],
+    ),
     (
         "leaderworkerset.x-k8s.io",
         "LeaderWorkerSet",
-        &["spec.leaderWorkerTemplate.leaderTemplate.spec", "spec.leaderWorkerTemplate.workerTemplate.spec"],
+        &[
+            "spec.leaderWorkerTemplate.leaderTemplate.spec",
+            "spec.leaderWorkerTemplate.workerTemplate.spec",
+        ],
     ),
     ("batch.volcano.sh", "Job", &["spec.tasks.*.template.spec"]),
 ];
 
-fn split_path(path: &str) -> Vec<String> {
-    path.replace("[*]", ".*")
-        .split('.')
-        .filter(|segment| !segment.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-impl Default for TemplatePaths {
-    fn default() -> Self {
-        let by_kind = DEFAULT_PATHS
-            .iter()
-            .map(|(group, kind, paths)| {
-                ((group.to_string(), kind.to_string()), paths.iter().map(|p| split_path(p)).collect())
-            })
-            .collect();
-        TemplatePaths { by_kind }
-    }
+/// The API group of an `apiVersion` (`apps/v1` → `apps`, `v1` → ``).
+pub fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }
 
 impl TemplatePaths {
-    /// The defaults with `rules` added; a rule for a kind the defaults know
-    /// replaces the default paths of that kind.
+    /// The built-in table with `rules` added; a rule for a kind the table
+    /// knows replaces that kind's paths.
     pub fn with(rules: &[TemplatePathRule]) -> Self {
-        let mut paths = TemplatePaths::default();
-        for rule in rules {
-            paths.by_kind.insert(
-                (rule.group.clone(), rule.kind.clone()),
-                rule.paths.iter().map(|p| split_path(p)).collect(),
-            );
+        let rules = rules
+            .iter()
+            .map(|rule| TemplatePathRule {
+                paths: rule.paths.iter().map(|p| p.replace("[*]", ".*")).collect(),
+                ..rule.clone()
+            })
+            .collect();
+        TemplatePaths { rules }
+    }
+
+    /// The dotted paths to the pod specs of this group and kind.
+    fn paths<'s>(&'s self, group: &str, kind: &str) -> Vec<&'s str> {
+        if let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| r.group == group && r.kind == kind)
+        {
+            return rule.paths.iter().map(String::as_str).collect();
         }
-        paths
+        DEFAULT_PATHS
+            .iter()
+            .find(|(g, k, _)| *g == group && *k == kind)
+            .map(|(_, _, paths)| paths.to_vec())
+            .unwrap_or_default()
     }
 
     /// Whether objects of this group and kind carry pod specs.
     pub fn knows(&self, group: &str, kind: &str) -> bool {
-        self.by_kind.contains_key(&(group.to_owned(), kind.to_owned()))
+        !self.paths(group, kind).is_empty()
     }
 
-    /// JSON Pointers (RFC 6901) to every pod spec in `object`, whose group and
-    /// kind are read from its `apiVersion` and `kind`. Empty for kinds without
-    /// pod specs.
+    /// Every pod spec of an object given as JSON text, deserialized as `T`
+    /// (a struct of only the fields the policy reads, or `&RawValue`), with
+    /// its JSON Pointer (RFC 6901). One pass over the text: branches off the
+    /// paths are skipped without allocating. `group` and `kind` are the
+    /// object's (the request's `kind` says them).
+    ///
+    /// # Errors
+    ///
+    /// When the text is not JSON or a pod spec does not fit `T`.
+    pub fn pod_specs_in<'a, T: Deserialize<'a>>(
+        &self,
+        group: &str,
+        kind: &str,
+        object: &'a str,
+    ) -> Result<Vec<(String, T)>, serde_json::Error> {
+        let mut found = Vec::new();
+        for path in self.paths(group, kind) {
+            let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+            let mut deserializer = serde_json::Deserializer::from_str(object);
+            Walk {
+                path: &segments,
+                pointer: String::new(),
+                found: &mut found,
+            }
+            .deserialize(&mut deserializer)?;
+        }
+        Ok(found)
+    }
+
+    /// JSON Pointers to every pod spec in `object`, whose group and kind are
+    /// read from its `apiVersion` and `kind`. Empty for kinds without pod
+    /// specs.
     pub fn pod_spec_pointers(&self, object: &Value) -> Vec<String> {
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-        let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-        let Some(paths) = self.by_kind.get(&(group.to_owned(), kind.to_owned())) else {
-            return Vec::new();
-        };
+        let group = group_of(
+            object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        );
         let mut found = Vec::new();
-        for path in paths {
-            collect(object, path, String::new(), &mut found);
+        for path in self.paths(group, kind) {
+            let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+            collect(object, &segments, String::new(), &mut found);
         }
         found
     }
@@ -188,7 +305,11 @@ impl TemplatePaths {
     }
 
     /// Calls `visit` on every pod spec in `object`, mutably.
-    pub fn for_each_pod_spec_mut(&self, object: &mut Value, mut visit: impl FnMut(&str, &mut Value)) {
+    pub fn for_each_pod_spec_mut(
+        &self,
+        object: &mut Value,
+        mut visit: impl FnMut(&str, &mut Value),
+    ) {
         for pointer in self.pod_spec_pointers(object) {
             if let Some(spec) = object.pointer_mut(&pointer) {
                 visit(&pointer, spec);
@@ -201,14 +322,14 @@ fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-fn collect(value: &Value, path: &[String], pointer: String, found: &mut Vec<String>) {
+fn collect(value: &Value, path: &[&str], pointer: String, found: &mut Vec<String>) {
     let Some((head, rest)) = path.split_first() else {
         if value.is_object() {
             found.push(pointer);
         }
         return;
     };
-    match (head.as_str(), value) {
+    match (*head, value) {
         ("*", Value::Array(items)) => {
             for (index, item) in items.iter().enumerate() {
                 collect(item, rest, format!("{pointer}/{index}"), found);
@@ -228,6 +349,108 @@ fn collect(value: &Value, path: &[String], pointer: String, found: &mut Vec<Stri
     }
 }
 
+/// Follows a path through JSON, deserializing what lies at its end as `T`
+/// and skipping everything else.
+struct Walk<'p, 'f, T> {
+    path: &'p [&'p str],
+    pointer: String,
+    found: &'f mut Vec<(String, T)>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Walk<'_, '_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        if self.path.is_empty() {
+            // Only objects are pod specs; skip anything else in their place.
+            let value = <&RawValue>::deserialize(deserializer)?;
+            if value.get().starts_with('{') {
+                let spec = T::deserialize(value).map_err(D::Error::custom)?;
+                self.found.push((self.pointer, spec));
+            }
+            return Ok(());
+        }
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Walk<'_, '_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let (head, rest) = self
+            .path
+            .split_first()
+            .expect("walk paths are not empty here");
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if *head == "*" || *head == key {
+                let pointer = format!("{}/{}", self.pointer, escape(&key));
+                map.next_value_seed(Walk {
+                    path: rest,
+                    pointer,
+                    found: &mut *self.found,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let (head, rest) = self
+            .path
+            .split_first()
+            .expect("walk paths are not empty here");
+        let mut index = 0usize;
+        loop {
+            let more = if *head == "*" {
+                let pointer = format!("{}/{index}", self.pointer);
+                seq.next_element_seed(Walk {
+                    path: rest,
+                    pointer,
+                    found: &mut *self.found,
+                })?
+                .is_some()
+            } else {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            };
+            if !more {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +459,10 @@ mod tests {
     #[test]
     fn finds_the_pod_spec_of_a_pod() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": []}});
-        assert_eq!(TemplatePaths::default().pod_spec_pointers(&pod), vec!["/spec"]);
+        assert_eq!(
+            TemplatePaths::default().pod_spec_pointers(&pod),
+            vec!["/spec"]
+        );
     }
 
     #[test]
@@ -247,7 +473,10 @@ mod tests {
         }}});
         assert_eq!(
             TemplatePaths::default().pod_spec_pointers(&job),
-            vec!["/spec/pytorchReplicaSpecs/Master/template/spec", "/spec/pytorchReplicaSpecs/Worker/template/spec"]
+            vec![
+                "/spec/pytorchReplicaSpecs/Master/template/spec",
+                "/spec/pytorchReplicaSpecs/Worker/template/spec"
+            ]
         );
     }
 
@@ -272,6 +501,56 @@ mod tests {
     }
 
     #[test]
+    fn raw_lookup_agrees_with_the_value_walk() {
+        let job = json!({"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "spec": {"pytorchReplicaSpecs": {
+            "Master": {"template": {"spec": {"containers": [{"name": "m"}]}}},
+            "Worker": {"template": {"spec": {"containers": [{"name": "w"}]}}},
+        }}});
+        let text = job.to_string();
+        let paths = TemplatePaths::default();
+        let raw: Vec<(String, &RawValue)> = paths
+            .pod_specs_in("kubeflow.org", "PyTorchJob", &text)
+            .unwrap();
+        let walked = paths.pod_specs(&job);
+        assert_eq!(raw.len(), 2);
+        for ((raw_pointer, raw_spec), (pointer, spec)) in raw.iter().zip(&walked) {
+            assert_eq!(raw_pointer, pointer);
+            assert_eq!(
+                &serde_json::from_str::<Value>(raw_spec.get()).unwrap(),
+                *spec
+            );
+        }
+    }
+
+    #[test]
+    fn typed_lookup_walks_arrays_and_skips_non_objects() {
+        let jobset = json!({"spec": {"replicatedJobs": [
+            {"template": {"spec": {"template": {"spec": {"containers": [{"name": "a"}]}}}}},
+            {"template": {"spec": {"template": {"spec": null}}}},
+            {"template": {"spec": {"template": {"spec": {"containers": [{"name": "b"}]}}}}},
+        ], "other": [1, 2]}});
+        let text = jobset.to_string();
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let found: Vec<(String, ContainerLists<Named>)> = TemplatePaths::default()
+            .pod_specs_in("jobset.x-k8s.io", "JobSet", &text)
+            .unwrap();
+        let names: Vec<_> = found
+            .iter()
+            .map(|(p, l)| (p.as_str(), l.containers[0].name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("/spec/replicatedJobs/0/template/spec/template/spec", "a"),
+                ("/spec/replicatedJobs/2/template/spec/template/spec", "b")
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_kinds_have_no_pod_specs() {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {}});
         assert!(TemplatePaths::default().pod_spec_pointers(&cm).is_empty());
@@ -284,10 +563,16 @@ mod tests {
             "initContainers": [{"name": "init"}],
             "ephemeralContainers": [{"name": "debug"}],
         });
-        let names: Vec<_> = containers(&spec).map(|(kind, c)| (kind, container_name(c))).collect();
+        let names: Vec<_> = containers(&spec)
+            .map(|(kind, c)| (kind, container_name(c)))
+            .collect();
         assert_eq!(
             names,
-            vec![(ContainerKind::Init, "init"), (ContainerKind::Regular, "main"), (ContainerKind::Ephemeral, "debug")]
+            vec![
+                (ContainerKind::Init, "init"),
+                (ContainerKind::Regular, "main"),
+                (ContainerKind::Ephemeral, "debug")
+            ]
         );
     }
 }

@@ -14,13 +14,17 @@ use serde_json::Value;
 /// # Errors
 ///
 /// When a value is neither a string nor a number.
-pub fn deserialize_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+pub fn deserialize_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
     BTreeMap::<String, Value>::deserialize(deserializer)?
         .into_iter()
         .map(|(resource, value)| match value {
             Value::String(text) => Ok((resource, text)),
             Value::Number(number) => Ok((resource, number.to_string())),
-            other => Err(D::Error::custom(format!("{resource}: {other} is not a quantity (write e.g. 100m or 1Gi)"))),
+            other => Err(D::Error::custom(format!(
+                "{resource}: {other} is not a quantity (write e.g. 100m or 1Gi)"
+            ))),
         })
         .collect()
 }

@@ -1,9 +1,11 @@
 //! The admission request as a policy sees it.
 //!
 //! The envelope (uid, kind, operation, user, …) is parsed eagerly; the object
-//! stays raw JSON text until the policy asks for it, either as a
-//! [`serde_json::Value`] ([`Request::object`], parsed once and cached) or as a
-//! typed `k8s-openapi` struct ([`Request::typed_object`]).
+//! stays raw JSON text, borrowed from the request, until the policy asks for
+//! it: as a [`serde_json::Value`] ([`Request::object`], parsed once and
+//! cached), as a typed `k8s-openapi` struct ([`Request::typed_object`]), or
+//! piecewise: [`crate::pod::TemplatePaths::pod_specs_in`] reads only the pod
+//! specs, into structs of only the fields a policy needs.
 
 use std::cell::OnceCell;
 
@@ -41,7 +43,7 @@ pub struct UserInfo {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Wire {
+struct Wire<'a> {
     #[serde(default)]
     uid: String,
     #[serde(default)]
@@ -58,13 +60,15 @@ struct Wire {
     dry_run: bool,
     #[serde(default)]
     sub_resource: String,
-    object: Option<Box<RawValue>>,
-    old_object: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow)]
+    old_object: Option<&'a RawValue>,
 }
 
 /// One AdmissionRequest (the `request` member of an AdmissionReview).
 #[derive(Debug)]
-pub struct Request {
+pub struct Request<'a> {
     /// Request uid, echoed in the response by the host.
     pub uid: String,
     /// Kind of the object.
@@ -81,20 +85,20 @@ pub struct Request {
     pub dry_run: bool,
     /// Subresource, e.g. `status`; empty for the main resource.
     pub sub_resource: String,
-    object: Option<Box<RawValue>>,
-    old_object: Option<Box<RawValue>>,
+    object: Option<&'a RawValue>,
+    old_object: Option<&'a RawValue>,
     object_value: OnceCell<Value>,
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// Parses an AdmissionRequest from JSON text.
     ///
     /// # Errors
     ///
     /// When the text is not a JSON object with the request's fields.
-    pub fn parse(text: &str) -> Result<Self> {
-        let wire: Wire =
-            serde_json::from_str(text).map_err(|e| Error(format!("invalid admission request: {e}")))?;
+    pub fn parse(text: &'a str) -> Result<Self> {
+        let wire: Wire<'a> = serde_json::from_str(text)
+            .map_err(|e| Error(format!("invalid admission request: {e}")))?;
         Ok(Request {
             uid: wire.uid,
             kind: wire.kind,
@@ -111,13 +115,13 @@ impl Request {
     }
 
     /// The object as JSON text, if the request carries one.
-    pub fn raw_object(&self) -> Option<&str> {
-        self.object.as_deref().map(RawValue::get)
+    pub fn raw_object(&self) -> Option<&'a str> {
+        self.object.map(RawValue::get)
     }
 
     /// The previous object (UPDATE, DELETE) as JSON text.
-    pub fn raw_old_object(&self) -> Option<&str> {
-        self.old_object.as_deref().map(RawValue::get)
+    pub fn raw_old_object(&self) -> Option<&'a str> {
+        self.old_object.map(RawValue::get)
     }
 
     /// The object as a JSON value, parsed on first use.
@@ -156,7 +160,12 @@ impl Request {
         let raw = self
             .raw_object()
             .ok_or_else(|| Error(format!("{} request carries no object", self.operation)))?;
-        serde_json::from_str(raw).map_err(|e| Error(format!("object does not fit {}: {e}", std::any::type_name::<T>())))
+        serde_json::from_str(raw).map_err(|e| {
+            Error(format!(
+                "object does not fit {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// The previous object deserialized into a typed struct.
@@ -168,7 +177,12 @@ impl Request {
         let raw = self
             .raw_old_object()
             .ok_or_else(|| Error(format!("{} request carries no old object", self.operation)))?;
-        serde_json::from_str(raw).map_err(|e| Error(format!("old object does not fit {}: {e}", std::any::type_name::<T>())))
+        serde_json::from_str(raw).map_err(|e| {
+            Error(format!(
+                "old object does not fit {}: {e}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 }
 
@@ -192,17 +206,28 @@ mod tests {
         assert!(request.raw_old_object().is_none());
         assert_eq!(request.object().unwrap()["metadata"]["name"], "p");
         let pod: Pod = request.typed_object().unwrap();
-        assert_eq!(pod.spec.unwrap().containers[0].image.as_deref(), Some("nginx"));
+        assert_eq!(
+            pod.spec.unwrap().containers[0].image.as_deref(),
+            Some("nginx")
+        );
     }
 
     #[test]
     fn missing_object_is_an_error_naming_the_operation() {
         let request = Request::parse(r#"{"uid":"u","operation":"DELETE"}"#).unwrap();
-        assert_eq!(request.object().unwrap_err().0, "DELETE request carries no object");
+        assert_eq!(
+            request.object().unwrap_err().0,
+            "DELETE request carries no object"
+        );
     }
 
     #[test]
     fn invalid_json_is_an_error() {
-        assert!(Request::parse("{").unwrap_err().0.starts_with("invalid admission request"));
+        assert!(
+            Request::parse("{")
+                .unwrap_err()
+                .0
+                .starts_with("invalid admission request")
+        );
     }
 }

@@ -23,18 +23,29 @@ pub struct Verdict {
 impl Verdict {
     /// Allows the request unchanged.
     pub fn allow() -> Self {
-        Verdict { allowed: true, ..Verdict::default() }
+        Verdict {
+            allowed: true,
+            ..Verdict::default()
+        }
     }
 
     /// Denies the request; the message should say what to change.
     pub fn deny(message: impl Into<String>) -> Self {
-        Verdict { allowed: false, message: Some(message.into()), ..Verdict::default() }
+        Verdict {
+            allowed: false,
+            message: Some(message.into()),
+            ..Verdict::default()
+        }
     }
 
     /// Allows the request with the object replaced by `object`. The host turns
     /// the difference into a JSON Patch; an unchanged object yields none.
     pub fn mutate(object: Value) -> Self {
-        Verdict { allowed: true, mutated_object: Some(object), ..Verdict::default() }
+        Verdict {
+            allowed: true,
+            mutated_object: Some(object),
+            ..Verdict::default()
+        }
     }
 
     /// Sets the HTTP status code of a denial.

@@ -17,17 +17,32 @@ async fn malformed_reviews_get_400_with_a_message_and_the_server_keeps_serving()
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"{not json".to_vec(), "invalid AdmissionReview JSON"),
         (b"".to_vec(), "invalid AdmissionReview JSON"),
-        (serde_json::to_vec(&no_uid).unwrap(), "the AdmissionReview request has no uid"),
-        (serde_json::to_vec(&v1beta1).unwrap(), "unsupported apiVersion \"admission.k8s.io/v1beta1\""),
-        (serde_json::to_vec(&no_request).unwrap(), "the AdmissionReview has no request"),
-        (serde_json::to_vec(&wrong_kind).unwrap(), "unsupported kind \"Pod\""),
+        (
+            serde_json::to_vec(&no_uid).unwrap(),
+            "the AdmissionReview request has no uid",
+        ),
+        (
+            serde_json::to_vec(&v1beta1).unwrap(),
+            "unsupported apiVersion \"admission.k8s.io/v1beta1\"",
+        ),
+        (
+            serde_json::to_vec(&no_request).unwrap(),
+            "the AdmissionReview has no request",
+        ),
+        (
+            serde_json::to_vec(&wrong_kind).unwrap(),
+            "unsupported kind \"Pod\"",
+        ),
         (vec![b'['; 1 << 20], "invalid AdmissionReview JSON"),
     ];
     for (body, expected) in cases {
         for path in ["/validate", "/mutate"] {
             let (status, message) = server.post_raw(path, body.clone()).await;
             assert_eq!(status, 400, "{path} {expected}: {message}");
-            assert!(message.starts_with(expected), "{path}: expected {expected:?}, got {message:?}");
+            assert!(
+                message.starts_with(expected),
+                "{path}: expected {expected:?}, got {message:?}"
+            );
         }
     }
     let response = server.review("/validate", &standard_request()).await;
@@ -39,19 +54,29 @@ async fn a_body_over_3_mib_is_refused_with_400() {
     let server = Server::start_default().await;
     let mut request = standard_request();
     request["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(3 << 20).into();
-    let (status, message) = server.post_raw("/validate", serde_json::to_vec(&request).unwrap()).await;
+    let (status, message) = server
+        .post_raw("/validate", serde_json::to_vec(&request).unwrap())
+        .await;
     assert_eq!(status, 400);
     assert_eq!(message, "request body exceeds the 3 MiB limit\n");
-    assert_eq!(server.review("/validate", &standard_request()).await["allowed"], true);
+    assert_eq!(
+        server.review("/validate", &standard_request()).await["allowed"],
+        true
+    );
     let (_, metrics) = server.get("/metrics").await;
-    assert!(metrics.contains("tollgate_admission_requests_total{endpoint=\"validate\",result=\"invalid\"} 1"));
+    assert!(
+        metrics.contains(
+            "tollgate_admission_requests_total{endpoint=\"validate\",result=\"invalid\"} 1"
+        )
+    );
 }
 
 #[tokio::test]
 async fn a_request_just_under_the_limit_is_evaluated() {
     let server = Server::start_default().await;
     let mut request = standard_request();
-    request["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat((3 << 20) - 8 * 1024).into();
+    request["request"]["object"]["metadata"]["annotations"]["padding"] =
+        "x".repeat((3 << 20) - 8 * 1024).into();
     let response = server.review("/validate", &request).await;
     assert_eq!(response["allowed"], true);
 }

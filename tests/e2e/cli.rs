@@ -30,22 +30,45 @@ fn run_evaluates_reviews_offline_as_mutate_then_validate() {
         "spec": {"containers": [{"name": "c", "image": "nvcr.io/x:1"}]}});
     let latest = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b", "namespace": "ml"},
         "spec": {"containers": [{"name": "c", "image": "nvcr.io/x:latest"}]}});
-    std::fs::write(dir.path().join("1-bare.json"), review("CREATE", &bare).to_string()).unwrap();
-    std::fs::write(dir.path().join("2-latest.json"), review("CREATE", &latest).to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("1-bare.json"),
+        review("CREATE", &bare).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("2-latest.json"),
+        review("CREATE", &latest).to_string(),
+    )
+    .unwrap();
     let standard = shared("bench/pod-gpu-create.json");
-    let (ok, stdout, stderr) = run(&["--request", dir.path().to_str().unwrap(), "--request", standard.to_str().unwrap()]);
+    let (ok, stdout, stderr) = run(&[
+        "--request",
+        dir.path().to_str().unwrap(),
+        "--request",
+        standard.to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
-    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     let first = &lines[0]["response"];
     assert_eq!(first["allowed"], true);
-    let patch = base64::engine::general_purpose::STANDARD.decode(first["patch"].as_str().unwrap()).unwrap();
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(first["patch"].as_str().unwrap())
+        .unwrap();
     assert_eq!(
         String::from_utf8(patch).unwrap(),
         r#"[{"op":"add","path":"/spec/containers/0/resources","value":{"requests":{"cpu":"100m","memory":"128Mi"}}}]"#
     );
     assert_eq!(lines[1]["response"]["allowed"], false);
-    assert!(lines[1]["response"]["status"]["message"].as_str().unwrap().contains("the tag latest is not allowed"));
+    assert!(
+        lines[1]["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the tag latest is not allowed")
+    );
     assert_eq!(lines[2]["response"]["allowed"], true);
 }
 
@@ -56,9 +79,17 @@ fn a_bad_configuration_is_refused_naming_file_policy_and_field() {
     std::fs::write(&config, "policies:\n  - name: regs\n    module: builtin:image-registries\n    failurePolicy: sometimes\n")
         .unwrap();
     let standard = shared("bench/pod-gpu-create.json");
-    let (ok, _, stderr) = run(&["--config", config.to_str().unwrap(), "--request", standard.to_str().unwrap()]);
+    let (ok, _, stderr) = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--request",
+        standard.to_str().unwrap(),
+    ]);
     assert!(!ok);
-    let expected = format!("error: {}: policy \"regs\": failurePolicy: unknown variant `sometimes`", config.display());
+    let expected = format!(
+        "error: {}: policy \"regs\": failurePolicy: unknown variant `sometimes`",
+        config.display()
+    );
     assert!(stderr.starts_with(&expected), "{stderr}");
 }
 
@@ -78,7 +109,10 @@ async fn a_restart_reuses_the_certificate_and_the_compiled_modules() {
     let cache = workspace().join("target/e2e-module-cache");
     let mut first = Server::start_default().await;
     let artifacts = || {
-        let mut names: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
         names
     };
@@ -88,7 +122,12 @@ async fn a_restart_reuses_the_certificate_and_the_compiled_modules() {
     let dir = first.dir.path().to_owned();
     assert!(first.terminate().success());
     let mut child = Command::new(binary())
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--cert-dir"])
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--cert-dir",
+        ])
         .arg(dir.join("certs"))
         .arg("--cache-dir")
         .arg(&cache)
@@ -98,7 +137,10 @@ async fn a_restart_reuses_the_certificate_and_the_compiled_modules() {
     let client = tollgate_e2e::client(&dir.join("certs/ca.crt"));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(response) = client.get(format!("https://127.0.0.1:{port}/readyz")).send().await
+        if let Ok(response) = client
+            .get(format!("https://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
             && response.status() == 200
         {
             break;
@@ -108,8 +150,16 @@ async fn a_restart_reuses_the_certificate_and_the_compiled_modules() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(std::fs::read(dir.join("certs/ca.crt")).unwrap(), ca, "the CA changed across restarts");
-    assert_eq!(artifacts(), before, "a restart with unchanged policies compiled something");
+    assert_eq!(
+        std::fs::read(dir.join("certs/ca.crt")).unwrap(),
+        ca,
+        "the CA changed across restarts"
+    );
+    assert_eq!(
+        artifacts(),
+        before,
+        "a restart with unchanged policies compiled something"
+    );
     let log = std::fs::read_to_string(dir.join("restart.log")).unwrap();
     assert!(log.contains("reusing self-made certificate"), "{log}");
 }
@@ -117,9 +167,24 @@ async fn a_restart_reuses_the_certificate_and_the_compiled_modules() {
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() {
     let mut server = Server::start_default().await;
-    assert_eq!(server.review("/validate", &review("CREATE", &json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "c"}}))).await["allowed"], true);
+    assert_eq!(
+        server
+            .review(
+                "/validate",
+                &review(
+                    "CREATE",
+                    &json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c"}})
+                )
+            )
+            .await["allowed"],
+        true
+    );
     let status = server.terminate();
     assert!(status.success(), "{status}");
-    assert!(server.log().contains("shutting down: draining in-flight requests"));
+    assert!(
+        server
+            .log()
+            .contains("shutting down: draining in-flight requests")
+    );
 }

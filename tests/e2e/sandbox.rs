@@ -33,22 +33,45 @@ fn pod(namespace: &str) -> serde_json::Value {
 #[tokio::test]
 async fn each_misbehaviour_is_contained_and_named_in_the_answer() {
     let config = config();
-    let server = Server::start(Options { config: Some(&config), ..Default::default() }).await;
+    let server = Server::start(Options {
+        config: Some(&config),
+        ..Default::default()
+    })
+    .await;
     let cases = [
-        ("loop", false, "policy \"loops\" failed: policy exceeded its deadline of 50 ms (failurePolicy: fail)"),
-        ("alloc", false, "policy \"hoards\" failed: policy exceeded its memory limit of 32 MiB (failurePolicy: fail)"),
+        (
+            "loop",
+            false,
+            "policy \"loops\" failed: policy exceeded its deadline of 50 ms (failurePolicy: fail)",
+        ),
+        (
+            "alloc",
+            false,
+            "policy \"hoards\" failed: policy exceeded its memory limit of 32 MiB (failurePolicy: fail)",
+        ),
         ("stack", false, "policy \"deep\" failed: policy trapped: "),
-        ("huge", false, "policy \"chatty\" failed: policy output of 16777216 bytes exceeds the limit"),
+        (
+            "huge",
+            false,
+            "policy \"chatty\" failed: policy output of 16777216 bytes exceeds the limit",
+        ),
         ("trap", true, ""),
     ];
     for (namespace, allowed, message) in cases {
         let started = Instant::now();
         let response = server.review("/validate", &pod(namespace)).await;
-        assert!(started.elapsed() < Duration::from_secs(5), "{namespace} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{namespace} took {:?}",
+            started.elapsed()
+        );
         assert_eq!(response["allowed"], allowed, "{namespace}: {response}");
         if allowed {
             let warning = response["warnings"][0].as_str().unwrap();
-            assert!(warning.starts_with("policy \"traps\" failed and was ignored: policy trapped"), "{warning}");
+            assert!(
+                warning.starts_with("policy \"traps\" failed and was ignored: policy trapped"),
+                "{warning}"
+            );
         } else {
             assert_eq!(response["status"]["code"], 500);
             let text = response["status"]["message"].as_str().unwrap();
@@ -56,25 +79,44 @@ async fn each_misbehaviour_is_contained_and_named_in_the_answer() {
         }
     }
     let (_, metrics) = server.get("/metrics").await;
-    assert!(metrics.contains("tollgate_policy_evaluations_total{policy=\"loops\",result=\"failed\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_policy_evaluations_total{policy=\"loops\",result=\"failed\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn other_requests_are_answered_while_policies_loop_and_no_state_leaks() {
     let config = config();
-    let server = Server::start(Options { config: Some(&config), ..Default::default() }).await;
+    let server = Server::start(Options {
+        config: Some(&config),
+        ..Default::default()
+    })
+    .await;
     let looping: Vec<_> = (0..8)
         .map(|_| {
             let client = server.client.clone();
             let url = server.endpoint("/validate");
-            tokio::spawn(async move { client.post(url).json(&pod("loop")).send().await.unwrap().status().as_u16() })
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .json(&pod("loop"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
         })
         .collect();
     for _ in 0..20 {
         let response = server.review("/validate", &pod("count")).await;
         assert_eq!(response["allowed"], true);
         // A fresh instance per request: the counter never sees a second call.
-        assert_eq!(response["auditAnnotations"]["counter.calls"], "1", "{response}");
+        assert_eq!(
+            response["auditAnnotations"]["counter.calls"], "1",
+            "{response}"
+        );
     }
     for handle in looping {
         assert_eq!(handle.await.unwrap(), 200);
@@ -91,12 +133,27 @@ policies:
   - {{name: fine, module: builtin:image-registries, settings: {{allowedRegistries: [nvcr.io/]}}}}
 "#
     );
-    let server = Server::start(Options { config: Some(&config), expect_unready: true }).await;
+    let server = Server::start(Options {
+        config: Some(&config),
+        expect_unready: true,
+    })
+    .await;
     let (status, body) = server.get("/readyz").await;
     assert_eq!(status, 503);
-    assert_eq!(body, "policy \"stuck\" failed to load: validate-settings failed: policy exceeded its deadline of 30 ms\n");
-    assert_eq!(server.review("/validate", &pod("default")).await["allowed"], true);
+    assert_eq!(
+        body,
+        "policy \"stuck\" failed to load: validate-settings failed: policy exceeded its deadline of 30 ms\n"
+    );
+    assert_eq!(
+        server.review("/validate", &pod("default")).await["allowed"],
+        true
+    );
     let response = server.review("/validate", &pod("stuck")).await;
     assert_eq!(response["allowed"], false);
-    assert!(response["status"]["message"].as_str().unwrap().starts_with("policy \"stuck\" failed: the policy failed to load"));
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("policy \"stuck\" failed: the policy failed to load")
+    );
 }

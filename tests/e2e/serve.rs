@@ -6,7 +6,9 @@ use tollgate_e2e::{Server, review, standard_request};
 
 fn decode_patch(response: &Value) -> json_patch::Patch {
     assert_eq!(response["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(response["patch"].as_str().expect("patch")).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().expect("patch"))
+        .unwrap();
     serde_json::from_slice(&bytes).expect("patch is a JSON Patch")
 }
 
@@ -18,14 +20,18 @@ async fn the_standard_gpu_pod_is_allowed_unchanged_by_both_endpoints() {
     assert_eq!(validated["allowed"], true, "{validated}");
     let mutated = server.review("/mutate", &request).await;
     assert_eq!(mutated["allowed"], true);
-    assert!(mutated.get("patch").is_none(), "every container already has requests: {mutated}");
+    assert!(
+        mutated.get("patch").is_none(),
+        "every container already has requests: {mutated}"
+    );
 }
 
 #[tokio::test]
 async fn a_pod_from_an_unknown_registry_is_denied_naming_container_and_image() {
     let server = Server::start_default().await;
     let mut request = standard_request();
-    request["request"]["object"]["spec"]["containers"][0]["image"] = json!("evil.example.com/miner:1.0");
+    request["request"]["object"]["spec"]["containers"][0]["image"] =
+        json!("evil.example.com/miner:1.0");
     let response = server.review("/validate", &request).await;
     assert_eq!(response["allowed"], false);
     assert_eq!(response["status"]["code"], 403);
@@ -42,28 +48,36 @@ async fn a_pod_from_an_unknown_registry_is_denied_naming_container_and_image() {
 async fn mutate_returns_a_patch_that_applies_and_is_idempotent() {
     let server = Server::start_default().await;
     let object = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ml"},
-        "spec": {"containers": [
-            {"name": "bare", "image": "nvcr.io/nvidia/pytorch:24.05-py3"},
-            {"name": "limited", "image": "nvcr.io/x:1", "resources": {"limits": {"cpu": "2"}}},
-        ]}});
+    "spec": {"containers": [
+        {"name": "bare", "image": "nvcr.io/nvidia/pytorch:24.05-py3"},
+        {"name": "limited", "image": "nvcr.io/x:1", "resources": {"limits": {"cpu": "2"}}},
+    ]}});
     let response = server.review("/mutate", &review("CREATE", &object)).await;
     assert_eq!(response["allowed"], true);
     let mut patched = object.clone();
     json_patch::patch(&mut patched, &decode_patch(&response)).expect("the patch applies");
     let mut expected = object.clone();
-    expected["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "100m", "memory": "128Mi"}});
-    expected["spec"]["containers"][1]["resources"] = json!({"limits": {"cpu": "2"}, "requests": {"memory": "128Mi"}});
+    expected["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}});
+    expected["spec"]["containers"][1]["resources"] =
+        json!({"limits": {"cpu": "2"}, "requests": {"memory": "128Mi"}});
     assert_eq!(patched, expected);
     let again = server.review("/mutate", &review("CREATE", &patched)).await;
     assert_eq!(again["allowed"], true);
-    assert!(again.get("patch").is_none(), "second pass must not patch: {again}");
+    assert!(
+        again.get("patch").is_none(),
+        "second pass must not patch: {again}"
+    );
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() {
     let server = Server::start_default().await;
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_string()));
-    assert_eq!(server.get("/readyz").await, (200, "ready: 2 policies loaded\n".to_string()));
+    assert_eq!(
+        server.get("/readyz").await,
+        (200, "ready: 2 policies loaded\n".to_string())
+    );
     server.review("/validate", &standard_request()).await;
     server.review("/mutate", &standard_request()).await;
     let (status, metrics) = server.get("/metrics").await;
@@ -76,7 +90,10 @@ async fn health_readiness_and_metrics_are_served() {
         "tollgate_admission_request_duration_seconds_bucket{le=\"0.0001\",endpoint=\"validate\"}",
         "tollgate_policy_evaluation_duration_seconds_count{policy=\"image-registries\"} 1",
     ] {
-        assert!(metrics.contains(expected), "missing {expected:?} in:\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in:\n{metrics}"
+        );
     }
 }
 
@@ -98,7 +115,13 @@ policies:
         "spec": {"containers": [{"name": "c", "image": "docker.io/library/busybox:latest"}]}});
     let response = server.review("/validate", &review("CREATE", &object)).await;
     let message = response["status"]["message"].as_str().unwrap();
-    assert!(message.starts_with("nvcr-only: container \"c\""), "{message}");
+    assert!(
+        message.starts_with("nvcr-only: container \"c\""),
+        "{message}"
+    );
     assert!(message.contains("; no-latest: container \"c\" uses image \"docker.io/library/busybox:latest\": the tag latest"));
-    assert!(!message.contains("quay-only"), "quay-only matches only Deployments: {message}");
+    assert!(
+        !message.contains("quay-only"),
+        "quay-only matches only Deployments: {message}"
+    );
 }

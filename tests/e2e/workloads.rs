@@ -27,7 +27,10 @@ fn manifests() -> Vec<(String, Value)> {
         for document in serde_yaml::Deserializer::from_str(&text) {
             let value = Value::deserialize(document).unwrap();
             if value.is_object() {
-                documents.push((file.file_name().unwrap().to_string_lossy().into_owned(), value));
+                documents.push((
+                    file.file_name().unwrap().to_string_lossy().into_owned(),
+                    value,
+                ));
             }
         }
     }
@@ -39,7 +42,9 @@ fn pod_specs(object: &Value) -> Vec<&Value> {
     let spec = &object["spec"];
     match object["kind"].as_str().unwrap_or("") {
         "Pod" => vec![spec],
-        "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => vec![&spec["template"]["spec"]],
+        "Deployment" | "DaemonSet" | "StatefulSet" | "ReplicaSet" | "Job" => {
+            vec![&spec["template"]["spec"]]
+        }
         "PyTorchJob" | "TFJob" | "PaddleJob" | "MPIJob" | "XGBoostJob" => spec
             .as_object()
             .into_iter()
@@ -53,20 +58,28 @@ fn pod_specs(object: &Value) -> Vec<&Value> {
 }
 
 fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
-    ["initContainers", "containers"].into_iter().flat_map(|field| spec[field].as_array().into_iter().flatten())
+    ["initContainers", "containers"]
+        .into_iter()
+        .flat_map(|field| spec[field].as_array().into_iter().flatten())
 }
 
 #[tokio::test]
 async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
     let server = Server::start_default().await;
     let documents = manifests();
-    assert!(documents.len() >= 20, "expected the gpu-workloads fixtures, found {}", documents.len());
+    assert!(
+        documents.len() >= 20,
+        "expected the gpu-workloads fixtures, found {}",
+        documents.len()
+    );
     let mut with_templates = 0;
     for (file, object) in &documents {
         let response = server.review("/mutate", &review("CREATE", object)).await;
         assert_eq!(response["allowed"], true, "{file}: {response}");
         let specs = pod_specs(object);
-        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
         let Some(patch) = response.get("patch") else {
             // Nothing to add: every container already has both requests, or
             // the namespace is excluded, or there are no containers.
@@ -74,18 +87,25 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
                 for container in containers(spec) {
                     let resources = &container["resources"];
                     let complete = ["cpu", "memory"].iter().all(|r| {
-                        resources["requests"].get(r).is_some() || resources["limits"].get(r).is_some()
+                        resources["requests"].get(r).is_some()
+                            || resources["limits"].get(r).is_some()
                     });
-                    assert!(complete || namespace == "kube-system", "{file}: {container} was not given defaults");
+                    assert!(
+                        complete || namespace == "kube-system",
+                        "{file}: {container} was not given defaults"
+                    );
                 }
             }
             continue;
         };
         with_templates += 1;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(patch.as_str().unwrap()).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(patch.as_str().unwrap())
+            .unwrap();
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         let mut patched = object.clone();
-        json_patch::patch(&mut patched, &patch).unwrap_or_else(|e| panic!("{file}: patch does not apply: {e}"));
+        json_patch::patch(&mut patched, &patch)
+            .unwrap_or_else(|e| panic!("{file}: patch does not apply: {e}"));
         let patched_specs = pod_specs(&patched);
         assert_eq!(specs.len(), patched_specs.len());
         for (before, after) in specs.iter().zip(&patched_specs) {
@@ -99,26 +119,39 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
                     }
                 }
             }
-            assert_eq!(stripped, original, "{file}: something besides resources changed");
+            assert_eq!(
+                stripped, original,
+                "{file}: something besides resources changed"
+            );
             for (old, new) in containers(before).zip(containers(after)) {
                 for (field, values) in old["resources"].as_object().into_iter().flatten() {
                     for (resource, amount) in values.as_object().into_iter().flatten() {
-                        assert_eq!(&new["resources"][field][resource], amount, "{file}: user value overwritten");
+                        assert_eq!(
+                            &new["resources"][field][resource], amount,
+                            "{file}: user value overwritten"
+                        );
                     }
                 }
                 for resource in ["cpu", "memory"] {
                     let resources = &new["resources"];
                     assert!(
-                        resources["requests"].get(resource).is_some() || resources["limits"].get(resource).is_some(),
+                        resources["requests"].get(resource).is_some()
+                            || resources["limits"].get(resource).is_some(),
                         "{file}: {resource} missing after mutation"
                     );
                 }
             }
         }
         let again = server.review("/mutate", &review("CREATE", &patched)).await;
-        assert!(again.get("patch").is_none(), "{file}: second pass patched again: {again}");
+        assert!(
+            again.get("patch").is_none(),
+            "{file}: second pass patched again: {again}"
+        );
     }
-    assert!(with_templates >= 10, "only {with_templates} manifests were mutated");
+    assert!(
+        with_templates >= 10,
+        "only {with_templates} manifests were mutated"
+    );
 }
 
 #[tokio::test]
@@ -126,7 +159,9 @@ async fn gpu_workloads_are_denied_exactly_for_latest_tags_and_unlisted_registrie
     let server = Server::start_default().await;
     for (file, object) in manifests() {
         let response = server.review("/validate", &review("CREATE", &object)).await;
-        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
         let offending: Vec<String> = pod_specs(&object)
             .into_iter()
             .flat_map(containers)
@@ -143,7 +178,10 @@ async fn gpu_workloads_are_denied_exactly_for_latest_tags_and_unlisted_registrie
         assert_eq!(response["allowed"], false, "{file}");
         let message = response["status"]["message"].as_str().unwrap();
         for container in &offending {
-            assert!(message.contains(container.as_str()), "{file}: {message} does not name {container}");
+            assert!(
+                message.contains(container.as_str()),
+                "{file}: {message} does not name {container}"
+            );
         }
     }
 }

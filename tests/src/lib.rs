@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 
 /// Root of the workspace.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
 }
 
 /// The `tollgate` binary under test.
@@ -45,7 +48,11 @@ pub fn shared(path: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 /// A running `tollgate serve`, killed on drop.
@@ -102,24 +109,45 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let client = client(&ca);
-        let mut server = Server { child: Some(child), url: format!("https://127.0.0.1:{port}"), dir, client };
-        let path = if options.expect_unready { "/healthz" } else { "/readyz" };
+        let mut server = Server {
+            child: Some(child),
+            url: format!("https://127.0.0.1:{port}"),
+            dir,
+            client,
+        };
+        let path = if options.expect_unready {
+            "/healthz"
+        } else {
+            "/readyz"
+        };
         loop {
             if let Ok(response) = server.client.get(server.endpoint(path)).send().await
                 && response.status() == 200
             {
                 break;
             }
-            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("tollgate exited with {status}:\n{}", server.log());
             }
-            assert!(Instant::now() < deadline, "tollgate did not become ready:\n{}", server.log());
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not become ready:\n{}",
+                server.log()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         if options.expect_unready {
             // Loading has finished once /readyz stops saying "loading".
             while server.get("/readyz").await.1.contains("loading") {
-                assert!(Instant::now() < deadline, "policies never finished loading:\n{}", server.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "policies never finished loading:\n{}",
+                    server.log()
+                );
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
@@ -142,8 +170,16 @@ impl Server {
 
     /// GET: status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
-        let response = self.client.get(self.endpoint(path)).send().await.expect("GET");
-        (response.status().as_u16(), response.text().await.expect("body"))
+        let response = self
+            .client
+            .get(self.endpoint(path))
+            .send()
+            .await
+            .expect("GET");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
     }
 
     /// POST raw bytes: status and body.
@@ -156,12 +192,17 @@ impl Server {
             .send()
             .await
             .expect("POST");
-        (response.status().as_u16(), response.text().await.expect("body"))
+        (
+            response.status().as_u16(),
+            response.text().await.expect("body"),
+        )
     }
 
     /// POST a review and return the response review's `response`.
     pub async fn review(&self, path: &str, review: &Value) -> Value {
-        let (status, body) = self.post_raw(path, serde_json::to_vec(review).expect("serializing")).await;
+        let (status, body) = self
+            .post_raw(path, serde_json::to_vec(review).expect("serializing"))
+            .await;
         assert_eq!(status, 200, "{path}: {body}");
         let mut answer: Value = serde_json::from_str(&body).expect("response is JSON");
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
@@ -173,7 +214,11 @@ impl Server {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
         child.wait().expect("waiting for tollgate")
     }
 }
@@ -211,7 +256,10 @@ pub fn client(ca: &Path) -> reqwest::Client {
 /// An AdmissionReview for `operation` of `object`, with a fresh uid.
 pub fn review(operation: &str, object: &Value) -> Value {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let uid = format!("e2e-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let uid = format!(
+        "e2e-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let api_version = object["apiVersion"].as_str().unwrap_or("v1");
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     json!({
@@ -234,6 +282,7 @@ pub fn review(operation: &str, object: &Value) -> Value {
 
 /// The standard benchmark request (`../shared/bench/pod-gpu-create.json`).
 pub fn standard_request() -> Value {
-    let text = std::fs::read_to_string(shared("bench/pod-gpu-create.json")).expect("reading the standard request");
+    let text = std::fs::read_to_string(shared("bench/pod-gpu-create.json"))
+        .expect("reading the standard request");
     serde_json::from_str(&text).expect("standard request is JSON")
 }

@@ -1,1 +1,167 @@
-fn main() {}
+//! In-process admission benchmarks on the standard request
+//! (`../shared/bench/pod-gpu-create.json`): decode → match → policies (a fresh
+//! instance each) → patch → encode, through the embedded default
+//! configuration (resource-defaults, mutating; image-registries, validating).
+//!
+//! Run: `cargo bench -p tollgate --bench admission`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tollgate::engine::{self, Compiler, Engine};
+use tollgate::policy::PolicySet;
+use tollgate::policy::matcher::Unknown;
+use tollgate::server::review;
+
+fn standard_request() -> Vec<u8> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The standard request with its second container's resources removed, so
+/// that the mutating policy changes it and a patch is computed.
+fn request_needing_defaults() -> Vec<u8> {
+    let mut review: serde_json::Value = serde_json::from_slice(&standard_request()).unwrap();
+    review["request"]["object"]["spec"]["containers"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("resources");
+    serde_json::to_vec(&review).unwrap()
+}
+
+fn policies() -> (PolicySet, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Engine::new(engine::Config {
+        cache_dir: cache.path().to_owned(),
+        compiler: Compiler::InProcess,
+    })
+    .unwrap();
+    let config = tollgate::builtin::default_config().unwrap();
+    let set = PolicySet::load(&config, &engine, Arc::new(Unknown));
+    assert_eq!(set.failures().count(), 0);
+    (set, cache)
+}
+
+fn admission(c: &mut Criterion) {
+    let (set, _cache) = policies();
+    let standard = standard_request();
+    let needing_defaults = request_needing_defaults();
+
+    let mut group = c.benchmark_group("standard-request");
+    group.bench_function("validate (decode, image-registries, encode)", |b| {
+        b.iter(|| {
+            let request = review::decode(black_box(&standard)).unwrap();
+            let outcome = set.validate(&request);
+            black_box(review::encode(&request.uid, &outcome))
+        })
+    });
+    group.bench_function("mutate (decode, resource-defaults, encode)", |b| {
+        b.iter(|| {
+            let request = review::decode(black_box(&standard)).unwrap();
+            let outcome = set.mutate(&request);
+            black_box(review::encode(&request.uid, &outcome))
+        })
+    });
+    group.bench_function("two-policy chain (decode, mutate, validate, encode)", |b| {
+        b.iter(|| {
+            let request = review::decode(black_box(&standard)).unwrap();
+            let outcome = set.review(&request);
+            assert!(outcome.allowed);
+            black_box(review::encode(&request.uid, &outcome))
+        })
+    });
+    group.bench_function("two-policy chain with a patch", |b| {
+        b.iter(|| {
+            let request = review::decode(black_box(&needing_defaults)).unwrap();
+            let outcome = set.review(&request);
+            assert!(outcome.patch.is_some());
+            black_box(review::encode(&request.uid, &outcome))
+        })
+    });
+    group.bench_function("decode and encode only", |b| {
+        b.iter(|| {
+            let request = review::decode(black_box(&standard)).unwrap();
+            black_box(review::encode(
+                &request.uid,
+                &tollgate::policy::Outcome::default(),
+            ))
+        })
+    });
+    group.finish();
+}
+
+/// The floor: a fresh instance of a policy that does nothing but count its
+/// calls, and of the two built-ins on the standard request, without the host's
+/// decode, match and encode.
+fn engine(c: &mut Criterion) {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Engine::new(engine::Config {
+        cache_dir: cache.path().to_owned(),
+        compiler: Compiler::InProcess,
+    })
+    .unwrap();
+    let limits = engine::Limits::default();
+    let misbehave = engine
+        .load(
+            "misbehave",
+            include_bytes!(concat!(env!("OUT_DIR"), "/policies/misbehave.wasm")),
+        )
+        .unwrap();
+    let registries = engine
+        .load(
+            "image-registries",
+            tollgate::builtin::module("image-registries").unwrap(),
+        )
+        .unwrap();
+    let defaults = engine
+        .load(
+            "resource-defaults",
+            tollgate::builtin::module("resource-defaults").unwrap(),
+        )
+        .unwrap();
+    let review: serde_json::Value = serde_json::from_slice(&standard_request()).unwrap();
+    let request = review["request"].to_string();
+    let mut group = c.benchmark_group("engine");
+    group.bench_function("fresh instance, trivial call", |b| {
+        b.iter(|| {
+            black_box(
+                misbehave
+                    .evaluate(r#"{"uid":"u"}"#, r#"{"behaviour":"count"}"#, &limits)
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("image-registries on the standard request", |b| {
+        b.iter(|| {
+            black_box(
+                registries
+                    .evaluate(
+                        &request,
+                        r#"{"allowedRegistries":["nvcr.io/"],"denyLatest":true}"#,
+                        &limits,
+                    )
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("resource-defaults on the standard request", |b| {
+        b.iter(|| {
+            black_box(
+                defaults
+                    .evaluate(
+                        &request,
+                        r#"{"requests":{"cpu":"100m","memory":"128Mi"}}"#,
+                        &limits,
+                    )
+                    .unwrap(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, admission, engine);
+criterion_main!(benches);

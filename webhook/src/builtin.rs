@@ -17,7 +17,11 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/default.yaml");
 /// Never in a released binary (a test parses it); a configuration error
 /// otherwise.
 pub fn default_config() -> Result<Config, config::Error> {
-    Config::parse(DEFAULT_CONFIG, "<embedded default configuration>", PathBuf::new())
+    Config::parse(
+        DEFAULT_CONFIG,
+        "<embedded default configuration>",
+        PathBuf::new(),
+    )
 }
 
 #[cfg(test)]
@@ -30,7 +34,10 @@ mod tests {
         assert!(!config.policies.is_empty());
         for policy in &config.policies {
             let name = policy.module.strip_prefix("builtin:").unwrap();
-            assert!(module(name).is_some_and(|bytes| bytes.starts_with(b"\0asm")), "{name}");
+            assert!(
+                module(name).is_some_and(|bytes| bytes.starts_with(b"\0asm")),
+                "{name}"
+            );
         }
     }
 }

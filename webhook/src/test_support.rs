@@ -21,9 +21,13 @@ fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("misbehave.wasm"), MISBEHAVE).expect("writing misbehave.wasm");
-        let engine = Engine::new(engine::Config { cache_dir: dir.path().join("cache"), compiler: Compiler::InProcess })
-            .expect("engine");
+        std::fs::write(dir.path().join("misbehave.wasm"), MISBEHAVE)
+            .expect("writing misbehave.wasm");
+        let engine = Engine::new(engine::Config {
+            cache_dir: dir.path().join("cache"),
+            compiler: Compiler::InProcess,
+        })
+        .expect("engine");
         Shared { engine, dir }
     })
 }

@@ -6,8 +6,10 @@
 //! `docker.io/library/nginx`, `team/app` is `docker.io/team/app`, as the
 //! container runtime resolves them.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
-use tollgate_sdk::pod::{self, TemplatePathRule, TemplatePaths};
+use tollgate_sdk::pod::{ContainerLists, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict};
 
 /// The policy's settings.
@@ -35,7 +37,11 @@ impl Policy for ImageRegistries {
         if settings.allowed_registries.is_empty() && !settings.deny_latest {
             return Err("allowedRegistries is empty and denyLatest is false, so the policy checks nothing: list registries such as \"registry.k8s.io/\" or set denyLatest: true".into());
         }
-        if let Some(bad) = settings.allowed_registries.iter().find(|r| !r.contains('/')) {
+        if let Some(bad) = settings
+            .allowed_registries
+            .iter()
+            .find(|r| !r.contains('/'))
+        {
             return Err(format!(
                 "allowedRegistries entry {bad:?} must end in '/' (write \"{bad}/\"), so that it cannot match a longer host name"
             ));
@@ -43,21 +49,25 @@ impl Policy for ImageRegistries {
         Ok(())
     }
 
-    fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
-        let Some(object) = request.object_opt()? else {
+    fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let Some(object) = request.raw_object() else {
             return Ok(Verdict::allow());
         };
         let paths = TemplatePaths::with(&settings.template_paths);
         let mut problems = Vec::new();
-        for (_, spec) in paths.pod_specs(object) {
-            for (kind, container) in pod::containers(spec) {
-                let name = pod::container_name(container);
-                let Some(image) = container.get("image").and_then(|i| i.as_str()) else {
+        let specs: Vec<(String, ContainerLists<Container<'_>>)> =
+            paths.pod_specs_in(&request.kind.group, &request.kind.kind, object)?;
+        for (_, lists) in &specs {
+            for (kind, _, container) in lists.iter() {
+                let (name, Some(image)) = (&container.name, container.image.as_deref()) else {
                     continue;
                 };
                 let normalized = normalize(image);
                 if !settings.allowed_registries.is_empty()
-                    && !settings.allowed_registries.iter().any(|prefix| normalized.starts_with(prefix.as_str()))
+                    && !settings
+                        .allowed_registries
+                        .iter()
+                        .any(|prefix| normalized.starts_with(prefix.as_str()))
                 {
                     problems.push(format!(
                         "{} {name:?} uses image {image:?}, which is not from an allowed registry ({})",
@@ -80,18 +90,33 @@ impl Policy for ImageRegistries {
                 }
             }
         }
-        Ok(if problems.is_empty() { Verdict::allow() } else { Verdict::deny(problems.join("; ")) })
+        Ok(if problems.is_empty() {
+            Verdict::allow()
+        } else {
+            Verdict::deny(problems.join("; "))
+        })
     }
+}
+
+/// The fields of a container this policy reads.
+#[derive(Deserialize)]
+struct Container<'a> {
+    #[serde(default, borrow)]
+    name: Cow<'a, str>,
+    #[serde(default, borrow)]
+    image: Option<Cow<'a, str>>,
 }
 
 tollgate_sdk::export!(ImageRegistries);
 
 /// The fully qualified form of an image reference.
-fn normalize(image: &str) -> String {
+fn normalize(image: &str) -> Cow<'_, str> {
     match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => image.to_owned(),
-        Some(_) => format!("docker.io/{image}"),
-        None => format!("docker.io/library/{image}"),
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Cow::Borrowed(image)
+        }
+        Some(_) => Cow::Owned(format!("docker.io/{image}")),
+        None => Cow::Owned(format!("docker.io/library/{image}")),
     }
 }
 
@@ -126,23 +151,34 @@ mod tests {
     use serde_json::json;
     use tollgate_sdk::testing;
 
-    const SETTINGS: &str = r#"{"allowedRegistries":["registry.k8s.io/","nvcr.io/"],"denyLatest":true}"#;
+    const SETTINGS: &str =
+        r#"{"allowedRegistries":["registry.k8s.io/","nvcr.io/"],"denyLatest":true}"#;
 
     fn pod(images: &[(&str, &str)]) -> String {
-        let containers: Vec<_> = images.iter().map(|(n, i)| json!({"name": n, "image": i})).collect();
-        testing::review(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "spec": {"containers": containers}}))
+        let containers: Vec<_> = images
+            .iter()
+            .map(|(n, i)| json!({"name": n, "image": i}))
+            .collect();
+        testing::review(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": containers}}),
+        )
     }
 
     #[test]
     fn allows_images_from_allowed_registries_with_tags() {
-        let verdict = testing::evaluate::<ImageRegistries>(&pod(&[("a", "nvcr.io/nvidia/pytorch:24.05-py3")]), SETTINGS);
+        let verdict = testing::evaluate::<ImageRegistries>(
+            &pod(&[("a", "nvcr.io/nvidia/pytorch:24.05-py3")]),
+            SETTINGS,
+        );
         assert!(verdict.unwrap().allowed);
     }
 
     #[test]
     fn denies_other_registries_naming_container_and_image() {
-        let verdict = testing::evaluate::<ImageRegistries>(&pod(&[("web", "quay.io/x/y:1")]), SETTINGS).unwrap();
+        let verdict =
+            testing::evaluate::<ImageRegistries>(&pod(&[("web", "quay.io/x/y:1")]), SETTINGS)
+                .unwrap();
         assert!(!verdict.allowed);
         assert_eq!(
             verdict.message.unwrap(),
@@ -153,19 +189,33 @@ mod tests {
     #[test]
     fn docker_hub_short_names_are_normalized() {
         let settings = r#"{"allowedRegistries":["docker.io/library/"]}"#;
-        assert!(testing::evaluate::<ImageRegistries>(&pod(&[("a", "nginx:1.27")]), settings).unwrap().allowed);
-        assert!(!testing::evaluate::<ImageRegistries>(&pod(&[("a", "evil/nginx:1")]), settings).unwrap().allowed);
+        assert!(
+            testing::evaluate::<ImageRegistries>(&pod(&[("a", "nginx:1.27")]), settings)
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            !testing::evaluate::<ImageRegistries>(&pod(&[("a", "evil/nginx:1")]), settings)
+                .unwrap()
+                .allowed
+        );
     }
 
     #[test]
     fn denies_latest_and_untagged_but_accepts_digests_and_registry_ports() {
         let verdict = testing::evaluate::<ImageRegistries>(
-            &pod(&[("a", "nvcr.io/x:latest"), ("b", "nvcr.io/x"), ("c", "nvcr.io/x@sha256:abc")]),
+            &pod(&[
+                ("a", "nvcr.io/x:latest"),
+                ("b", "nvcr.io/x"),
+                ("c", "nvcr.io/x@sha256:abc"),
+            ]),
             SETTINGS,
         )
         .unwrap();
         let message = verdict.message.unwrap();
-        assert!(message.contains("container \"a\" uses image \"nvcr.io/x:latest\": the tag latest"));
+        assert!(
+            message.contains("container \"a\" uses image \"nvcr.io/x:latest\": the tag latest")
+        );
         assert!(message.contains("container \"b\" uses image \"nvcr.io/x\" without a tag"));
         assert!(!message.contains("\"c\""));
         assert_eq!(tag("localhost:5000/x"), Tag::Missing);
@@ -173,18 +223,27 @@ mod tests {
 
     #[test]
     fn checks_init_and_ephemeral_containers_of_deployment_templates() {
-        let request = testing::review(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        let request = testing::review(
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"template": {"spec": {"initContainers": [{"name": "init", "image": "busybox:1"}],
                 "containers": [{"name": "ok", "image": "registry.k8s.io/pause:3.9"}],
-                "ephemeralContainers": [{"name": "dbg", "image": "docker.io/busybox:1"}]}}}}));
-        let message = testing::evaluate::<ImageRegistries>(&request, SETTINGS).unwrap().message.unwrap();
+                "ephemeralContainers": [{"name": "dbg", "image": "docker.io/busybox:1"}]}}}}),
+        );
+        let message = testing::evaluate::<ImageRegistries>(&request, SETTINGS)
+            .unwrap()
+            .message
+            .unwrap();
         assert!(message.starts_with("init container \"init\" uses image \"busybox:1\""));
         assert!(message.contains("ephemeral container \"dbg\""));
     }
 
     #[test]
     fn settings_that_check_nothing_or_match_too_much_are_refused() {
-        assert!(testing::validate_settings::<ImageRegistries>("{}").unwrap_err().contains("checks nothing"));
+        assert!(
+            testing::validate_settings::<ImageRegistries>("{}")
+                .unwrap_err()
+                .contains("checks nothing")
+        );
         assert!(
             testing::validate_settings::<ImageRegistries>(r#"{"allowedRegistries":["nvcr.io"]}"#)
                 .unwrap_err()

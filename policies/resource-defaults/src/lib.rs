@@ -4,11 +4,12 @@
 //! skipped: no default request where a limit is set (the apiserver copies the
 //! limit), no default limit below the container's own request.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tollgate_sdk::pod::{self, ContainerKind, TemplatePathRule, TemplatePaths};
+use tollgate_sdk::pod::{ContainerKind, ContainerLists, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict, quantity};
 
 /// The policy's settings.
@@ -36,10 +37,15 @@ impl Policy for ResourceDefaults {
         if settings.requests.is_empty() && settings.limits.is_empty() {
             return Err("neither requests nor limits is set, so the policy adds nothing: set e.g. requests: {cpu: 100m, memory: 128Mi}".into());
         }
-        for (field, map) in [("requests", &settings.requests), ("limits", &settings.limits)] {
+        for (field, map) in [
+            ("requests", &settings.requests),
+            ("limits", &settings.limits),
+        ] {
             for (resource, amount) in map {
                 if quantity::parse(amount).is_none() {
-                    return Err(format!("{field}.{resource}: {amount:?} is not a quantity (write e.g. 100m, 1, 512Mi)"));
+                    return Err(format!(
+                        "{field}.{resource}: {amount:?} is not a quantity (write e.g. 100m, 1, 512Mi)"
+                    ));
                 }
             }
         }
@@ -47,84 +53,128 @@ impl Policy for ResourceDefaults {
             if let Some(limit) = settings.limits.get(resource)
                 && quantity::parse(request) > quantity::parse(limit)
             {
-                return Err(format!("requests.{resource} ({request}) exceeds limits.{resource} ({limit}): lower the request or raise the limit"));
+                return Err(format!(
+                    "requests.{resource} ({request}) exceeds limits.{resource} ({limit}): lower the request or raise the limit"
+                ));
             }
         }
         Ok(())
     }
 
-    fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
-        let Some(object) = request.object_opt()? else {
+    fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let Some(raw_object) = request.raw_object() else {
             return Ok(Verdict::allow());
         };
-        let mut object = object.clone();
+        // Decide on a light parse of the containers; build the whole object
+        // only when something is to be added.
+        let paths = TemplatePaths::with(&settings.template_paths);
+        let mut additions = Vec::new();
         let mut warnings = Vec::new();
-        TemplatePaths::with(&settings.template_paths).for_each_pod_spec_mut(&mut object, |_, spec| {
-            pod::for_each_container_mut(spec, |kind, container| {
+        let specs: Vec<(String, ContainerLists<Container<'_>>)> =
+            paths.pod_specs_in(&request.kind.group, &request.kind.kind, raw_object)?;
+        for (pointer, lists) in &specs {
+            for (kind, index, container) in lists.iter() {
                 // Ephemeral containers may not set resources.
-                if kind != ContainerKind::Ephemeral {
-                    apply_defaults(kind, container, settings, &mut warnings);
+                if kind == ContainerKind::Ephemeral {
+                    continue;
                 }
-            });
-        });
-        let verdict = Verdict::mutate(object);
+                let at = format!("{pointer}/{}/{index}", kind.field());
+                for (field, resource, amount) in
+                    defaults_for(kind, container, settings, &mut warnings)
+                {
+                    additions.push((at.clone(), field, resource, amount));
+                }
+            }
+        }
+        let verdict = if additions.is_empty() {
+            Verdict::allow()
+        } else {
+            let mut object: Value = serde_json::from_str(raw_object)?;
+            for (at, field, resource, amount) in additions {
+                let container = object
+                    .pointer_mut(&at)
+                    .and_then(Value::as_object_mut)
+                    .ok_or_else(|| tollgate_sdk::Error(format!("no container at {at}")))?;
+                let resources = container
+                    .entry("resources")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                let list = resources
+                    .as_object_mut()
+                    .ok_or_else(|| tollgate_sdk::Error(format!("{at}/resources is not an object")))?
+                    .entry(field)
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Some(list) = list.as_object_mut() {
+                    list.insert(resource.to_owned(), Value::String(amount.to_owned()));
+                }
+            }
+            Verdict::mutate(object)
+        };
         Ok(warnings.into_iter().fold(verdict, Verdict::warn))
     }
 }
 
 tollgate_sdk::export!(ResourceDefaults);
 
-fn amount(resources: &Value, field: &str, resource: &str) -> Option<f64> {
-    resources.get(field)?.get(resource)?.as_str().and_then(quantity::parse)
+/// The fields of a container this policy reads.
+#[derive(Deserialize)]
+struct Container<'a> {
+    #[serde(default, borrow)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    resources: Resources,
 }
 
-fn has(resources: &Value, field: &str, resource: &str) -> bool {
-    resources.get(field).and_then(|m| m.get(resource)).is_some()
+#[derive(Deserialize, Default)]
+struct Resources {
+    #[serde(default)]
+    requests: BTreeMap<String, Value>,
+    #[serde(default)]
+    limits: BTreeMap<String, Value>,
 }
 
-fn apply_defaults(kind: ContainerKind, container: &mut Value, settings: &Settings, warnings: &mut Vec<String>) {
-    let name = pod::container_name(container).to_owned();
-    let Some(container) = container.as_object_mut() else {
-        return;
-    };
-    let resources = container.entry("resources").or_insert_with(|| Value::Object(Map::new()));
-    if !resources.is_object() {
-        return;
+fn amount(list: &BTreeMap<String, Value>, resource: &str) -> Option<f64> {
+    match list.get(resource)? {
+        Value::String(text) => quantity::parse(text),
+        Value::Number(number) => number.as_f64(),
+        _ => None,
     }
+}
+
+/// The (field, resource, amount) defaults this container lacks.
+fn defaults_for<'s>(
+    kind: ContainerKind,
+    container: &Container<'_>,
+    settings: &'s Settings,
+    warnings: &mut Vec<String>,
+) -> Vec<(&'static str, &'s str, &'s str)> {
+    let resources = &container.resources;
     let mut add = Vec::new();
     for (resource, default) in &settings.requests {
-        if !has(resources, "requests", resource) && !has(resources, "limits", resource) {
-            add.push(("requests", resource, default));
+        if !resources.requests.contains_key(resource) && !resources.limits.contains_key(resource) {
+            add.push(("requests", resource.as_str(), default.as_str()));
         }
     }
     for (resource, default) in &settings.limits {
-        if has(resources, "limits", resource) {
+        if resources.limits.contains_key(resource) {
             continue;
         }
-        let request = amount(resources, "requests", resource)
-            .or_else(|| settings.requests.get(resource).and_then(|r| quantity::parse(r)));
+        let request = amount(&resources.requests, resource).or_else(|| {
+            settings
+                .requests
+                .get(resource)
+                .and_then(|r| quantity::parse(r))
+        });
         if request.is_some_and(|request| Some(request) > quantity::parse(default)) {
             warnings.push(format!(
-                "{} {name:?}: its {resource} request exceeds the default limit {default}, so no limit was added",
-                kind.noun()
+                "{} {:?}: its {resource} request exceeds the default limit {default}, so no limit was added",
+                kind.noun(),
+                container.name
             ));
             continue;
         }
-        add.push(("limits", resource, default));
+        add.push(("limits", resource.as_str(), default.as_str()));
     }
-    for (field, resource, default) in add {
-        let map = resources
-            .as_object_mut()
-            .expect("checked above")
-            .entry(field)
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Some(map) = map.as_object_mut() {
-            map.insert(resource.clone(), Value::String(default.clone()));
-        }
-    }
-    if resources.as_object().is_some_and(Map::is_empty) {
-        container.remove("resources");
-    }
+    add
 }
 
 #[cfg(test)]
@@ -133,16 +183,23 @@ mod tests {
     use serde_json::json;
     use tollgate_sdk::testing;
 
-    const SETTINGS: &str = r#"{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"256Mi"}}"#;
+    const SETTINGS: &str =
+        r#"{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"256Mi"}}"#;
 
     fn pod(containers: Value) -> String {
-        testing::review(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "spec": {"containers": containers}}))
+        testing::review(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": containers}}),
+        )
     }
 
     #[test]
     fn adds_defaults_to_containers_without_resources() {
-        let verdict = testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a", "image": "x"}])), SETTINGS).unwrap();
+        let verdict = testing::evaluate::<ResourceDefaults>(
+            &pod(json!([{"name": "a", "image": "x"}])),
+            SETTINGS,
+        )
+        .unwrap();
         let object = verdict.mutated_object.unwrap();
         assert_eq!(
             object["spec"]["containers"][0]["resources"],
@@ -170,9 +227,13 @@ mod tests {
 
     #[test]
     fn applying_to_its_own_output_changes_nothing() {
-        let first = testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a"}])), SETTINGS).unwrap();
-        let second =
-            testing::evaluate::<ResourceDefaults>(&testing::review(first.mutated_object.unwrap()), SETTINGS).unwrap();
+        let first =
+            testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a"}])), SETTINGS).unwrap();
+        let second = testing::evaluate::<ResourceDefaults>(
+            &testing::review(first.mutated_object.unwrap()),
+            SETTINGS,
+        )
+        .unwrap();
         assert_eq!(second.mutated_object, None);
     }
 
@@ -180,15 +241,25 @@ mod tests {
     fn skips_a_default_limit_below_the_users_request_with_a_warning() {
         let containers = json!([{"name": "big", "resources": {"requests": {"memory": "1Gi"}}}]);
         let verdict = testing::evaluate::<ResourceDefaults>(&pod(containers), SETTINGS).unwrap();
-        assert_eq!(verdict.warnings, vec!["container \"big\": its memory request exceeds the default limit 256Mi, so no limit was added"]);
+        assert_eq!(
+            verdict.warnings,
+            vec![
+                "container \"big\": its memory request exceeds the default limit 256Mi, so no limit was added"
+            ]
+        );
     }
 
     #[test]
     fn mutates_init_containers_of_cronjob_templates_but_not_ephemeral_ones() {
-        let request = testing::review(json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+        let request = testing::review(
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
             "spec": {"jobTemplate": {"spec": {"template": {"spec": {"initContainers": [{"name": "i"}],
-                "containers": [{"name": "m"}], "ephemeralContainers": [{"name": "e"}]}}}}}}));
-        let object = testing::evaluate::<ResourceDefaults>(&request, SETTINGS).unwrap().mutated_object.unwrap();
+                "containers": [{"name": "m"}], "ephemeralContainers": [{"name": "e"}]}}}}}}),
+        );
+        let object = testing::evaluate::<ResourceDefaults>(&request, SETTINGS)
+            .unwrap()
+            .mutated_object
+            .unwrap();
         let spec = &object["spec"]["jobTemplate"]["spec"]["template"]["spec"];
         assert!(spec["initContainers"][0]["resources"]["requests"].is_object());
         assert!(spec["containers"][0]["resources"]["requests"].is_object());
@@ -197,18 +268,32 @@ mod tests {
 
     #[test]
     fn numbers_are_quantities_too() {
-        let verdict = testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a"}])), r#"{"requests":{"cpu":1}}"#);
+        let verdict = testing::evaluate::<ResourceDefaults>(
+            &pod(json!([{"name": "a"}])),
+            r#"{"requests":{"cpu":1}}"#,
+        );
         let object = verdict.unwrap().mutated_object.unwrap();
-        assert_eq!(object["spec"]["containers"][0]["resources"]["requests"]["cpu"], "1");
-        assert!(testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":true}}"#).is_err());
+        assert_eq!(
+            object["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "1"
+        );
+        assert!(
+            testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":true}}"#).is_err()
+        );
     }
 
     #[test]
     fn refuses_settings_that_are_not_quantities_or_inconsistent() {
-        let err = testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":"lots"}}"#).unwrap_err();
-        assert_eq!(err, "requests.cpu: \"lots\" is not a quantity (write e.g. 100m, 1, 512Mi)");
-        let err =
-            testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":"2"},"limits":{"cpu":"1"}}"#).unwrap_err();
+        let err = testing::validate_settings::<ResourceDefaults>(r#"{"requests":{"cpu":"lots"}}"#)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "requests.cpu: \"lots\" is not a quantity (write e.g. 100m, 1, 512Mi)"
+        );
+        let err = testing::validate_settings::<ResourceDefaults>(
+            r#"{"requests":{"cpu":"2"},"limits":{"cpu":"1"}}"#,
+        )
+        .unwrap_err();
         assert!(err.starts_with("requests.cpu (2) exceeds limits.cpu (1)"));
     }
 }

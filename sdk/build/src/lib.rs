@@ -16,6 +16,9 @@ pub const TARGET: &str = "wasm32-unknown-unknown";
 /// The cargo profile (defined in the workspace) policies are compiled with.
 pub const PROFILE: &str = "wasm-policy";
 
+/// Initial linear memory of a policy module.
+pub const INITIAL_MEMORY_BYTES: usize = 4 << 20;
+
 /// One policy crate to build.
 #[derive(Debug, Clone)]
 pub struct Crate {
@@ -32,12 +35,20 @@ pub struct Crate {
 ///
 /// When `dir` cannot be read.
 pub fn crates_in(dir: &Path) -> Result<Vec<Crate>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     let mut crates: Vec<Crate> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| path.join("Cargo.toml").is_file())
-        .map(|dir| Crate { name: dir.file_name().unwrap_or_default().to_string_lossy().into_owned(), dir })
+        .map(|dir| Crate {
+            name: dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            dir,
+        })
         .collect();
     crates.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(crates)
@@ -51,12 +62,26 @@ pub fn crates_in(dir: &Path) -> Result<Vec<Crate>, String> {
 ///
 /// A failed compilation (with cargo's output), a missing Rust target (with
 /// the `rustup` command that adds it), or a module that is not a valid policy.
-pub fn build(workspace: &Path, crates: &[Crate], target_dir: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn build(
+    workspace: &Path,
+    crates: &[Crate],
+    target_dir: &Path,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    ensure_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "--quiet", "--profile", PROFILE, "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            PROFILE,
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(target_dir);
     for krate in crates {
         command.args(["-p", &krate.name]);
@@ -74,28 +99,64 @@ pub fn build(workspace: &Path, crates: &[Crate], target_dir: &Path, out_dir: &Pa
     ] {
         command.env_remove(variable);
     }
-    let output = command.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    // Start with enough linear memory for a typical evaluation (the 1 MiB
+    // shadow stack plus a few MiB of heap): a fresh instance then never calls
+    // `memory.grow`, which costs the host an `mprotect` on every call. Pages
+    // that are never touched cost nothing.
+    command.env(
+        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
+        format!("-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES}"),
+    );
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("may not be installed") || stderr.contains("can't find crate for `core`") {
+        let hint = if stderr.contains("may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
             format!("\nhint: run `rustup target add {TARGET}`")
         } else {
             String::new()
         };
-        return Err(format!("building policies for {TARGET} failed:\n{stderr}{hint}"));
+        return Err(format!(
+            "building policies for {TARGET} failed:\n{stderr}{hint}"
+        ));
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     crates
         .iter()
         .map(|krate| {
-            let module_path = target_dir.join(TARGET).join(PROFILE).join(format!("{}.wasm", krate.name.replace('-', "_")));
-            let module = std::fs::read(&module_path).map_err(|e| format!("cannot read {}: {e}", module_path.display()))?;
+            let module_path = target_dir
+                .join(TARGET)
+                .join(PROFILE)
+                .join(format!("{}.wasm", krate.name.replace('-', "_")));
+            let module = std::fs::read(&module_path)
+                .map_err(|e| format!("cannot read {}: {e}", module_path.display()))?;
             let component = componentize(&module).map_err(|e| format!("{}: {e}", krate.name))?;
             let path = out_dir.join(format!("{}.wasm", krate.name));
-            std::fs::write(&path, component).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            std::fs::write(&path, component)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             Ok(path)
         })
         .collect()
+}
+
+/// Adds the Wasm target with rustup when it is missing, so that a fresh
+/// machine with only the Rust toolchain builds (and `cargo install` works).
+/// Without rustup, the build's own error says what to install.
+fn ensure_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output();
+    let installed = sysroot.is_ok_and(|out| {
+        let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Path::new(&root).join("lib/rustlib").join(TARGET).exists()
+    });
+    if !installed {
+        // Best effort: a failure surfaces as the compiler's clear error below.
+        let _ = Command::new("rustup").args(["target", "add", TARGET]).status();
+    }
 }
 
 /// Encodes a core module (with the component-type section that

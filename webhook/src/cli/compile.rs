@@ -8,8 +8,12 @@ use anyhow::Context as _;
 
 pub fn run() -> anyhow::Result<()> {
     let mut bytes = Vec::new();
-    std::io::stdin().read_to_end(&mut bytes).context("reading the component from standard input")?;
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("reading the component from standard input")?;
     let artifact = crate::engine::precompile(&bytes)?;
-    std::io::stdout().write_all(&artifact).context("writing the artifact to standard output")?;
+    std::io::stdout()
+        .write_all(&artifact)
+        .context("writing the artifact to standard output")?;
     Ok(())
 }

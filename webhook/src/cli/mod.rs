@@ -52,7 +52,8 @@ impl PolicyArgs {
     fn load_config(&self) -> anyhow::Result<Config> {
         Ok(match &self.config {
             Some(path) => Config::from_file(path)?,
-            None => crate::builtin::default_config().context("the embedded default configuration is invalid")?,
+            None => crate::builtin::default_config()
+                .context("the embedded default configuration is invalid")?,
         })
     }
 
@@ -63,7 +64,10 @@ impl PolicyArgs {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
-        base.map_or_else(|| PathBuf::from("tollgate-cache"), |base| base.join("tollgate"))
+        base.map_or_else(
+            || PathBuf::from("tollgate-cache"),
+            |base| base.join("tollgate"),
+        )
     }
 }
 

@@ -51,7 +51,10 @@ fn evaluate(policies: &PolicySet, path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.policies.load_config()?;
     let files = request_files(&args.request)?;
-    let engine = Engine::new(engine::Config { cache_dir: args.policies.cache_dir(), compiler: Compiler::InProcess })?;
+    let engine = Engine::new(engine::Config {
+        cache_dir: args.policies.cache_dir(),
+        compiler: Compiler::InProcess,
+    })?;
     let policies = PolicySet::load(&config, &engine, Arc::new(Unknown));
     for (name, error) in policies.failures() {
         eprintln!("warning: policy {name:?} failed to load: {error}");

@@ -64,7 +64,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -77,7 +79,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     init_tracing(&args.log_format);
     let config = args.policies.load_config()?;
     let files = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => tls::Files { cert: cert.clone(), key: key.clone() },
+        (Some(cert), Some(key)) => tls::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
         _ => {
             let made = certs::ensure(&args.cert_dir, &args.tls_sans)?;
             let verb = if made.created { "created" } else { "reusing" };
@@ -88,13 +93,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (tls_config, resolver) = tls::server_config(files, args.client_ca.as_deref())?;
     let engine = Engine::new(engine::Config {
         cache_dir: args.policies.cache_dir(),
-        compiler: Compiler::Subprocess(std::env::current_exe().context("locating the tollgate binary")?),
+        compiler: Compiler::Subprocess(
+            std::env::current_exe().context("locating the tollgate binary")?,
+        ),
     })?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.addr))?;
         tracing::info!(addr = %args.addr, "listening (HTTPS)");
         let state = Arc::new(AppState::new());
         tokio::spawn(resolver.watch());
@@ -108,14 +118,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if failed == 0 {
                 tracing::info!(policies = total, elapsed_ms, "ready");
             } else {
-                tracing::error!(policies = total, failed, elapsed_ms, "serving, but some policies failed to load (see /readyz)");
+                tracing::error!(
+                    policies = total,
+                    failed,
+                    elapsed_ms,
+                    "serving, but some policies failed to load (see /readyz)"
+                );
             }
         });
         let delay = args.shutdown_delay;
         let draining = state.clone();
         server::serve(listener, tls_config, state, async move {
             shutdown_signal().await;
-            draining.shutting_down.store(true, std::sync::atomic::Ordering::Release);
+            draining
+                .shutting_down
+                .store(true, std::sync::atomic::Ordering::Release);
             tracing::info!("shutdown requested; readiness is now false");
             tokio::time::sleep(delay).await;
         })
@@ -128,8 +145,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {},
             _ = terminate.recv() => {},

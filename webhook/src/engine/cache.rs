@@ -20,7 +20,9 @@ use super::Compiler;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file or directory of the cache could not be read or written.
-    #[error("module cache {path}: {source} (check that the directory is writable, or choose another with --cache-dir)")]
+    #[error(
+        "module cache {path}: {source} (check that the directory is writable, or choose another with --cache-dir)"
+    )]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -56,17 +58,25 @@ impl Cache {
     ///
     /// When the directory cannot be created.
     pub fn new(dir: PathBuf, compiler: Compiler, engine: &wasmtime::Engine) -> Result<Self, Error> {
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Cache { dir, compiler, engine_key: hasher.finish() })
+        Ok(Cache {
+            dir,
+            compiler,
+            engine_key: hasher.finish(),
+        })
     }
 
     /// Where the artifact of `bytes` lives.
     pub fn artifact_path(&self, bytes: &[u8]) -> PathBuf {
         let digest = Sha256::digest(bytes);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("{hex}-{:016x}.cwasm", self.engine_key))
+        self.dir
+            .join(format!("{hex}-{:016x}.cwasm", self.engine_key))
     }
 
     /// The compiled component for `bytes`, from the cache or freshly compiled
@@ -75,7 +85,11 @@ impl Cache {
     /// # Errors
     ///
     /// Invalid components, and cache or child-process failures.
-    pub fn component(&self, engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, super::Error> {
+    pub fn component(
+        &self,
+        engine: &wasmtime::Engine,
+        bytes: &[u8],
+    ) -> Result<Component, super::Error> {
         let path = self.artifact_path(bytes);
         if path.exists() {
             match load(engine, &path) {
@@ -88,7 +102,9 @@ impl Cache {
             }
         }
         let artifact = match &self.compiler {
-            Compiler::InProcess => engine.precompile_component(bytes).map_err(super::Error::Compile)?,
+            Compiler::InProcess => engine
+                .precompile_component(bytes)
+                .map_err(super::Error::Compile)?,
             Compiler::Subprocess(exe) => compile_in_child(exe, bytes)?,
         };
         self.store(&path, &artifact)?;
@@ -103,8 +119,14 @@ impl Cache {
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&temp, artifact).map_err(|source| Error::Io { path: temp.clone(), source })?;
-        std::fs::rename(&temp, path).map_err(|source| Error::Io { path: path.to_owned(), source })
+        std::fs::write(&temp, artifact).map_err(|source| Error::Io {
+            path: temp.clone(),
+            source,
+        })?;
+        std::fs::rename(&temp, path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
     }
 }
 
@@ -121,7 +143,10 @@ fn load(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
 }
 
 fn compile_in_child(exe: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> {
-    let failed = |message: String| Error::Subprocess { exe: exe.to_owned(), message };
+    let failed = |message: String| Error::Subprocess {
+        exe: exe.to_owned(),
+        message,
+    };
     let mut child = Command::new(exe)
         .arg("compile")
         .stdin(Stdio::piped())
@@ -134,8 +159,12 @@ fn compile_in_child(exe: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     // Feed stdin from another thread: the child may fill its stdout pipe
     // before it has read all of its input.
     let writer = std::thread::spawn(move || stdin.write_all(&bytes));
-    let output = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
-    let written = writer.join().map_err(|_| failed("writer thread panicked".into()))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    let written = writer
+        .join()
+        .map_err(|_| failed("writer thread panicked".into()))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(failed(format!("{} ({})", stderr.trim(), output.status)));

@@ -21,7 +21,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout: Duration::from_millis(100), memory_bytes: 64 << 20, output_bytes: 4 << 20 }
+        Limits {
+            timeout: Duration::from_millis(100),
+            memory_bytes: 64 << 20,
+            output_bytes: 4 << 20,
+        }
     }
 }
 
@@ -39,12 +43,21 @@ pub struct StoreState {
 impl StoreState {
     /// State for one call of `policy` capped at `memory_bytes`.
     pub fn new(policy: Arc<str>, memory_bytes: usize) -> Self {
-        StoreState { policy, memory_bytes, memory_exceeded: false }
+        StoreState {
+            policy,
+            memory_bytes,
+            memory_exceeded: false,
+        }
     }
 }
 
 impl wasmtime::ResourceLimiter for StoreState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.memory_exceeded = true;
             return Ok(false);
@@ -52,7 +65,12 @@ impl wasmtime::ResourceLimiter for StoreState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables hold function references; a policy needs few. Refuse growth
         // past what the pool reserves.
         Ok(desired <= 20_000)

@@ -75,7 +75,9 @@ pub enum Error {
     #[error("cannot configure the Wasm engine: {0:#}")]
     Configure(#[source] wasmtime::Error),
     /// The bytes are not a valid component for the `tollgate:policy` world.
-    #[error("not a valid policy component: {0:#} (build it for the tollgate:policy world, see docs/abi.md)")]
+    #[error(
+        "not a valid policy component: {0:#} (build it for the tollgate:policy world, see docs/abi.md)"
+    )]
     Compile(wasmtime::Error),
     /// The module cache could not be used.
     #[error(transparent)]
@@ -159,10 +161,18 @@ impl Engine {
     pub fn new(config: Config) -> Result<Self, Error> {
         let wasmtime = wasmtime::Engine::new(&wasmtime_config()).map_err(Error::Configure)?;
         let mut linker = Linker::new(&wasmtime);
-        bindings::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(Error::Link)?;
+        bindings::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(Error::Link)?;
         let cache = cache::Cache::new(config.cache_dir, config.compiler, &wasmtime)?;
         let ticker = Ticker::start(wasmtime.clone());
-        Ok(Engine { inner: Arc::new(Inner { wasmtime, linker, ticker, cache }) })
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                wasmtime,
+                linker,
+                ticker,
+                cache,
+            }),
+        })
     }
 
     /// Compiles (or fetches from the cache) and pre-instantiates a policy
@@ -174,7 +184,11 @@ impl Engine {
     /// cannot be written.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
         let component: Component = self.inner.cache.component(&self.inner.wasmtime, bytes)?;
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(Error::Link)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(Error::Link)?;
         let pre = PolicyPre::new(name, pre, self.clone())?;
         Ok(pre)
     }
@@ -209,19 +223,35 @@ mod tests {
 
     #[test]
     fn evaluates_a_builtin_policy() {
-        let pre = engine().load("image-registries", crate::builtin::module("image-registries").unwrap()).unwrap();
+        let pre = engine()
+            .load(
+                "image-registries",
+                crate::builtin::module("image-registries").unwrap(),
+            )
+            .unwrap();
         let limits = Limits::default();
-        let verdict = pre.evaluate(POD, r#"{"allowedRegistries":["nvcr.io/"]}"#, &limits).unwrap();
+        let verdict = pre
+            .evaluate(POD, r#"{"allowedRegistries":["nvcr.io/"]}"#, &limits)
+            .unwrap();
         assert!(!verdict.allowed);
         assert!(verdict.message.unwrap().contains("\"quay.io/x:1\""));
-        let verdict = pre.evaluate(POD, r#"{"allowedRegistries":["quay.io/"]}"#, &limits).unwrap();
+        let verdict = pre
+            .evaluate(POD, r#"{"allowedRegistries":["quay.io/"]}"#, &limits)
+            .unwrap();
         assert!(verdict.allowed);
     }
 
     #[test]
     fn validate_settings_reports_the_policys_message() {
-        let pre = engine().load("image-registries", crate::builtin::module("image-registries").unwrap()).unwrap();
-        let refused = pre.validate_settings(r#"{"allowedRegistries":["nvcr.io"]}"#, &Limits::default()).unwrap();
+        let pre = engine()
+            .load(
+                "image-registries",
+                crate::builtin::module("image-registries").unwrap(),
+            )
+            .unwrap();
+        let refused = pre
+            .validate_settings(r#"{"allowedRegistries":["nvcr.io"]}"#, &Limits::default())
+            .unwrap();
         assert!(refused.unwrap_err().contains("must end in '/'"));
     }
 
@@ -229,27 +259,49 @@ mod tests {
     fn every_call_gets_a_fresh_instance() {
         for _ in 0..3 {
             let verdict = misbehave("count", &Limits::default()).unwrap();
-            assert_eq!(verdict.audit_annotations, vec![("calls".to_string(), "1".to_string())]);
+            assert_eq!(
+                verdict.audit_annotations,
+                vec![("calls".to_string(), "1".to_string())]
+            );
         }
     }
 
     #[test]
     fn an_endless_loop_is_stopped_at_the_deadline() {
-        let limits = Limits { timeout: Duration::from_millis(20), ..Limits::default() };
+        let limits = Limits {
+            timeout: Duration::from_millis(20),
+            ..Limits::default()
+        };
         let started = std::time::Instant::now();
-        assert!(matches!(misbehave("loop", &limits), Err(Error::Timeout(20))));
-        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert!(matches!(
+            misbehave("loop", &limits),
+            Err(Error::Timeout(20))
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
     fn unbounded_allocation_hits_the_memory_cap() {
-        let limits = Limits { memory_bytes: 16 << 20, ..Limits::default() };
-        assert!(matches!(misbehave("allocate", &limits), Err(Error::MemoryLimit(16))));
+        let limits = Limits {
+            memory_bytes: 16 << 20,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            misbehave("allocate", &limits),
+            Err(Error::MemoryLimit(16))
+        ));
     }
 
     #[test]
     fn traps_and_stack_overflows_are_reported() {
-        assert!(matches!(misbehave("trap", &Limits::default()), Err(Error::Trap(_))));
+        assert!(matches!(
+            misbehave("trap", &Limits::default()),
+            Err(Error::Trap(_))
+        ));
         match misbehave("stack-overflow", &Limits::default()) {
             Err(Error::Trap(message)) => assert!(message.contains("stack"), "{message}"),
             other => panic!("expected a stack overflow trap, got {other:?}"),
@@ -258,8 +310,14 @@ mod tests {
 
     #[test]
     fn oversized_output_and_policy_errors_are_reported() {
-        let limits = Limits { output_bytes: 1 << 20, ..Limits::default() };
-        assert!(matches!(misbehave("huge-output", &limits), Err(Error::OutputTooLarge { limit: 1048576, .. })));
+        let limits = Limits {
+            output_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            misbehave("huge-output", &limits),
+            Err(Error::OutputTooLarge { limit: 1048576, .. })
+        ));
         match misbehave("error", &Limits::default()) {
             Err(Error::Policy(message)) => assert_eq!(message, "misbehave: no verdict on purpose"),
             other => panic!("expected a policy error, got {other:?}"),
@@ -268,29 +326,52 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_a_component_are_refused() {
-        assert!(matches!(engine().load("junk", b"not wasm"), Err(Error::Compile(_))));
+        assert!(matches!(
+            engine().load("junk", b"not wasm"),
+            Err(Error::Compile(_))
+        ));
     }
 
     #[test]
     fn a_second_engine_loads_artifacts_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let config = || Config { cache_dir: dir.path().to_owned(), compiler: Compiler::InProcess };
+        let config = || Config {
+            cache_dir: dir.path().to_owned(),
+            compiler: Compiler::InProcess,
+        };
         Engine::new(config()).unwrap().load("m", MISBEHAVE).unwrap();
-        let artifacts = || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+        let artifacts = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect::<Vec<_>>()
+        };
         let first = artifacts();
         assert_eq!(first.len(), 1);
         let modified = std::fs::metadata(&first[0]).unwrap().modified().unwrap();
         Engine::new(config()).unwrap().load("m", MISBEHAVE).unwrap();
         assert_eq!(artifacts(), first);
-        assert_eq!(std::fs::metadata(&first[0]).unwrap().modified().unwrap(), modified);
+        assert_eq!(
+            std::fs::metadata(&first[0]).unwrap().modified().unwrap(),
+            modified
+        );
     }
 
     #[test]
     fn a_damaged_artifact_is_recompiled() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(Config { cache_dir: dir.path().to_owned(), compiler: Compiler::InProcess }).unwrap();
+        let engine = Engine::new(Config {
+            cache_dir: dir.path().to_owned(),
+            compiler: Compiler::InProcess,
+        })
+        .unwrap();
         engine.load("m", MISBEHAVE).unwrap();
-        let artifact = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        let artifact = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         std::fs::write(&artifact, b"garbage").unwrap();
         engine.load("m", MISBEHAVE).unwrap();
         assert!(std::fs::read(&artifact).unwrap().len() > 1000);

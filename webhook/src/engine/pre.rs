@@ -31,7 +31,11 @@ impl Verdict {
     fn output_bytes(&self) -> usize {
         self.message.as_ref().map_or(0, String::len)
             + self.warnings.iter().map(String::len).sum::<usize>()
-            + self.audit_annotations.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .audit_annotations
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + self.mutated_object.as_ref().map_or(0, String::len)
     }
 }
@@ -61,9 +65,17 @@ pub struct PolicyPre {
 }
 
 impl PolicyPre {
-    pub(super) fn new(name: &str, pre: InstancePre<StoreState>, engine: Engine) -> Result<Self, Error> {
+    pub(super) fn new(
+        name: &str,
+        pre: InstancePre<StoreState>,
+        engine: Engine,
+    ) -> Result<Self, Error> {
         let pre = bindings::PolicyPre::new(pre).map_err(Error::Link)?;
-        Ok(PolicyPre { name: name.into(), pre, engine })
+        Ok(PolicyPre {
+            name: name.into(),
+            pre,
+            engine,
+        })
     }
 
     /// Runs the policy's `validate-settings` on settings JSON text. The outer
@@ -73,12 +85,21 @@ impl PolicyPre {
     /// # Errors
     ///
     /// When the policy could not run to completion within `limits`.
-    pub fn validate_settings(&self, settings: &str, limits: &Limits) -> Result<Result<(), String>, Error> {
-        let result = self.call(limits, |policy, store| policy.call_validate_settings(store, settings))?;
+    pub fn validate_settings(
+        &self,
+        settings: &str,
+        limits: &Limits,
+    ) -> Result<Result<(), String>, Error> {
+        let result = self.call(limits, |policy, store| {
+            policy.call_validate_settings(store, settings)
+        })?;
         if let Err(message) = &result
             && message.len() > limits.output_bytes
         {
-            return Err(Error::OutputTooLarge { size: message.len(), limit: limits.output_bytes });
+            return Err(Error::OutputTooLarge {
+                size: message.len(),
+                limit: limits.output_bytes,
+            });
         }
         Ok(result)
     }
@@ -89,14 +110,24 @@ impl PolicyPre {
     /// # Errors
     ///
     /// A trap, timeout, memory or output cap, or the policy's own error.
-    pub fn evaluate(&self, request: &str, settings: &str, limits: &Limits) -> Result<Verdict, Error> {
+    pub fn evaluate(
+        &self,
+        request: &str,
+        settings: &str,
+        limits: &Limits,
+    ) -> Result<Verdict, Error> {
         let verdict: Verdict = self
-            .call(limits, |policy, store| policy.call_evaluate(store, request, settings))?
+            .call(limits, |policy, store| {
+                policy.call_evaluate(store, request, settings)
+            })?
             .map_err(Error::Policy)?
             .into();
         let size = verdict.output_bytes();
         if size > limits.output_bytes {
-            return Err(Error::OutputTooLarge { size, limit: limits.output_bytes });
+            return Err(Error::OutputTooLarge {
+                size,
+                limit: limits.output_bytes,
+            });
         }
         Ok(verdict)
     }
@@ -107,7 +138,10 @@ impl PolicyPre {
         f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         let _active = self.engine.inner.ticker.active();
-        let mut store = Store::new(&self.engine.inner.wasmtime, StoreState::new(self.name.clone(), limits.memory_bytes));
+        let mut store = Store::new(
+            &self.engine.inner.wasmtime,
+            StoreState::new(self.name.clone(), limits.memory_bytes),
+        );
         store.limiter(|state| state);
         // Set before instantiating: a new store's deadline is "now", and
         // instantiation itself checks it. One tick more than the timeout, so
@@ -128,7 +162,9 @@ impl PolicyPre {
         };
         let policy = match self.pre.instantiate(&mut store) {
             Ok(policy) => policy,
-            Err(error) if error.downcast_ref::<Trap>().is_some() => return Err(classify(&store, error)),
+            Err(error) if error.downcast_ref::<Trap>().is_some() => {
+                return Err(classify(&store, error));
+            }
             Err(error) => return Err(Error::Instantiate(error)),
         };
         f(&policy, &mut store).map_err(|error| classify(&store, error))

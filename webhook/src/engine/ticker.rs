@@ -31,7 +31,10 @@ pub struct Active<'a> {
 impl Ticker {
     /// Starts the thread for `engine`.
     pub fn start(engine: wasmtime::Engine) -> Self {
-        let shared = Arc::new(Shared { active: AtomicUsize::new(0), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            active: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
         let thread_shared = shared.clone();
         let thread = thread::Builder::new()
             .name("tollgate-epoch".into())
@@ -46,7 +49,10 @@ impl Ticker {
                 }
             })
             .expect("spawning the epoch thread");
-        Ticker { shared, thread: Some(thread) }
+        Ticker {
+            shared,
+            thread: Some(thread),
+        }
     }
 
     /// Marks an evaluation as running until the guard drops.

@@ -82,7 +82,10 @@ pub struct Outcome {
 
 impl Outcome {
     fn allowed() -> Self {
-        Outcome { allowed: true, ..Outcome::default() }
+        Outcome {
+            allowed: true,
+            ..Outcome::default()
+        }
     }
 
     fn deny(&mut self, code: u16, message: String) {
@@ -113,7 +116,9 @@ impl PolicySet {
             if !matcher::matches(&policy.config.matches, request, self.namespaces.as_ref()) {
                 continue;
             }
-            let text = current.as_ref().map(|(object, _)| request.with_object(object));
+            let text = current
+                .as_ref()
+                .map(|(object, _)| request.with_object(object));
             let (step, duration) = run(policy, text.as_deref().unwrap_or(request.text));
             let step = match step {
                 Step::Verdict(verdict) if verdict.allowed && verdict.mutated_object.is_some() => {
@@ -173,7 +178,10 @@ impl PolicySet {
         if !outcome.allowed {
             return outcome;
         }
-        let mutated_text = outcome.final_object.as_deref().map(|object| request.with_object(object));
+        let mutated_text = outcome
+            .final_object
+            .as_deref()
+            .map(|object| request.with_object(object));
         let validated = match (&mutated_text, &outcome.final_object, &request.object) {
             (Some(text), Some(object), Some(range)) => {
                 self.validate(&request.with_text(text, range.start..range.start + object.len()))
@@ -184,7 +192,9 @@ impl PolicySet {
         outcome.code = validated.code;
         outcome.message = validated.message;
         outcome.warnings.extend(validated.warnings);
-        outcome.audit_annotations.extend(validated.audit_annotations);
+        outcome
+            .audit_annotations
+            .extend(validated.audit_annotations);
         outcome.evaluations.extend(validated.evaluations);
         outcome
     }
@@ -198,7 +208,10 @@ fn run(policy: &LoadedPolicy, request: &str) -> (Step, Duration) {
         Err(error) => Step::Failed(format!("the policy failed to load: {error}")),
         Ok(module) => match module.evaluate(request, &policy.settings, &policy.limits) {
             Ok(verdict) if verdict.mutated_object.is_some() && !policy.config.mutating => {
-                Step::Failed("the policy returned a mutation but is not configured with mutating: true".into())
+                Step::Failed(
+                    "the policy returned a mutation but is not configured with mutating: true"
+                        .into(),
+                )
             }
             Ok(verdict) => Step::Verdict(verdict),
             Err(error) => Step::Failed(error.to_string()),
@@ -215,9 +228,14 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
     let (result, message) = match step {
         Step::Failed(error) => {
             match policy.config.failure_policy {
-                FailurePolicy::Fail => outcome.deny(500, format!("policy {name:?} failed: {error} (failurePolicy: fail)")),
+                FailurePolicy::Fail => outcome.deny(
+                    500,
+                    format!("policy {name:?} failed: {error} (failurePolicy: fail)"),
+                ),
                 FailurePolicy::Ignore => {
-                    outcome.warnings.push(format!("policy {name:?} failed and was ignored: {error}"));
+                    outcome
+                        .warnings
+                        .push(format!("policy {name:?} failed and was ignored: {error}"));
                 }
             }
             (Result::Failed, Some(error))
@@ -227,30 +245,55 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
                 outcome.warnings.push(format!("{name}: {warning}"));
             }
             for (key, value) in verdict.audit_annotations {
-                outcome.audit_annotations.push((format!("{name}.{key}"), value));
+                outcome
+                    .audit_annotations
+                    .push((format!("{name}.{key}"), value));
             }
             if verdict.allowed {
                 let mutated = verdict.mutated_object.is_some();
                 match (mutated, mode) {
-                    (true, Mode::Warn) => outcome.warnings.push(format!("{name}: would change the object (mode: warn)")),
+                    (true, Mode::Warn) => outcome
+                        .warnings
+                        .push(format!("{name}: would change the object (mode: warn)")),
                     (true, Mode::Audit) => {
-                        outcome.audit_annotations.push((format!("{name}.would-mutate"), "true".into()));
+                        outcome
+                            .audit_annotations
+                            .push((format!("{name}.would-mutate"), "true".into()));
                     }
                     _ => {}
                 }
-                (if mutated { Result::Mutated } else { Result::Allowed }, None)
+                (
+                    if mutated {
+                        Result::Mutated
+                    } else {
+                        Result::Allowed
+                    },
+                    None,
+                )
             } else {
-                let reason = verdict.message.unwrap_or_else(|| "denied without a message".into());
+                let reason = verdict
+                    .message
+                    .unwrap_or_else(|| "denied without a message".into());
                 match mode {
-                    Mode::Enforce => outcome.deny(verdict.code.unwrap_or(403), format!("{name}: {reason}")),
+                    Mode::Enforce => {
+                        outcome.deny(verdict.code.unwrap_or(403), format!("{name}: {reason}"))
+                    }
                     Mode::Warn => outcome.warnings.push(format!("{name}: {reason}")),
-                    Mode::Audit => outcome.audit_annotations.push((format!("{name}.violation"), reason.clone())),
+                    Mode::Audit => outcome
+                        .audit_annotations
+                        .push((format!("{name}.violation"), reason.clone())),
                 }
                 (Result::Denied, Some(reason))
             }
         }
     };
-    outcome.evaluations.push(Evaluation { policy: name.clone(), mode, result, message, duration });
+    outcome.evaluations.push(Evaluation {
+        policy: name.clone(),
+        mode,
+        result,
+        message,
+        duration,
+    });
 }
 
 #[cfg(test)]
@@ -321,14 +364,19 @@ policies:
         // refused to add a lower limit.
         assert_eq!(
             outcome.warnings,
-            vec!["cpu-limits: container \"main\": its cpu request exceeds the default limit 50m, so no limit was added"]
+            vec![
+                "cpu-limits: container \"main\": its cpu request exceeds the default limit 50m, so no limit was added"
+            ]
         );
         let patched = apply(&object, outcome.patch.as_ref().unwrap());
         assert_eq!(
             patched["spec"]["containers"][0]["resources"],
             json!({"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}})
         );
-        assert_eq!(serde_json::from_str::<Value>(outcome.final_object.as_ref().unwrap()).unwrap(), patched);
+        assert_eq!(
+            serde_json::from_str::<Value>(outcome.final_object.as_ref().unwrap()).unwrap(),
+            patched
+        );
         // The chain on its own output changes nothing.
         let again = request_text(&patched);
         let outcome = set.mutate(&request(&again));
@@ -351,11 +399,19 @@ policies:
 "#,
         );
         let text = request_text(&pod("quay.io/x:1"));
-        assert!(set.validate(&request(&text)).allowed, "without the label the selector does not match");
+        assert!(
+            set.validate(&request(&text)).allowed,
+            "without the label the selector does not match"
+        );
         let outcome = set.review(&request(&text));
         assert!(!outcome.allowed);
         assert_eq!(outcome.code, 403);
-        assert!(outcome.message.unwrap().starts_with("registries: container \"main\" uses image \"quay.io/x:1\""));
+        assert!(
+            outcome
+                .message
+                .unwrap()
+                .starts_with("registries: container \"main\" uses image \"quay.io/x:1\"")
+        );
         assert_eq!(outcome.evaluations.len(), 2);
     }
 
@@ -379,13 +435,23 @@ policies:
         assert!(!outcome.allowed);
         assert_eq!(outcome.code, 500);
         let message = outcome.message.unwrap();
-        assert!(message.starts_with("policy \"strict\" failed: policy trapped"), "{message}");
+        assert!(
+            message.starts_with("policy \"strict\" failed: policy trapped"),
+            "{message}"
+        );
         assert!(message.ends_with("(failurePolicy: fail)"));
         assert_eq!(
             outcome.warnings,
-            vec!["policy \"lenient\" failed and was ignored: policy error: misbehave: no verdict on purpose"]
+            vec![
+                "policy \"lenient\" failed and was ignored: policy error: misbehave: no verdict on purpose"
+            ]
         );
-        assert!(outcome.evaluations.iter().all(|e| e.result == Result::Failed));
+        assert!(
+            outcome
+                .evaluations
+                .iter()
+                .all(|e| e.result == Result::Failed)
+        );
     }
 
     #[test]
@@ -420,16 +486,26 @@ policies:
         let text = request_text(&pod("nvcr.io/x:1"));
         let outcome = set.mutate(&request(&text));
         assert!(outcome.allowed && outcome.patch.is_none());
-        assert_eq!(outcome.warnings, vec!["m: would change the object (mode: warn)"]);
+        assert_eq!(
+            outcome.warnings,
+            vec!["m: would change the object (mode: warn)"]
+        );
     }
 
     #[test]
     fn a_mutation_from_a_policy_not_marked_mutating_is_a_failure() {
-        let set = policy_set("policies:\n  - {name: sneaky, module: \"{misbehave}\", settings: {behaviour: mutate}}\n");
+        let set = policy_set(
+            "policies:\n  - {name: sneaky, module: \"{misbehave}\", settings: {behaviour: mutate}}\n",
+        );
         let text = request_text(&pod("nvcr.io/x:1"));
         let outcome = set.validate(&request(&text));
         assert!(!outcome.allowed);
-        assert!(outcome.message.unwrap().contains("returned a mutation but is not configured with mutating: true"));
+        assert!(
+            outcome
+                .message
+                .unwrap()
+                .contains("returned a mutation but is not configured with mutating: true")
+        );
     }
 
     #[test]
@@ -451,13 +527,30 @@ policies:
         );
         let failures: Vec<_> = set.failures().collect();
         assert_eq!(failures.len(), 3);
-        assert!(failures[0].1.starts_with("settings rejected: allowedRegistries entry \"nvcr.io\""));
-        assert_eq!(failures[1].1, "validate-settings failed: policy exceeded its deadline of 20 ms");
-        assert!(failures[2].1.starts_with("cannot read module /nonexistent/policy.wasm"));
+        assert!(
+            failures[0]
+                .1
+                .starts_with("settings rejected: allowedRegistries entry \"nvcr.io\"")
+        );
+        assert_eq!(
+            failures[1].1,
+            "validate-settings failed: policy exceeded its deadline of 20 ms"
+        );
+        assert!(
+            failures[2]
+                .1
+                .starts_with("cannot read module /nonexistent/policy.wasm")
+        );
         let text = request_text(&pod("nvcr.io/x:1"));
         let outcome = set.validate(&request(&text));
         assert!(!outcome.allowed);
-        assert!(outcome.message.as_ref().unwrap().contains("policy \"bad-settings\" failed: the policy failed to load"));
+        assert!(
+            outcome
+                .message
+                .as_ref()
+                .unwrap()
+                .contains("policy \"bad-settings\" failed: the policy failed to load")
+        );
         assert!(outcome.warnings[0].starts_with("policy \"hangs-at-load\" failed and was ignored"));
     }
 }

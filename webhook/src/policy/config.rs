@@ -31,7 +31,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file is not YAML of the expected shape at the top level.
-    #[error("{path}: {message} (expected a mapping with a `policies:` list; see docs/configuration.md)")]
+    #[error(
+        "{path}: {message} (expected a mapping with a `policies:` list; see docs/configuration.md)"
+    )]
     Syntax {
         /// The file.
         path: String,
@@ -156,7 +158,9 @@ pub enum SelectorOperator {
 impl LabelSelector {
     /// Whether `labels` satisfy the selector (an empty selector matches all).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| {
                 let value = labels.get(&r.key);
                 match r.operator {
@@ -296,7 +300,10 @@ impl Config {
     ///
     /// An unreadable file, bad YAML, or a bad field (named).
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         Self::parse(&text, &path.display().to_string(), base_dir)
     }
@@ -308,8 +315,10 @@ impl Config {
     ///
     /// Bad YAML, or a bad field (named).
     pub fn parse(text: &str, origin: &str, base_dir: PathBuf) -> Result<Self, Error> {
-        let raw: RawConfig = serde_yaml::from_str(text)
-            .map_err(|e| Error::Syntax { path: origin.to_owned(), message: e.to_string() })?;
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| Error::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
         let mut policies = Vec::with_capacity(raw.policies.len());
         let mut names = HashSet::new();
         for (index, entry) in raw.policies.into_iter().enumerate() {
@@ -325,16 +334,27 @@ impl Config {
             };
             let policy: PolicyConfig = serde_path_to_error::deserialize(entry).map_err(|e| {
                 let field = e.path().to_string();
-                let field = if field == "." { "(entry)".to_owned() } else { field };
+                let field = if field == "." {
+                    "(entry)".to_owned()
+                } else {
+                    field
+                };
                 field_error(&field, e.into_inner().to_string())
             })?;
             check(&policy, &field_error)?;
             if !names.insert(policy.name.clone()) {
-                return Err(field_error("name", "another policy has this name; names must be unique".into()));
+                return Err(field_error(
+                    "name",
+                    "another policy has this name; names must be unique".into(),
+                ));
             }
             policies.push(policy);
         }
-        Ok(Config { policies, origin: origin.to_owned(), base_dir })
+        Ok(Config {
+            policies,
+            origin: origin.to_owned(),
+            base_dir,
+        })
     }
 
     /// Where the module of `policy` comes from.
@@ -349,37 +369,70 @@ impl Config {
 fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Result<(), Error> {
     let valid_name = !policy.name.is_empty()
         && policy.name.len() <= 63
-        && policy.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && policy
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !valid_name {
-        return Err(error("name", "must be 1 to 63 lowercase letters, digits or '-'".into()));
+        return Err(error(
+            "name",
+            "must be 1 to 63 lowercase letters, digits or '-'".into(),
+        ));
     }
     if policy.module.trim().is_empty() {
-        return Err(error("module", "is empty: write builtin:<name> or a path to a .wasm file".into()));
+        return Err(error(
+            "module",
+            "is empty: write builtin:<name> or a path to a .wasm file".into(),
+        ));
     }
     if let Some(name) = policy.module.strip_prefix("builtin:")
         && !crate::builtin::NAMES.contains(&name)
     {
         return Err(error(
             "module",
-            format!("no built-in policy {name:?}; built-ins are: {}", crate::builtin::NAMES.join(", ")),
+            format!(
+                "no built-in policy {name:?}; built-ins are: {}",
+                crate::builtin::NAMES.join(", ")
+            ),
         ));
     }
     if !(1..=MAX_TIMEOUT_MS).contains(&policy.timeout_ms) {
-        return Err(error("timeoutMs", format!("{} is out of range: use 1 to {MAX_TIMEOUT_MS}", policy.timeout_ms)));
+        return Err(error(
+            "timeoutMs",
+            format!(
+                "{} is out of range: use 1 to {MAX_TIMEOUT_MS}",
+                policy.timeout_ms
+            ),
+        ));
     }
     let max_mb = crate::engine::MAX_MEMORY_BYTES >> 20;
     if !(1..=max_mb).contains(&policy.memory_limit_mb) {
-        return Err(error("memoryLimitMb", format!("{} is out of range: use 1 to {max_mb}", policy.memory_limit_mb)));
+        return Err(error(
+            "memoryLimitMb",
+            format!(
+                "{} is out of range: use 1 to {max_mb}",
+                policy.memory_limit_mb
+            ),
+        ));
     }
     if policy.matches.operations.is_empty() {
-        return Err(error("match.operations", "is empty, so the policy would never run: list CREATE, UPDATE, …".into()));
+        return Err(error(
+            "match.operations",
+            "is empty, so the policy would never run: list CREATE, UPDATE, …".into(),
+        ));
     }
     for (field, selector) in [
-        ("match.namespaceSelector", &policy.matches.namespace_selector),
+        (
+            "match.namespaceSelector",
+            &policy.matches.namespace_selector,
+        ),
         ("match.objectSelector", &policy.matches.object_selector),
     ] {
         for requirement in selector.iter().flat_map(|s| &s.match_expressions) {
-            let needs_values = matches!(requirement.operator, SelectorOperator::In | SelectorOperator::NotIn);
+            let needs_values = matches!(
+                requirement.operator,
+                SelectorOperator::In | SelectorOperator::NotIn
+            );
             if needs_values == requirement.values.is_empty() {
                 return Err(error(
                     field,
@@ -387,7 +440,11 @@ fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Resul
                         "requirement on {:?}: {:?} {}",
                         requirement.key,
                         requirement.operator,
-                        if needs_values { "needs values" } else { "takes no values" }
+                        if needs_values {
+                            "needs values"
+                        } else {
+                            "takes no values"
+                        }
                     ),
                 ));
             }
@@ -414,10 +471,16 @@ mod tests {
         assert_eq!(policy.mode, Mode::Enforce);
         assert_eq!(policy.failure_policy, FailurePolicy::Fail);
         assert_eq!(policy.timeout_ms, 100);
-        assert_eq!(policy.matches.operations, vec![Operation::Create, Operation::Update]);
+        assert_eq!(
+            policy.matches.operations,
+            vec![Operation::Create, Operation::Update]
+        );
         assert_eq!(policy.matches.api_groups, vec!["*"]);
         assert_eq!(policy.settings, serde_json::json!({"denyLatest": true}));
-        assert_eq!(config.module_source(policy), ModuleSource::Builtin("image-registries".into()));
+        assert_eq!(
+            config.module_source(policy),
+            ModuleSource::Builtin("image-registries".into())
+        );
     }
 
     #[test]
@@ -431,11 +494,21 @@ mod tests {
 
     #[test]
     fn a_bad_field_names_file_policy_and_field() {
-        let err = parse("policies:\n- name: regs\n  module: builtin:image-registries\n  mode: enforcing\n").unwrap_err();
+        let err = parse(
+            "policies:\n- name: regs\n  module: builtin:image-registries\n  mode: enforcing\n",
+        )
+        .unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("test.yaml: policy \"regs\": mode: unknown variant `enforcing`"), "{text}");
-        let err = parse("policies:\n- name: regs\n  module: x.wasm\n  match: {operations: [CREAT]}\n").unwrap_err();
-        assert!(err.to_string().starts_with("test.yaml: policy \"regs\": match.operations[0]: unknown variant `CREAT`"));
+        assert!(
+            text.starts_with("test.yaml: policy \"regs\": mode: unknown variant `enforcing`"),
+            "{text}"
+        );
+        let err =
+            parse("policies:\n- name: regs\n  module: x.wasm\n  match: {operations: [CREAT]}\n")
+                .unwrap_err();
+        assert!(err.to_string().starts_with(
+            "test.yaml: policy \"regs\": match.operations[0]: unknown variant `CREAT`"
+        ));
     }
 
     #[test]
@@ -443,21 +516,31 @@ mod tests {
         let err = parse("policies:\n- name: a\n  module: a.wasm\n  timeout: 5\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
         let err = parse("policies:\n- name: a\n  module: a.wasm\n  timeoutMs: 0\n").unwrap_err();
-        assert_eq!(err.to_string(), "test.yaml: policy \"a\": timeoutMs: 0 is out of range: use 1 to 30000");
+        assert_eq!(
+            err.to_string(),
+            "test.yaml: policy \"a\": timeoutMs: 0 is out of range: use 1 to 30000"
+        );
     }
 
     #[test]
     fn unknown_builtins_and_duplicate_names_are_refused() {
         let err = parse("policies:\n- name: a\n  module: builtin:nope\n").unwrap_err();
-        assert!(err.to_string().contains("no built-in policy \"nope\"; built-ins are: image-registries"));
-        let err = parse("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no built-in policy \"nope\"; built-ins are: image-registries")
+        );
+        let err = parse("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n")
+            .unwrap_err();
         assert!(err.to_string().contains("names must be unique"));
     }
 
     #[test]
     fn entries_without_a_name_are_named_by_position() {
         let err = parse("policies:\n- module: a.wasm\n").unwrap_err();
-        assert!(err.to_string().starts_with("test.yaml: policy \"#1\": "), "{err}");
+        assert!(
+            err.to_string().starts_with("test.yaml: policy \"#1\": "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -472,7 +555,12 @@ mod tests {
             "matchLabels: {team: a}\nmatchExpressions:\n- {key: tier, operator: NotIn, values: [dev]}\n- {key: gpu, operator: Exists}",
         )
         .unwrap();
-        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         assert!(selector.matches(&labels(&[("team", "a"), ("gpu", "1")])));
         assert!(!selector.matches(&labels(&[("team", "a"), ("gpu", "1"), ("tier", "dev")])));
         assert!(!selector.matches(&labels(&[("team", "a")])));

@@ -46,7 +46,10 @@ impl Index {
                         ("*", "*") => &mut index.any,
                         ("*", kind) => index.any_group.entry(kind.to_owned()).or_default(),
                         (group, "*") => index.any_kind.entry(group.to_owned()).or_default(),
-                        (group, kind) => index.exact.entry((group.to_owned(), kind.to_owned())).or_default(),
+                        (group, kind) => index
+                            .exact
+                            .entry((group.to_owned(), kind.to_owned()))
+                            .or_default(),
                     };
                     if list.last() != Some(&position) {
                         list.push(position);
@@ -66,7 +69,14 @@ impl Index {
         if let Some(list) = self.exact.get(&(group.to_owned(), kind.to_owned())) {
             found.extend_from_slice(list);
         }
-        for list in [self.any_group.get(kind), self.any_kind.get(group), Some(&self.any)].into_iter().flatten() {
+        for list in [
+            self.any_group.get(kind),
+            self.any_kind.get(group),
+            Some(&self.any),
+        ]
+        .into_iter()
+        .flatten()
+        {
             found.extend_from_slice(list);
         }
         found.sort_unstable();
@@ -138,7 +148,12 @@ mod tests {
 
     #[test]
     fn candidates_come_from_exact_and_wildcard_entries_in_order() {
-        let rules = [rule(&["apps"], &["Deployment"]), rule(&["*"], &["*"]), rule(&[""], &["Pod"]), rule(&["*"], &["Pod"])];
+        let rules = [
+            rule(&["apps"], &["Deployment"]),
+            rule(&["*"], &["*"]),
+            rule(&[""], &["Pod"]),
+            rule(&["*"], &["Pod"]),
+        ];
         let index = Index::build(rules.iter().enumerate());
         assert_eq!(index.candidates("", "Pod"), vec![1, 2, 3]);
         assert_eq!(index.candidates("apps", "Deployment"), vec![0, 1]);
@@ -149,17 +164,37 @@ mod tests {
     fn operations_namespaces_and_object_selectors_filter() {
         let text = r#"{"object":{"metadata":{"labels":{"gpu":"yes"}}}}"#;
         let mut rule = rule(&[""], &["Pod"]);
-        assert!(matches(&rule, &request(text, "ml", Operation::Create), &Unknown));
-        assert!(!matches(&rule, &request(text, "ml", Operation::Delete), &Unknown));
+        assert!(matches(
+            &rule,
+            &request(text, "ml", Operation::Create),
+            &Unknown
+        ));
+        assert!(!matches(
+            &rule,
+            &request(text, "ml", Operation::Delete),
+            &Unknown
+        ));
         rule.exclude_namespaces = vec!["kube-system".into()];
-        assert!(!matches(&rule, &request(text, "kube-system", Operation::Create), &Unknown));
+        assert!(!matches(
+            &rule,
+            &request(text, "kube-system", Operation::Create),
+            &Unknown
+        ));
         rule.namespaces = vec!["ml".into()];
-        assert!(!matches(&rule, &request(text, "web", Operation::Create), &Unknown));
+        assert!(!matches(
+            &rule,
+            &request(text, "web", Operation::Create),
+            &Unknown
+        ));
         rule.object_selector = Some(LabelSelector {
             match_labels: [("gpu".to_string(), "no".to_string())].into(),
             ..LabelSelector::default()
         });
-        assert!(!matches(&rule, &request(text, "ml", Operation::Create), &Unknown));
+        assert!(!matches(
+            &rule,
+            &request(text, "ml", Operation::Create),
+            &Unknown
+        ));
     }
 
     #[test]
@@ -176,8 +211,20 @@ mod tests {
             ..LabelSelector::default()
         });
         let text = r#"{"object":{}}"#;
-        assert!(matches(&rule, &request(text, "ml", Operation::Create), &Teams));
-        assert!(!matches(&rule, &request(text, "web", Operation::Create), &Teams));
-        assert!(!matches(&rule, &request(text, "ml", Operation::Create), &Unknown));
+        assert!(matches(
+            &rule,
+            &request(text, "ml", Operation::Create),
+            &Teams
+        ));
+        assert!(!matches(
+            &rule,
+            &request(text, "web", Operation::Create),
+            &Teams
+        ));
+        assert!(!matches(
+            &rule,
+            &request(text, "ml", Operation::Create),
+            &Unknown
+        ));
     }
 }

@@ -54,7 +54,10 @@ struct WithMetadata {
 
 impl<'a> Request<'a> {
     /// Assembles a request from decoded envelope fields.
-    #[expect(clippy::too_many_arguments, reason = "one argument per envelope field, called from the codec only")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per envelope field, called from the codec only"
+    )]
     pub fn new(
         text: &'a str,
         uid: Cow<'a, str>,

@@ -46,7 +46,10 @@ impl PolicySet {
                 .iter()
                 .map(|policy| scope.spawn(move || load_one(config, policy, engine)))
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("policy loading panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("policy loading panicked"))
+                .collect()
         });
         for policy in &policies {
             if let Err(error) = &policy.module {
@@ -54,17 +57,32 @@ impl PolicySet {
             }
         }
         let mutating = Index::build(
-            policies.iter().enumerate().filter(|(_, p)| p.config.mutating).map(|(i, p)| (i, &p.config.matches)),
+            policies
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.config.mutating)
+                .map(|(i, p)| (i, &p.config.matches)),
         );
         let validating = Index::build(
-            policies.iter().enumerate().filter(|(_, p)| !p.config.mutating).map(|(i, p)| (i, &p.config.matches)),
+            policies
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.config.mutating)
+                .map(|(i, p)| (i, &p.config.matches)),
         );
-        PolicySet { policies, mutating, validating, namespaces }
+        PolicySet {
+            policies,
+            mutating,
+            validating,
+            namespaces,
+        }
     }
 
     /// Policies that failed to load, with why.
     pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.policies.iter().filter_map(|p| p.module.as_ref().err().map(|e| (&*p.name, e.as_str())))
+        self.policies
+            .iter()
+            .filter_map(|p| p.module.as_ref().err().map(|e| (&*p.name, e.as_str())))
     }
 
     /// Every policy, in configuration order.
@@ -79,9 +97,19 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
         memory_bytes: policy.memory_limit_mb << 20,
         output_bytes: OUTPUT_BYTES,
     };
-    let settings = if policy.settings.is_null() { "{}".to_owned() } else { policy.settings.to_string() };
+    let settings = if policy.settings.is_null() {
+        "{}".to_owned()
+    } else {
+        policy.settings.to_string()
+    };
     let module = prepare(config, policy, engine, &settings, &limits);
-    LoadedPolicy { config: policy.clone(), name: policy.name.as_str().into(), settings, limits, module }
+    LoadedPolicy {
+        config: policy.clone(),
+        name: policy.name.as_str().into(),
+        settings,
+        limits,
+        module,
+    }
 }
 
 fn prepare(
@@ -94,11 +122,13 @@ fn prepare(
     let started = std::time::Instant::now();
     let pre = match config.module_source(policy) {
         ModuleSource::Builtin(name) => {
-            let bytes = crate::builtin::module(&name).ok_or_else(|| format!("no built-in policy {name:?}"))?;
+            let bytes = crate::builtin::module(&name)
+                .ok_or_else(|| format!("no built-in policy {name:?}"))?;
             engine.load(&policy.name, bytes)
         }
         ModuleSource::File(path) => {
-            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
             engine.load(&policy.name, &bytes)
         }
     }
@@ -108,6 +138,10 @@ fn prepare(
         Ok(Err(message)) => return Err(format!("settings rejected: {message}")),
         Err(error) => return Err(format!("validate-settings failed: {error}")),
     }
-    tracing::info!(policy = policy.name, elapsed_ms = started.elapsed().as_millis() as u64, "policy loaded");
+    tracing::info!(
+        policy = policy.name,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "policy loaded"
+    );
     Ok(pre)
 }

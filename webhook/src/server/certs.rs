@@ -49,9 +49,16 @@ const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// When the directory cannot be written or generation fails.
 pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
     let ca = dir.join("ca.crt");
-    let files = Files { cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    let files = Files {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
     if ca.is_file() && files.cert.is_file() && files.key.is_file() {
-        return Ok(SelfMade { ca, files, created: false });
+        return Ok(SelfMade {
+            ca,
+            files,
+            created: false,
+        });
     }
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -62,7 +69,9 @@ pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.distinguished_name.push(DnType::CommonName, "Tollgate self-made CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Tollgate self-made CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca_params, ca_key);
@@ -70,14 +79,20 @@ pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
     let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
     names.extend(extra.iter().cloned());
     let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, "tollgate");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tollgate");
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
 
     write_private(&files.key, key.serialize_pem().as_bytes()).map_err(io(&files.key))?;
     std::fs::write(&files.cert, cert.pem()).map_err(io(&files.cert))?;
     std::fs::write(&ca, ca_cert.pem()).map_err(io(&ca))?;
-    Ok(SelfMade { ca, files, created: true })
+    Ok(SelfMade {
+        ca,
+        files,
+        created: true,
+    })
 }
 
 /// Writes a file readable by its owner only.

@@ -10,8 +10,10 @@ use crate::policy::Outcome;
 
 /// Latency buckets in seconds, fine below a millisecond where Tollgate's
 /// requests land, coarse above.
-const BUCKETS: [f64; 14] =
-    [0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+const BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.5, 2.5,
+];
 
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
@@ -53,9 +55,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tollgate");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_seconds = Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let request_seconds =
+            Family::<EndpointLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let evaluations = Family::<EvaluationLabels, Counter>::default();
-        let evaluation_seconds = Family::<PolicyLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let evaluation_seconds =
+            Family::<PolicyLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         registry.register(
             "admission_requests",
             "Admission requests by endpoint and result (allowed, denied, invalid)",
@@ -76,7 +80,13 @@ impl Default for Metrics {
             "Time of one policy evaluation, instantiation included",
             evaluation_seconds.clone(),
         );
-        Metrics { registry, requests, request_seconds, evaluations, evaluation_seconds }
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            evaluations,
+            evaluation_seconds,
+        }
     }
 }
 
@@ -84,26 +94,43 @@ impl Metrics {
     /// Records an answered admission request.
     pub fn record(&self, endpoint: &'static str, outcome: &Outcome, seconds: f64) {
         let result = if outcome.allowed { "allowed" } else { "denied" };
-        self.requests.get_or_create(&RequestLabels { endpoint, result }).inc();
-        self.request_seconds.get_or_create(&EndpointLabels { endpoint }).observe(seconds);
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, result })
+            .inc();
+        self.request_seconds
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds);
         for evaluation in &outcome.evaluations {
             let policy = evaluation.policy.to_string();
             self.evaluation_seconds
-                .get_or_create(&PolicyLabels { policy: policy.clone() })
+                .get_or_create(&PolicyLabels {
+                    policy: policy.clone(),
+                })
                 .observe(evaluation.duration.as_secs_f64());
-            self.evaluations.get_or_create(&EvaluationLabels { policy, result: evaluation.result.as_str() }).inc();
+            self.evaluations
+                .get_or_create(&EvaluationLabels {
+                    policy,
+                    result: evaluation.result.as_str(),
+                })
+                .inc();
         }
     }
 
     /// Records a request refused before evaluation (bad body).
     pub fn record_invalid(&self, endpoint: &'static str) {
-        self.requests.get_or_create(&RequestLabels { endpoint, result: "invalid" }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                result: "invalid",
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String");
         text
     }
 }

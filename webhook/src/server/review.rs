@@ -25,7 +25,9 @@ pub enum Error {
     #[error("invalid AdmissionReview JSON: {0}")]
     Json(#[from] serde_json::Error),
     /// `apiVersion` is missing or another version.
-    #[error("unsupported apiVersion {0:?}: Tollgate speaks admission.k8s.io/v1 (set admissionReviewVersions: [v1] in the webhook configuration)")]
+    #[error(
+        "unsupported apiVersion {0:?}: Tollgate speaks admission.k8s.io/v1 (set admissionReviewVersions: [v1] in the webhook configuration)"
+    )]
     ApiVersion(String),
     /// `kind` is not `AdmissionReview`.
     #[error("unsupported kind {0:?}: expected AdmissionReview")]
@@ -121,9 +123,13 @@ pub fn decode(body: &[u8]) -> Result<Request<'_>, Error> {
     }
     let text = review.request.ok_or(Error::MissingRequest)?.get();
     let request: RequestIn<'_> = serde_json::from_str(text)?;
-    let uid = request.uid.filter(|uid| !uid.is_empty()).ok_or(Error::MissingUid)?;
+    let uid = request
+        .uid
+        .filter(|uid| !uid.is_empty())
+        .ok_or(Error::MissingUid)?;
     let operation = request.operation.unwrap_or_default();
-    let operation = Operation::parse(&operation).ok_or_else(|| Error::Operation(operation.into_owned()))?;
+    let operation =
+        Operation::parse(&operation).ok_or_else(|| Error::Operation(operation.into_owned()))?;
     let kind = request.kind.ok_or(Error::MissingKind)?;
     Ok(Request::new(
         text,
@@ -179,10 +185,14 @@ pub fn encode(uid: &str, outcome: &Outcome) -> Vec<u8> {
         message: outcome.message.as_deref().unwrap_or("denied"),
         status: "Failure",
     });
-    let patch = outcome.patch.as_ref().filter(|_| outcome.allowed).map(|patch| {
-        let json = serde_json::to_vec(patch).expect("a JSON Patch serializes");
-        base64::engine::general_purpose::STANDARD.encode(json)
-    });
+    let patch = outcome
+        .patch
+        .as_ref()
+        .filter(|_| outcome.allowed)
+        .map(|patch| {
+            let json = serde_json::to_vec(patch).expect("a JSON Patch serializes");
+            base64::engine::general_purpose::STANDARD.encode(json)
+        });
     let review = ReviewOut {
         api_version: API_VERSION,
         kind: "AdmissionReview",
@@ -191,7 +201,11 @@ pub fn encode(uid: &str, outcome: &Outcome) -> Vec<u8> {
             allowed: outcome.allowed,
             status,
             warnings: &outcome.warnings,
-            audit_annotations: outcome.audit_annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            audit_annotations: outcome
+                .audit_annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch,
         },
@@ -211,7 +225,10 @@ mod tests {
     fn decodes_the_envelope_and_locates_the_object() {
         let request = decode(REVIEW.as_bytes()).unwrap();
         assert_eq!(request.uid, "u-1");
-        assert_eq!((request.group.as_ref(), request.kind.as_ref()), ("apps", "Deployment"));
+        assert_eq!(
+            (request.group.as_ref(), request.kind.as_ref()),
+            ("apps", "Deployment")
+        );
         assert_eq!(request.operation, Operation::Create);
         assert_eq!(request.username, "alice");
         assert!(request.dry_run);
@@ -224,12 +241,30 @@ mod tests {
     fn refuses_what_is_not_a_v1_review_with_a_message_saying_what_to_fix() {
         let cases = [
             ("not json", "invalid AdmissionReview JSON"),
-            (r#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#, "unsupported apiVersion \"admission.k8s.io/v1beta1\""),
-            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#, "unsupported kind \"Pod\""),
-            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "the AdmissionReview has no request"),
-            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{}}}"#, "the AdmissionReview request has no uid"),
-            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"PATCH","kind":{}}}"#, "unsupported operation \"PATCH\""),
-            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE"}}"#, "the AdmissionReview request has no kind"),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#,
+                "unsupported apiVersion \"admission.k8s.io/v1beta1\"",
+            ),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#,
+                "unsupported kind \"Pod\"",
+            ),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+                "the AdmissionReview has no request",
+            ),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{}}}"#,
+                "the AdmissionReview request has no uid",
+            ),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"PATCH","kind":{}}}"#,
+                "unsupported operation \"PATCH\"",
+            ),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE"}}"#,
+                "the AdmissionReview request has no kind",
+            ),
         ];
         for (body, expected) in cases {
             let message = decode(body.as_bytes()).unwrap_err().to_string();
@@ -249,17 +284,32 @@ mod tests {
 
     #[test]
     fn encodes_denials_with_status_and_allowances_with_a_base64_patch() {
-        let denied = Outcome { allowed: false, code: 403, message: Some("p: no".into()), ..Outcome::default() };
+        let denied = Outcome {
+            allowed: false,
+            code: 403,
+            message: Some("p: no".into()),
+            ..Outcome::default()
+        };
         let json: serde_json::Value = serde_json::from_slice(&encode("u", &denied)).unwrap();
         assert_eq!(json["response"]["status"]["message"], "p: no");
         assert_eq!(json["response"]["status"]["code"], 403);
         assert!(json["response"].get("patch").is_none());
 
-        let patch: json_patch::Patch = serde_json::from_str(r#"[{"op":"add","path":"/a","value":1}]"#).unwrap();
-        let allowed = Outcome { allowed: true, patch: Some(patch), ..Outcome::default() };
+        let patch: json_patch::Patch =
+            serde_json::from_str(r#"[{"op":"add","path":"/a","value":1}]"#).unwrap();
+        let allowed = Outcome {
+            allowed: true,
+            patch: Some(patch),
+            ..Outcome::default()
+        };
         let json: serde_json::Value = serde_json::from_slice(&encode("u", &allowed)).unwrap();
         assert_eq!(json["response"]["patchType"], "JSONPatch");
-        let decoded = base64::engine::general_purpose::STANDARD.decode(json["response"]["patch"].as_str().unwrap()).unwrap();
-        assert_eq!(String::from_utf8(decoded).unwrap(), r#"[{"op":"add","path":"/a","value":1}]"#);
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(json["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            r#"[{"op":"add","path":"/a","value":1}]"#
+        );
     }
 }

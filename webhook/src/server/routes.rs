@@ -38,7 +38,11 @@ pub struct AppState {
 impl AppState {
     /// State with no policies loaded yet.
     pub fn new() -> Self {
-        AppState { policies: ArcSwapOption::empty(), metrics: Metrics::default(), shutting_down: AtomicBool::new(false) }
+        AppState {
+            policies: ArcSwapOption::empty(),
+            metrics: Metrics::default(),
+            shutting_down: AtomicBool::new(false),
+        }
     }
 }
 
@@ -67,7 +71,12 @@ impl IntoResponse for Error {
             Error::Loading => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
-        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response()
     }
 }
 
@@ -117,13 +126,17 @@ async fn admit(state: &AppState, endpoint: Endpoint, body: Body) -> Response {
 }
 
 async fn answer(state: &AppState, endpoint: Endpoint, body: Body) -> Result<Response, Error> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-            Error::BodyTooLarge
-        } else {
-            Error::Body(e.to_string())
-        }
-    })?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                Error::BodyTooLarge
+            } else {
+                Error::Body(e.to_string())
+            }
+        })?;
     let started = Instant::now();
     let request = review::decode(&bytes)?;
     let policies = state.policies.load_full().ok_or(Error::Loading)?;
@@ -134,7 +147,9 @@ async fn answer(state: &AppState, endpoint: Endpoint, body: Body) -> Result<Resp
         Endpoint::Mutate => policies.mutate(&request),
     };
     let body = review::encode(&request.uid, &outcome);
-    state.metrics.record(endpoint.name(), &outcome, started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .record(endpoint.name(), &outcome, started.elapsed().as_secs_f64());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -149,15 +164,26 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     let Some(policies) = state.policies.load_full() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "loading policies\n".into());
     };
-    let failures: Vec<String> =
-        policies.failures().map(|(name, error)| format!("policy {name:?} failed to load: {error}")).collect();
+    let failures: Vec<String> = policies
+        .failures()
+        .map(|(name, error)| format!("policy {name:?} failed to load: {error}"))
+        .collect();
     if failures.is_empty() {
-        (StatusCode::OK, format!("ready: {} policies loaded\n", policies.policies().len()))
+        (
+            StatusCode::OK,
+            format!("ready: {} policies loaded\n", policies.policies().len()),
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, failures.join("\n") + "\n")
     }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }

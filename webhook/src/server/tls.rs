@@ -54,7 +54,10 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn load(files: &Files) -> Result<Arc<CertifiedKey>, Error> {
-    let pem_error = |path: &Path, message: String| Error::Pem { path: path.to_owned(), message };
+    let pem_error = |path: &Path, message: String| Error::Pem {
+        path: path.to_owned(),
+        message,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| pem_error(&files.cert, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -62,13 +65,16 @@ fn load(files: &Files) -> Result<Arc<CertifiedKey>, Error> {
     if chain.is_empty() {
         return Err(pem_error(&files.cert, "no certificate in the file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_error(&files.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| pem_error(&files.key, e.to_string()))?;
     let key = provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| pem_error(&files.key, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, key);
-    certified.keys_match().map_err(|e| pem_error(&files.key, format!("does not match the certificate: {e}")))?;
+    certified
+        .keys_match()
+        .map_err(|e| pem_error(&files.key, format!("does not match the certificate: {e}")))?;
     Ok(Arc::new(certified))
 }
 
@@ -120,16 +126,28 @@ impl Resolver {
 /// # Errors
 ///
 /// Unreadable or mismatched certificate and key, or an unusable client CA.
-pub fn server_config(files: Files, client_ca: Option<&Path>) -> Result<(rustls::ServerConfig, Arc<Resolver>), Error> {
-    let resolver = Arc::new(Resolver { current: ArcSwap::new(load(&files)?), files });
-    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+pub fn server_config(
+    files: Files,
+    client_ca: Option<&Path>,
+) -> Result<(rustls::ServerConfig, Arc<Resolver>), Error> {
+    let resolver = Arc::new(Resolver {
+        current: ArcSwap::new(load(&files)?),
+        files,
+    });
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let ca_error = |message: String| Error::ClientCa { path: path.to_owned(), message };
+            let ca_error = |message: String| Error::ClientCa {
+                path: path.to_owned(),
+                message,
+            };
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))? {
-                roots.add(cert.map_err(|e| ca_error(e.to_string()))?).map_err(|e| ca_error(e.to_string()))?;
+                roots
+                    .add(cert.map_err(|e| ca_error(e.to_string()))?)
+                    .map_err(|e| ca_error(e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()

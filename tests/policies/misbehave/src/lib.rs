@@ -71,7 +71,7 @@ impl Policy for Misbehave {
         Ok(())
     }
 
-    fn evaluate(request: &Request, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+    fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
         match settings.behaviour {
             Behaviour::Count | Behaviour::LoopInSettings => {
                 let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
