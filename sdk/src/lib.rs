@@ -59,6 +59,16 @@ pub mod verdict;
 #[doc(hidden)]
 pub mod guest;
 
+#[cfg(all(target_arch = "wasm32", feature = "bump-allocator"))]
+pub mod allocator;
+
+/// Policy components allocate with [`allocator::Bump`]: each instance serves
+/// one call, so nothing needs reusing (turn off with
+/// `default-features = false`).
+#[cfg(all(target_arch = "wasm32", feature = "bump-allocator"))]
+#[global_allocator]
+static ALLOCATOR: allocator::Bump = allocator::Bump::new();
+
 pub use k8s_openapi;
 pub use request::Request;
 pub use serde_json;
@@ -182,12 +192,12 @@ macro_rules! export {
                     settings: ::std::string::String,
                 ) -> ::std::result::Result<
                     $crate::guest::tollgate::policy::types::Verdict,
-            ::std::string::String,
+                    ::std::string::String,
                 > {
                     $crate::guest::to_wit($crate::run_evaluate::<$policy>(&request, &settings))
                 }
             }
-            $crate::guest::export!(Export with_types_in $crate::guest);
+    $crate::guest::export!(Export with_types_in $crate::guest);
         };
     };
 }

@@ -155,7 +155,9 @@ fn ensure_target() {
     });
     if !installed {
         // Best effort: a failure surfaces as the compiler's clear error below.
-        let _ = Command::new("rustup").args(["target", "add", TARGET]).status();
+        let _ = Command::new("rustup")
+            .args(["target", "add", TARGET])
+            .status();
     }
 }
 
