@@ -102,7 +102,12 @@ impl Outcome {
 
 /// A policy's verdict after failure handling: what the chain acts on.
 enum Step {
-    Verdict(engine::Verdict),
+    /// A verdict; `mutated` says whether it carried a mutated object (which
+    /// the mutating chain may have taken out of it).
+    Verdict {
+        verdict: engine::Verdict,
+        mutated: bool,
+    },
     Failed(String),
 }
 
@@ -121,14 +126,20 @@ impl PolicySet {
                 .map(|(object, _)| request.with_object(object));
             let (step, duration) = run(policy, text.as_deref().unwrap_or(request.text));
             let step = match step {
-                Step::Verdict(verdict) if verdict.allowed && verdict.mutated_object.is_some() => {
-                    let object = verdict.mutated_object.clone().expect("checked");
+                Step::Verdict {
+                    mut verdict,
+                    mutated: true,
+                } if verdict.allowed => {
+                    let object = verdict.mutated_object.take().unwrap_or_default();
                     match serde_json::from_str::<serde_json::Value>(&object) {
                         Ok(value) if value.is_object() => {
                             if policy.config.mode == Mode::Enforce {
                                 current = Some((object, value));
                             }
-                            Step::Verdict(verdict)
+                            Step::Verdict {
+                                verdict,
+                                mutated: true,
+                            }
                         }
                         _ => Step::Failed("the mutated object is not a JSON object".into()),
                     }
@@ -213,7 +224,10 @@ fn run(policy: &LoadedPolicy, request: &str) -> (Step, Duration) {
                         .into(),
                 )
             }
-            Ok(verdict) => Step::Verdict(verdict),
+            Ok(verdict) => {
+                let mutated = verdict.mutated_object.is_some();
+                Step::Verdict { verdict, mutated }
+            }
             Err(error) => Step::Failed(error.to_string()),
         },
     };
@@ -240,7 +254,7 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
             }
             (Result::Failed, Some(error))
         }
-        Step::Verdict(verdict) => {
+        Step::Verdict { verdict, mutated } => {
             for warning in verdict.warnings {
                 outcome.warnings.push(format!("{name}: {warning}"));
             }
@@ -250,7 +264,6 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
                     .push((format!("{name}.{key}"), value));
             }
             if verdict.allowed {
-                let mutated = verdict.mutated_object.is_some();
                 match (mutated, mode) {
                     (true, Mode::Warn) => outcome
                         .warnings
