@@ -13,10 +13,10 @@ fn config() -> String {
         r#"
 policies:
   - {{name: loops, module: "{module}", settings: {{behaviour: loop}}, timeoutMs: 50, match: {{namespaces: [loop]}}}}
-  - {{name: hoards, module: "{module}", settings: {{behaviour: allocate}}, memoryLimitMb: 32, match: {{namespaces: [alloc]}}}}
+  - {{name: hoards, module: "{module}", settings: {{behaviour: allocate}}, memoryLimitMb: 32, timeoutMs: 5000, match: {{namespaces: [alloc]}}}}
   - {{name: traps, module: "{module}", settings: {{behaviour: trap}}, failurePolicy: ignore, match: {{namespaces: [trap]}}}}
   - {{name: deep, module: "{module}", settings: {{behaviour: stack-overflow}}, match: {{namespaces: [stack]}}}}
-  - {{name: chatty, module: "{module}", settings: {{behaviour: huge-output}}, match: {{namespaces: [huge]}}}}
+  - {{name: chatty, module: "{module}", settings: {{behaviour: huge-output}}, timeoutMs: 5000, match: {{namespaces: [huge]}}}}
   - {{name: counter, module: "{module}", settings: {{behaviour: count}}, match: {{namespaces: [count]}}}}
 "#
     )

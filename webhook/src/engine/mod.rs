@@ -288,6 +288,7 @@ mod tests {
     fn unbounded_allocation_hits_the_memory_cap() {
         let limits = Limits {
             memory_bytes: 16 << 20,
+            timeout: Duration::from_secs(5),
             ..Limits::default()
         };
         assert!(matches!(
@@ -310,8 +311,11 @@ mod tests {
 
     #[test]
     fn oversized_output_and_policy_errors_are_reported() {
+        // A generous deadline: building 16 MiB must end on the output cap,
+        // not on time, even on a loaded machine.
         let limits = Limits {
             output_bytes: 1 << 20,
+            timeout: Duration::from_secs(5),
             ..Limits::default()
         };
         assert!(matches!(
