@@ -20,6 +20,7 @@ mod bindings;
 pub mod cache;
 mod limits;
 mod pre;
+mod spare;
 mod ticker;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub use limits::Limits;
 pub use pre::{PolicyPre, Verdict};
 
 use limits::StoreState;
+use spare::Maker;
 use ticker::Ticker;
 
 /// How many instances may be alive at once across all policies. Evaluations
@@ -123,6 +125,8 @@ struct Inner {
     linker: Linker<StoreState>,
     /// Advances the epoch while evaluations run; shared by every store.
     ticker: Ticker,
+    /// Makes spare instances and tears down used ones, off the request path.
+    maker: Maker,
     cache: cache::Cache,
 }
 
@@ -170,6 +174,7 @@ impl Engine {
                 wasmtime,
                 linker,
                 ticker,
+                maker: Maker::start(),
                 cache,
             }),
         })
@@ -259,6 +264,22 @@ mod tests {
     fn every_call_gets_a_fresh_instance() {
         for _ in 0..3 {
             let verdict = misbehave("count", &Limits::default()).unwrap();
+            assert_eq!(
+                verdict.audit_annotations,
+                vec![("calls".to_string(), "1".to_string())]
+            );
+        }
+    }
+
+    #[test]
+    fn back_to_back_calls_never_exhaust_the_instance_pool() {
+        // More calls than the pool has slots, faster than the spares thread
+        // can tear down: used instances must not pile up.
+        let pre = engine().load("misbehave", MISBEHAVE).unwrap();
+        for _ in 0..(POOL_INSTANCES * 3) {
+            let verdict = pre
+                .evaluate(POD, r#"{"behaviour":"count"}"#, &Limits::default())
+                .unwrap();
             assert_eq!(
                 verdict.audit_annotations,
                 vec![("calls".to_string(), "1".to_string())]

@@ -7,6 +7,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{self, Policy};
 use super::limits::{Limits, StoreState};
+use super::spare::{Instance, Recipe, Spares};
 use super::ticker::TICK;
 use super::{Engine, Error};
 
@@ -61,6 +62,8 @@ impl From<bindings::tollgate::policy::types::Verdict> for Verdict {
 pub struct PolicyPre {
     name: Arc<str>,
     pre: bindings::PolicyPre<StoreState>,
+    /// Fresh instances made ahead of time; shared by clones of this handle.
+    spares: Arc<Spares>,
     engine: Engine,
 }
 
@@ -74,6 +77,7 @@ impl PolicyPre {
         Ok(PolicyPre {
             name: name.into(),
             pre,
+            spares: Arc::default(),
             engine,
         })
     }
@@ -137,18 +141,11 @@ impl PolicyPre {
         limits: &Limits,
         f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
-        let _active = self.engine.inner.ticker.active();
-        let mut store = Store::new(
-            &self.engine.inner.wasmtime,
-            StoreState::new(self.name.clone(), limits.memory_bytes),
-        );
-        store.limiter(|state| state);
-        // Set before instantiating: a new store's deadline is "now", and
-        // instantiation itself checks it. One tick more than the timeout, so
-        // that a call gets at least the full timeout.
-        let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        let recipe = Recipe {
+            name: self.name.clone(),
+            pre: self.pre.clone(),
+            memory_bytes: limits.memory_bytes,
+        };
         let timeout_ms = limits.timeout.as_millis() as u64;
         let classify = |store: &Store<StoreState>, error: wasmtime::Error| -> Error {
             if store.data().memory_exceeded {
@@ -160,13 +157,43 @@ impl PolicyPre {
                 None => Error::Trap(format!("{error:#}")),
             }
         };
-        let policy = match self.pre.instantiate(&mut store) {
-            Ok(policy) => policy,
-            Err(error) if error.downcast_ref::<Trap>().is_some() => {
-                return Err(classify(&store, error));
-            }
-            Err(error) => return Err(Error::Instantiate(error)),
+        let maker = &self.engine.inner.maker;
+        let Instance { mut store, policy } = match self.spares.take(limits.memory_bytes) {
+            Some(instance) => instance,
+            None => match recipe.instantiate() {
+                Ok(instance) => instance,
+                Err((store, error)) => {
+                    let error =
+                        if error.downcast_ref::<Trap>().is_some() || store.data().memory_exceeded {
+                            classify(&store, error)
+                        } else {
+                            Error::Instantiate(error)
+                        };
+                    maker.recycle(&self.spares, &recipe, Some(store));
+                    return Err(error);
+                }
+            },
         };
-        f(&policy, &mut store).map_err(|error| classify(&store, error))
+        let result = {
+            let _active = self.engine.inner.ticker.active();
+            // One tick more than the timeout, so that a call gets at least
+            // the full timeout.
+            let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+            store.set_epoch_deadline(ticks);
+            f(&policy, &mut store).map_err(|error| classify(&store, error))
+        };
+        maker.recycle(&self.spares, &recipe, Some(store));
+        result
+    }
+
+    /// Makes the first spares, so that the first requests do not
+    /// instantiate inline.
+    pub fn warm(&self, limits: &Limits) {
+        let recipe = Recipe {
+            name: self.name.clone(),
+            pre: self.pre.clone(),
+            memory_bytes: limits.memory_bytes,
+        };
+        self.engine.inner.maker.recycle(&self.spares, &recipe, None);
     }
 }

@@ -134,7 +134,7 @@ fn prepare(
     }
     .map_err(|e| e.to_string())?;
     match pre.validate_settings(settings, limits) {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => pre.warm(limits),
         Ok(Err(message)) => return Err(format!("settings rejected: {message}")),
         Err(error) => return Err(format!("validate-settings failed: {error}")),
     }

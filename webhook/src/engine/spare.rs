@@ -1,0 +1,150 @@
+//! Spare instances: fresh, never-called instances of each policy, made ahead
+//! of time by a background thread, which also tears down used ones. A call
+//! takes a spare (or instantiates inline when none is ready), uses it once,
+//! and hands it back for teardown, so instantiation and teardown stay off
+//! the request's latency. Each instance still serves exactly one call: no
+//! state crosses from one request to the next.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use wasmtime::Store;
+
+use super::bindings;
+use super::limits::StoreState;
+
+/// Spares kept per policy: enough for the two worker threads of a 2-core
+/// server; a deeper queue only holds pool slots.
+const DEPTH: usize = 2;
+
+/// Jobs the thread may have queued before callers tear down inline: every
+/// queued used store holds a pool slot, so a thread that falls behind under
+/// load must not let them pile up.
+const MAX_PENDING: usize = 8;
+
+/// A fresh instance and its store.
+pub struct Instance {
+    /// The store, with its state and limits.
+    pub store: Store<StoreState>,
+    /// The instance's exports.
+    pub policy: bindings::Policy,
+}
+
+/// How to make one policy's instances.
+#[derive(Clone)]
+pub struct Recipe {
+    /// The policy's name, for its log lines.
+    pub name: Arc<str>,
+    /// The pre-instantiated component.
+    pub pre: bindings::PolicyPre<StoreState>,
+    /// Memory cap its instances are made with.
+    pub memory_bytes: usize,
+}
+
+impl Recipe {
+    /// Instantiates one fresh instance.
+    ///
+    /// # Errors
+    ///
+    /// Whatever instantiation reports (the store is returned for
+    /// classifying the error).
+    pub fn instantiate(&self) -> Result<Instance, (Store<StoreState>, wasmtime::Error)> {
+        let mut store = Store::new(
+            self.pre.engine(),
+            StoreState::new(self.name.clone(), self.memory_bytes),
+        );
+        store.limiter(|state| state);
+        // Instantiation runs no policy code; the call sets the real deadline.
+        store.set_epoch_deadline(u64::MAX / 2);
+        store.epoch_deadline_trap();
+        match self.pre.instantiate(&mut store) {
+            Ok(policy) => Ok(Instance { store, policy }),
+            Err(error) => Err((store, error)),
+        }
+    }
+}
+
+/// One policy's spares. A `std::sync::Mutex`, not a Tokio one: it is held
+/// only to push or pop, never across a call or an await.
+#[derive(Default)]
+pub struct Spares {
+    ready: Mutex<Vec<(usize, Instance)>>,
+}
+
+impl Spares {
+    /// A spare made with this memory cap, if one is ready.
+    pub fn take(&self, memory_bytes: usize) -> Option<Instance> {
+        let mut ready = self.ready.lock().expect("spares lock poisoned");
+        while let Some((cap, instance)) = ready.pop() {
+            if cap == memory_bytes {
+                return Some(instance);
+            }
+        }
+        None
+    }
+}
+
+struct Job {
+    spares: Arc<Spares>,
+    recipe: Recipe,
+    used: Option<Store<StoreState>>,
+}
+
+/// The background thread's handle. Dropping it closes the channel and the
+/// thread ends after its current job.
+pub struct Maker {
+    /// Jobs for the thread. Senders never block a request; [`MAX_PENDING`]
+    /// bounds the queue instead.
+    jobs: mpsc::Sender<Job>,
+    /// Jobs sent and not yet done.
+    pending: Arc<AtomicUsize>,
+}
+
+impl Maker {
+    /// Starts the thread.
+    pub fn start() -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let done = pending.clone();
+        thread::Builder::new()
+            .name("tollgate-spares".into())
+            .spawn(move || {
+                for job in queue {
+                    done.fetch_sub(1, Ordering::AcqRel);
+                    drop(job.used);
+                    let short =
+                        job.spares.ready.lock().expect("spares lock poisoned").len() < DEPTH;
+                    if short && let Ok(instance) = job.recipe.instantiate() {
+                        job.spares
+                            .ready
+                            .lock()
+                            .expect("spares lock poisoned")
+                            .push((job.recipe.memory_bytes, instance));
+                    }
+                }
+            })
+            .expect("spawning the spares thread");
+        Maker { jobs, pending }
+    }
+
+    /// Hands a used store over for teardown and asks for a new spare.
+    pub fn recycle(&self, spares: &Arc<Spares>, recipe: &Recipe, used: Option<Store<StoreState>>) {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+            // The thread is behind: tear down here, and let it catch up.
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            drop(used);
+            return;
+        }
+        let job = Job {
+            spares: spares.clone(),
+            recipe: recipe.clone(),
+            used,
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            // The thread is gone (shutdown): tear down here.
+            drop(job);
+        }
+    }
+}
