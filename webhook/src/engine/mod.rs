@@ -1,6 +1,8 @@
 //! The WebAssembly engine: one wasmtime [`wasmtime::Engine`] for the process,
 //! policies compiled once and cached on disk ([`cache`]), prepared as
 //! [`PolicyPre`]s, and instantiated fresh for every call ([`PolicyPre::evaluate`]).
+//! A background thread (`spare`) makes those fresh instances ahead of time and
+//! tears used ones down, so neither is on a request's latency.
 //!
 //! # Isolation
 //!
