@@ -227,25 +227,25 @@ impl TemplatePaths {
         TemplatePaths { rules }
     }
 
-    /// The dotted paths to the pod specs of this group and kind.
-    fn paths<'s>(&'s self, group: &str, kind: &str) -> Vec<&'s str> {
-        if let Some(rule) = self
+    /// The paths to the pod specs of this group and kind, split into
+    /// segments.
+    fn paths<'s>(&'s self, group: &str, kind: &str) -> Vec<Vec<&'s str>> {
+        let paths: Vec<&str> = match self
             .rules
             .iter()
             .find(|r| r.group == group && r.kind == kind)
         {
-            return rule.paths.iter().map(String::as_str).collect();
-        }
-        DEFAULT_PATHS
-            .iter()
-            .find(|(g, k, _)| *g == group && *k == kind)
-            .map(|(_, _, paths)| paths.to_vec())
-            .unwrap_or_default()
-    }
-
-    /// Whether objects of this group and kind carry pod specs.
-    pub fn knows(&self, group: &str, kind: &str) -> bool {
-        !self.paths(group, kind).is_empty()
+            Some(rule) => rule.paths.iter().map(String::as_str).collect(),
+            None => DEFAULT_PATHS
+                .iter()
+                .find(|(g, k, _)| *g == group && *k == kind)
+                .map(|(_, _, paths)| paths.to_vec())
+                .unwrap_or_default(),
+        };
+        paths
+            .into_iter()
+            .map(|path| path.split('.').filter(|s| !s.is_empty()).collect())
+            .collect()
     }
 
     /// Every pod spec of an object given as JSON text, deserialized as `T`
@@ -264,8 +264,7 @@ impl TemplatePaths {
         object: &'a str,
     ) -> Result<Vec<(String, T)>, serde_json::Error> {
         let mut found = Vec::new();
-        for path in self.paths(group, kind) {
-            let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+        for segments in self.paths(group, kind) {
             let mut deserializer = serde_json::Deserializer::from_str(object);
             Walk {
                 path: &segments,
@@ -289,8 +288,7 @@ impl TemplatePaths {
                 .unwrap_or(""),
         );
         let mut found = Vec::new();
-        for path in self.paths(group, kind) {
-            let segments: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+        for segments in self.paths(group, kind) {
             collect(object, &segments, String::new(), &mut found);
         }
         found

@@ -141,11 +141,7 @@ impl PolicyPre {
         limits: &Limits,
         f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
-        let recipe = Recipe {
-            name: self.name.clone(),
-            pre: self.pre.clone(),
-            memory_bytes: limits.memory_bytes,
-        };
+        let recipe = self.recipe(limits);
         let timeout_ms = limits.timeout.as_millis() as u64;
         let classify = |store: &Store<StoreState>, error: wasmtime::Error| -> Error {
             if store.data().memory_exceeded {
@@ -186,14 +182,18 @@ impl PolicyPre {
         result
     }
 
-    /// Makes the first spares, so that the first requests do not
-    /// instantiate inline.
-    pub fn warm(&self, limits: &Limits) {
-        let recipe = Recipe {
+    fn recipe(&self, limits: &Limits) -> Recipe {
+        Recipe {
             name: self.name.clone(),
             pre: self.pre.clone(),
             memory_bytes: limits.memory_bytes,
-        };
+        }
+    }
+
+    /// Makes the first spares, so that the first requests do not
+    /// instantiate inline.
+    pub fn warm(&self, limits: &Limits) {
+        let recipe = self.recipe(limits);
         self.engine.inner.maker.recycle(&self.spares, &recipe, None);
     }
 }

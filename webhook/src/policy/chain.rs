@@ -189,13 +189,10 @@ impl PolicySet {
         if !outcome.allowed {
             return outcome;
         }
-        let mutated_text = outcome
-            .final_object
-            .as_deref()
-            .map(|object| request.with_object(object));
-        let validated = match (&mutated_text, &outcome.final_object, &request.object) {
-            (Some(text), Some(object), Some(range)) => {
-                self.validate(&request.with_text(text, range.start..range.start + object.len()))
+        let validated = match (outcome.final_object.as_deref(), &request.object) {
+            (Some(object), Some(range)) => {
+                let text = request.with_object(object);
+                self.validate(&request.with_text(&text, range.start..range.start + object.len()))
             }
             _ => self.validate(request),
         };
