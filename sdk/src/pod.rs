@@ -124,6 +124,22 @@ impl<C> ContainerLists<C> {
     }
 }
 
+/// A pod template as a policy reads it: its metadata and its spec, each
+/// parsed as a struct of only the fields the policy needs.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(bound(deserialize = "M: Deserialize<'de> + Default, S: Deserialize<'de> + Default"))]
+pub struct PodTemplate<M, S> {
+    /// `metadata` (labels, annotations, …).
+    #[serde(default)]
+    pub metadata: M,
+    /// `spec`, the pod spec.
+    #[serde(default)]
+    pub spec: S,
+}
+
+/// What was found in an object, each with its JSON Pointer (RFC 6901).
+pub type Located<T> = Vec<(String, T)>;
+
 /// One kind's template paths, as written in settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -262,7 +278,7 @@ impl TemplatePaths {
         group: &str,
         kind: &str,
         object: &'a str,
-    ) -> Result<Vec<(String, T)>, serde_json::Error> {
+    ) -> Result<Located<T>, serde_json::Error> {
         let mut found = Vec::new();
         for segments in self.paths(group, kind) {
             let mut deserializer = serde_json::Deserializer::from_str(object);
@@ -272,6 +288,51 @@ impl TemplatePaths {
                 found: &mut found,
             }
             .deserialize(&mut deserializer)?;
+        }
+        Ok(found)
+    }
+
+    /// Every pod template of an object given as JSON text (the Pod itself for
+    /// a Pod), with its JSON Pointer: the object holding each pod spec, read
+    /// in one pass as metadata `M` and spec `S`. A path that does not end in
+    /// `spec` leads to a bare pod spec; its template gets `M::default()`.
+    ///
+    /// # Errors
+    ///
+    /// When the text is not JSON or a template does not fit `M` and `S`.
+    pub fn pod_templates_in<'a, M, S>(
+        &self,
+        group: &str,
+        kind: &str,
+        object: &'a str,
+    ) -> Result<Located<PodTemplate<M, S>>, serde_json::Error>
+    where
+        M: Deserialize<'a> + Default,
+        S: Deserialize<'a> + Default,
+    {
+        let mut found = Vec::new();
+        for segments in self.paths(group, kind) {
+            let mut deserializer = serde_json::Deserializer::from_str(object);
+            if let Some((&"spec", parent)) = segments.split_last() {
+                Walk {
+                    path: parent,
+                    pointer: String::new(),
+                    found: &mut found,
+                }
+                .deserialize(&mut deserializer)?;
+            } else {
+                let mut specs = Vec::new();
+                Walk {
+                    path: &segments,
+                    pointer: String::new(),
+                    found: &mut specs,
+                }
+                .deserialize(&mut deserializer)?;
+                found.extend(specs.into_iter().map(|(pointer, spec)| {
+                    let metadata = M::default();
+                    (pointer, PodTemplate { metadata, spec })
+                }));
+            }
         }
         Ok(found)
     }
@@ -485,6 +546,50 @@ mod tests {
             {"template": {"spec": {"template": {"spec": {"containers": []}}}}},
         ]}});
         assert_eq!(TemplatePaths::default().pod_spec_pointers(&jobset).len(), 2);
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    struct Name {
+        #[serde(default)]
+        name: String,
+    }
+
+    #[test]
+    fn templates_carry_their_metadata_and_bare_specs_get_default_metadata() {
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {
+            "metadata": {"name": "t"}, "spec": {"name": "s"}}}});
+        let found: Vec<(String, PodTemplate<Name, Name>)> = TemplatePaths::default()
+            .pod_templates_in("batch", "Job", &job.to_string())
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "/spec/template");
+        assert_eq!(found[0].1.metadata.name, "t");
+        assert_eq!(found[0].1.spec.name, "s");
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"name": "s"}}).to_string();
+        let found: Vec<(String, PodTemplate<Name, Name>)> = TemplatePaths::default()
+            .pod_templates_in("", "Pod", &pod)
+            .unwrap();
+        assert_eq!(
+            (found[0].0.as_str(), found[0].1.metadata.name.as_str()),
+            ("", "p")
+        );
+        let paths = TemplatePaths::with(&[TemplatePathRule {
+            group: "example.com".into(),
+            kind: "Trainer".into(),
+            paths: vec!["spec.pod".into()],
+        }]);
+        let trainer =
+            json!({"metadata": {"name": "x"}, "spec": {"pod": {"name": "s"}}}).to_string();
+        let found: Vec<(String, PodTemplate<Name, Name>)> = paths
+            .pod_templates_in("example.com", "Trainer", &trainer)
+            .unwrap();
+        assert_eq!(
+            found[0].1,
+            PodTemplate {
+                metadata: Name::default(),
+                spec: Name { name: "s".into() }
+            }
+        );
     }
 
     #[test]
