@@ -24,6 +24,56 @@ fn run(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
+fn the_examples_get_the_verdicts_their_readme_promises() {
+    let example = |name: &str| workspace().join("examples").join(name);
+    let (ok, stdout, stderr) = run(&[
+        "--request",
+        example("gpu-pod-create.json").to_str().unwrap(),
+        "--request",
+        example("gpu-pod-latest-image.json").to_str().unwrap(),
+        "--request",
+        example("gpu-pod-privileged.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let responses: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["response"].clone())
+        .collect();
+    assert_eq!(responses[0]["allowed"], true);
+    assert!(responses[0].get("patch").is_none() && responses[0].get("warnings").is_none());
+    assert_eq!(responses[1]["allowed"], false);
+    assert!(
+        responses[1]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(":latest")
+    );
+    assert_eq!(responses[2]["allowed"], false);
+    assert!(
+        responses[2]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(
+                r#"pod-security-baseline: violates PodSecurity "baseline:latest": privileged ("#
+            ),
+        "{}",
+        responses[2]
+    );
+    // The example configuration loads: every policy in it is valid.
+    let (ok, stdout, stderr) = run(&[
+        "--config",
+        example("config.yaml").to_str().unwrap(),
+        "--request",
+        example("gpu-pod-privileged.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(r#"violates PodSecurity \"restricted:v1.33\""#),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn run_evaluates_reviews_offline_as_mutate_then_validate() {
     let dir = tempfile::tempdir().unwrap();
     let bare = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "ml"},

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cli;
+mod pod_security;
 mod sandbox;
 mod serve;
 mod workloads;

@@ -76,7 +76,7 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(
         server.get("/readyz").await,
-        (200, "ready: 2 policies loaded\n".to_string())
+        (200, "ready: 4 policies loaded\n".to_string())
     );
     server.review("/validate", &standard_request()).await;
     server.review("/mutate", &standard_request()).await;

@@ -2,7 +2,8 @@
 //! workloads), wrapped as CREATE requests and sent through the default
 //! configuration: the mutation patch applies, keeps what the user wrote,
 //! fills in requests, and is idempotent; the verdict denies exactly the
-//! containers whose images break the default registry rules.
+//! containers whose images break the default registry rules and the pod
+//! templates that break the baseline Pod Security Standard.
 
 use std::path::PathBuf;
 
@@ -154,16 +155,64 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
     );
 }
 
+/// Whether a pod spec breaks the baseline Pod Security Standard in one of the
+/// ways GPU system workloads do (privileged device plugins, host paths, host
+/// namespaces, host ports, extra capabilities), checked independently of the
+/// policy.
+fn breaks_baseline(spec: &Value) -> bool {
+    const DEFAULT_CAPABILITIES: &[&str] = &[
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ];
+    let host_namespace = ["hostNetwork", "hostPID", "hostIPC"]
+        .iter()
+        .any(|field| spec[field] == true);
+    let host_path = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| v.get("hostPath").is_some());
+    let container = containers(spec).any(|c| {
+        let context = &c["securityContext"];
+        context["privileged"] == true
+            || c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["hostPort"].as_u64().unwrap_or(0) != 0)
+            || context["capabilities"]["add"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|cap| !DEFAULT_CAPABILITIES.contains(&cap.as_str().unwrap_or("")))
+    });
+    host_namespace || host_path || container
+}
+
 #[tokio::test]
-async fn gpu_workloads_are_denied_exactly_for_latest_tags_and_unlisted_registries() {
+async fn gpu_workloads_are_denied_exactly_for_bad_images_and_baseline_violations() {
     let server = Server::start_default().await;
+    let mut denied_by_pod_security = 0;
     for (file, object) in manifests() {
         let response = server.review("/validate", &review("CREATE", &object)).await;
         let namespace = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default");
-        let offending: Vec<String> = pod_specs(&object)
-            .into_iter()
+        let specs = pod_specs(&object);
+        let offending: Vec<String> = specs
+            .iter()
+            .copied()
             .flat_map(containers)
             .filter(|c| {
                 let image = c["image"].as_str().unwrap_or("");
@@ -171,17 +220,33 @@ async fn gpu_workloads_are_denied_exactly_for_latest_tags_and_unlisted_registrie
             })
             .map(|c| format!("container {}", c["name"]))
             .collect();
-        if offending.is_empty() || namespace == "kube-system" {
+        let baseline = specs.iter().any(|spec| breaks_baseline(spec));
+        if namespace == "kube-system" || (offending.is_empty() && !baseline) {
             assert_eq!(response["allowed"], true, "{file}: {response}");
             continue;
         }
         assert_eq!(response["allowed"], false, "{file}");
         let message = response["status"]["message"].as_str().unwrap();
+        assert_eq!(
+            message.contains("image-registries: "),
+            !offending.is_empty(),
+            "{file}: {message}"
+        );
         for container in &offending {
             assert!(
                 message.contains(container.as_str()),
                 "{file}: {message} does not name {container}"
             );
         }
+        assert_eq!(
+            message.contains(r#"pod-security-baseline: violates PodSecurity "baseline:latest": "#),
+            baseline,
+            "{file}: {message}"
+        );
+        denied_by_pod_security += usize::from(baseline);
     }
+    assert!(
+        denied_by_pod_security > 0,
+        "no GPU system workload broke baseline: the fixtures changed"
+    );
 }

@@ -1,7 +1,8 @@
 //! In-process admission benchmarks on the standard request
 //! (`../shared/bench/pod-gpu-create.json`): decode → match → policies (a fresh
-//! instance each) → patch → encode, through the embedded default
-//! configuration (resource-defaults, mutating; image-registries, validating).
+//! instance each) → patch → encode, through two policies (resource-defaults,
+//! mutating; image-registries, validating) and through the whole embedded
+//! default configuration; and each built-in policy alone in the engine.
 //!
 //! Run: `cargo bench -p tollgate --bench admission`.
 
@@ -32,21 +33,31 @@ fn request_needing_defaults() -> Vec<u8> {
     serde_json::to_vec(&review).unwrap()
 }
 
-fn policies() -> (PolicySet, tempfile::TempDir) {
-    let cache = tempfile::tempdir().unwrap();
+/// The two policies the core's figures are measured with.
+const TWO_POLICIES: &str = r#"
+policies:
+  - {name: resource-defaults, module: builtin:resource-defaults, mutating: true,
+     settings: {requests: {cpu: 100m, memory: 128Mi}}}
+  - {name: image-registries, module: builtin:image-registries,
+     settings: {allowedRegistries: [registry.k8s.io/, nvcr.io/, docker.io/], denyLatest: true}}
+"#;
+
+fn load(config: &tollgate::policy::Config, cache: &tempfile::TempDir) -> PolicySet {
     let engine = Engine::new(engine::Config {
         cache_dir: cache.path().to_owned(),
         compiler: Compiler::InProcess,
     })
     .unwrap();
-    let config = tollgate::builtin::default_config().unwrap();
-    let set = PolicySet::load(&config, &engine, Arc::new(Unknown));
+    let set = PolicySet::load(config, &engine, Arc::new(Unknown));
     assert_eq!(set.failures().count(), 0);
-    (set, cache)
+    set
 }
 
 fn admission(c: &mut Criterion) {
-    let (set, _cache) = policies();
+    let cache = tempfile::tempdir().unwrap();
+    let two = tollgate::policy::Config::parse(TWO_POLICIES, "bench", PathBuf::new()).unwrap();
+    let set = load(&two, &cache);
+    let default = load(&tollgate::builtin::default_config().unwrap(), &cache);
     let standard = standard_request();
     let needing_defaults = request_needing_defaults();
 
@@ -81,6 +92,17 @@ fn admission(c: &mut Criterion) {
             black_box(review::encode(&request.uid, &outcome))
         })
     });
+    group.bench_function(
+        "default configuration: 4 policies (decode, mutate, validate, encode)",
+        |b| {
+            b.iter(|| {
+                let request = review::decode(black_box(&standard)).unwrap();
+                let outcome = default.review(&request);
+                assert!(outcome.allowed && outcome.warnings.is_empty());
+                black_box(review::encode(&request.uid, &outcome))
+            })
+        },
+    );
     group.bench_function("decode and encode only", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
@@ -122,6 +144,12 @@ fn engine(c: &mut Criterion) {
             tollgate::builtin::module("resource-defaults").unwrap(),
         )
         .unwrap();
+    let pod_security = engine
+        .load(
+            "pod-security",
+            tollgate::builtin::module("pod-security").unwrap(),
+        )
+        .unwrap();
     let review: serde_json::Value = serde_json::from_slice(&standard_request()).unwrap();
     let request = review["request"].to_string();
     let mut group = c.benchmark_group("engine");
@@ -160,6 +188,19 @@ fn engine(c: &mut Criterion) {
             )
         })
     });
+    for level in ["restricted", "baseline"] {
+        let settings = format!(r#"{{"level":"{level}","version":"latest"}}"#);
+        group.bench_function(
+            format!("pod-security {level} on the standard request"),
+            |b| {
+                b.iter(|| {
+                    let verdict = pod_security.evaluate(&request, &settings, &limits).unwrap();
+                    assert!(verdict.allowed);
+                    black_box(verdict)
+                })
+            },
+        );
+    }
     group.finish();
 }
 
