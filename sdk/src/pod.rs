@@ -12,11 +12,9 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{
-    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 /// Which list of a pod spec a container comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -265,7 +263,7 @@ impl TemplatePaths {
     }
 
     /// Every pod spec of an object given as JSON text, deserialized as `T`
-    /// (a struct of only the fields the policy reads, or `&RawValue`), with
+    /// (a struct of only the fields the policy reads, or a `Value`), with
     /// its JSON Pointer (RFC 6901). One pass over the text: branches off the
     /// paths are skipped without allocating. `group` and `kind` are the
     /// object's (the request's `kind` says them).
@@ -420,15 +418,6 @@ impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Walk<'_, '_, T> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        if self.path.is_empty() {
-            // Only objects are pod specs; skip anything else in their place.
-            let value = <&RawValue>::deserialize(deserializer)?;
-            if value.get().starts_with('{') {
-                let spec = T::deserialize(value).map_err(D::Error::custom)?;
-                self.found.push((self.pointer, spec));
-            }
-            return Ok(());
-        }
         deserializer.deserialize_any(self)
     }
 }
@@ -441,10 +430,13 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Walk<'_, '_, T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (head, rest) = self
-            .path
-            .split_first()
-            .expect("walk paths are not empty here");
+        let Some((head, rest)) = self.path.split_first() else {
+            // The end of the path: read the object as `T` right here, in the
+            // same pass over the text.
+            let found = T::deserialize(MapAccessDeserializer::new(map))?;
+            self.found.push((self.pointer, found));
+            return Ok(());
+        };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if *head == "*" || *head == key {
                 let pointer = format!("{}/{}", self.pointer, escape(&key));
@@ -461,13 +453,13 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Walk<'_, '_, T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let (head, rest) = self
-            .path
-            .split_first()
-            .expect("walk paths are not empty here");
+        // Elements are followed only for a `*`; an array at the end of the
+        // path is not a pod spec and is skipped.
+        let wildcard = self.path.first() == Some(&"*");
+        let rest = self.path.get(1..).unwrap_or_default();
         let mut index = 0usize;
         loop {
-            let more = if *head == "*" {
+            let more = if wildcard {
                 let pointer = format!("{}/{index}", self.pointer);
                 seq.next_element_seed(Walk {
                     path: rest,
@@ -611,17 +603,14 @@ mod tests {
         }}});
         let text = job.to_string();
         let paths = TemplatePaths::default();
-        let raw: Vec<(String, &RawValue)> = paths
+        let raw: Vec<(String, Value)> = paths
             .pod_specs_in("kubeflow.org", "PyTorchJob", &text)
             .unwrap();
         let walked = paths.pod_specs(&job);
         assert_eq!(raw.len(), 2);
         for ((raw_pointer, raw_spec), (pointer, spec)) in raw.iter().zip(&walked) {
             assert_eq!(raw_pointer, pointer);
-            assert_eq!(
-                &serde_json::from_str::<Value>(raw_spec.get()).unwrap(),
-                *spec
-            );
+            assert_eq!(raw_spec, *spec);
         }
     }
 
