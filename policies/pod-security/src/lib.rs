@@ -380,6 +380,103 @@ mod tests {
     }
 
     #[test]
+    fn every_workload_kind_with_a_pod_template_is_checked() {
+        let template = json!({"spec": {"hostIPC": true, "containers": [{"name": "a"}]}});
+        let kinds = [
+            ("v1", "PodTemplate", json!({"template": template})),
+            (
+                "v1",
+                "ReplicationController",
+                json!({"spec": {"template": template}}),
+            ),
+            (
+                "apps/v1",
+                "ReplicaSet",
+                json!({"spec": {"template": template}}),
+            ),
+            (
+                "apps/v1",
+                "StatefulSet",
+                json!({"spec": {"template": template}}),
+            ),
+            (
+                "apps/v1",
+                "DaemonSet",
+                json!({"spec": {"template": template}}),
+            ),
+            ("batch/v1", "Job", json!({"spec": {"template": template}})),
+            (
+                "batch/v1",
+                "CronJob",
+                json!({"spec": {"jobTemplate": {"spec": {"template": template}}}}),
+            ),
+            (
+                "kubeflow.org/v1",
+                "TFJob",
+                json!({"spec": {"tfReplicaSpecs": {"Chief": {"template": template}}}}),
+            ),
+            (
+                "kubeflow.org/v1",
+                "PaddleJob",
+                json!({"spec": {"paddleReplicaSpecs": {"Worker": {"template": template}}}}),
+            ),
+            (
+                "kubeflow.org/v1",
+                "XGBoostJob",
+                json!({"spec": {"xgbReplicaSpecs": {"Worker": {"template": template}}}}),
+            ),
+            (
+                "kubeflow.org/v2beta1",
+                "MPIJob",
+                json!({"spec": {"mpiReplicaSpecs": {"Launcher": {"template": template}}}}),
+            ),
+            (
+                "ray.io/v1",
+                "RayCluster",
+                json!({"spec": {"headGroupSpec": {"template": template}, "workerGroupSpecs": [{"template": template}]}}),
+            ),
+            (
+                "leaderworkerset.x-k8s.io/v1",
+                "LeaderWorkerSet",
+                json!({"spec": {"leaderWorkerTemplate": {"leaderTemplate": template, "workerTemplate": template}}}),
+            ),
+            (
+                "batch.volcano.sh/v1alpha1",
+                "Job",
+                json!({"spec": {"tasks": [{"name": "t", "template": template}]}}),
+            ),
+        ];
+        for (api_version, kind, body) in kinds {
+            let mut object =
+                json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "w"}});
+            object
+                .as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            let denial = message(object, json!({"level": "baseline"}))
+                .unwrap_or_else(|| panic!("{kind} was not checked"));
+            assert!(
+                denial.contains("host namespaces (hostIPC=true)"),
+                "{kind}: {denial}"
+            );
+        }
+    }
+
+    #[test]
+    fn template_paths_in_settings_reach_new_crds() {
+        let trainer = json!({"apiVersion": "example.com/v1", "kind": "Trainer", "metadata": {"name": "t"},
+            "spec": {"workers": [{"template": {"spec": {"hostPID": true, "containers": [{"name": "a"}]}}}]}});
+        assert!(message(trainer.clone(), json!({"level": "baseline"})).is_none());
+        let settings = json!({"level": "baseline", "templatePaths": [
+            {"group": "example.com", "kind": "Trainer", "paths": ["spec.workers[*].template.spec"]}]});
+        assert!(
+            message(trainer, settings)
+                .unwrap()
+                .ends_with(r#""baseline:latest": host namespaces (hostPID=true)"#)
+        );
+    }
+
+    #[test]
     fn template_metadata_carries_the_annotations_checks_read() {
         let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"template": {
