@@ -43,11 +43,13 @@
 //! - [`verdict`]: allow, deny, warn, annotate, mutate.
 //! - [`pod`]: containers of every kind, and pod specs inside workloads and
 //!   ML jobs ([`pod::TemplatePaths`]).
+//! - [`edit`]: mutate an object without parsing what is not changed.
 //! - [`quantity`]: resource quantities as numbers.
 //! - [`log`]: diagnostics through the host.
 //! - [`testing`]: the native harness.
 //! - `guest` (Wasm only): the generated bindings behind [`export!`].
 
+pub mod edit;
 pub mod log;
 pub mod pod;
 pub mod quantity;

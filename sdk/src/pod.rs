@@ -16,6 +16,8 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use crate::edit::{Node, Shape};
+
 /// Which list of a pod spec a container comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContainerKind {
@@ -335,6 +337,49 @@ impl TemplatePaths {
         Ok(found)
     }
 
+    /// The [`Shape`] that reads every pod template of this kind as
+    /// `template` (an object shape with `metadata` and `spec` members) and
+    /// keeps the rest of the object raw; a path to a bare pod spec reads it
+    /// as the template's `spec`.
+    pub fn template_shape(&self, group: &str, kind: &str, template: &Shape) -> Shape {
+        self.paths(group, kind)
+            .into_iter()
+            .map(|segments| {
+                let (parents, end) = match segments.split_last() {
+                    Some((&"spec", parents)) => (parents, template.clone()),
+                    _ => (&segments[..], template.member("spec").clone()),
+                };
+                parents
+                    .iter()
+                    .rev()
+                    .fold(end, |shape, segment| match *segment {
+                        "*" => Shape::Each(Box::new(shape)),
+                        key => Shape::object([(key, shape)]),
+                    })
+            })
+            .fold(Shape::Raw, Shape::merge)
+    }
+
+    /// Every pod template in a [`Node`] read with
+    /// [`TemplatePaths::template_shape`], as JSON Pointers for
+    /// [`Node::pointer_mut`].
+    pub fn template_pointers(
+        &self,
+        group: &str,
+        kind: &str,
+        root: &Node<'_>,
+    ) -> Vec<TemplatePointer> {
+        let mut found = Vec::new();
+        for segments in self.paths(group, kind) {
+            let (parents, bare) = match segments.split_last() {
+                Some((&"spec", parents)) => (parents, false),
+                _ => (&segments[..], true),
+            };
+            collect_nodes(root, parents, String::new(), bare, &mut found);
+        }
+        found
+    }
+
     /// JSON Pointers to every pod spec in `object`, whose group and kind are
     /// read from its `apiVersion` and `kind`. Empty for kinds without pod
     /// specs.
@@ -370,6 +415,60 @@ impl TemplatePaths {
         for pointer in self.pod_spec_pointers(object) {
             if let Some(spec) = object.pointer_mut(&pointer) {
                 visit(&pointer, spec);
+            }
+        }
+    }
+}
+
+/// Where a pod template is in a [`Node`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplatePointer {
+    /// JSON Pointer to the template (the object holding `metadata` and
+    /// `spec`), or to the pod spec itself when `bare`.
+    pub pointer: String,
+    /// The path leads to a pod spec without template metadata.
+    pub bare: bool,
+}
+
+fn collect_nodes(
+    node: &Node<'_>,
+    path: &[&str],
+    pointer: String,
+    bare: bool,
+    found: &mut Vec<TemplatePointer>,
+) {
+    let Some((head, rest)) = path.split_first() else {
+        if matches!(node, Node::Object(_)) {
+            found.push(TemplatePointer { pointer, bare });
+        }
+        return;
+    };
+    match (*head, node) {
+        ("*", Node::Object(members)) => {
+            for (key, child) in members {
+                collect_nodes(
+                    child,
+                    rest,
+                    format!("{pointer}/{}", escape(key)),
+                    bare,
+                    found,
+                );
+            }
+        }
+        ("*", Node::Array(elements)) => {
+            for (index, child) in elements.iter().enumerate() {
+                collect_nodes(child, rest, format!("{pointer}/{index}"), bare, found);
+            }
+        }
+        (key, node) => {
+            if let Some(child) = node.get(key) {
+                collect_nodes(
+                    child,
+                    rest,
+                    format!("{pointer}/{}", escape(key)),
+                    bare,
+                    found,
+                );
             }
         }
     }
@@ -581,6 +680,75 @@ mod tests {
                 metadata: Name::default(),
                 spec: Name { name: "s".into() }
             }
+        );
+    }
+
+    #[test]
+    fn template_shapes_reach_every_template_and_keep_the_rest_raw() {
+        let template = Shape::object([
+            ("metadata", Shape::Value),
+            ("spec", Shape::object([("tolerations", Shape::Value)])),
+        ]);
+        let cluster = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "r"}, "spec": {
+            "headGroupSpec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": []}}},
+            "workerGroupSpecs": [{"replicas": 2, "template": {"spec": {"tolerations": []}}}]}});
+        let text = cluster.to_string();
+        let paths = TemplatePaths::default();
+        let shape = paths.template_shape("ray.io", "RayCluster", &template);
+        let mut root = Node::read(&text, &shape).unwrap();
+        let found = paths.template_pointers("ray.io", "RayCluster", &root);
+        let pointers: Vec<_> = found.iter().map(|t| t.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/spec/headGroupSpec/template",
+                "/spec/workerGroupSpecs/0/template"
+            ]
+        );
+        let head = root.pointer_mut("/spec/headGroupSpec/template").unwrap();
+        assert_eq!(
+            head.member_value("metadata"),
+            Some(&json!({"labels": {"a": "b"}}))
+        );
+        let worker = root
+            .pointer_mut("/spec/workerGroupSpecs/0/template/spec")
+            .unwrap();
+        worker
+            .entry("tolerations", || Value::Null)
+            .unwrap()
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"key": "k"}));
+        let mut expected = cluster.clone();
+        expected["spec"]["workerGroupSpecs"][0]["template"]["spec"]["tolerations"] =
+            json!([{"key": "k"}]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&root.to_json()).unwrap(),
+            expected
+        );
+
+        let rules = [TemplatePathRule {
+            group: "x".into(),
+            kind: "Bare".into(),
+            paths: vec!["spec.pod".into()],
+        }];
+        let paths = TemplatePaths::with(&rules);
+        let text = json!({"spec": {"pod": {"tolerations": [1]}}}).to_string();
+        let root = Node::read(&text, &paths.template_shape("x", "Bare", &template)).unwrap();
+        assert_eq!(
+            paths.template_pointers("x", "Bare", &root),
+            [TemplatePointer {
+                pointer: "/spec/pod".into(),
+                bare: true
+            }]
+        );
+        assert_eq!(
+            root.get("spec")
+                .unwrap()
+                .get("pod")
+                .unwrap()
+                .member_value("tolerations"),
+            Some(&json!([1]))
         );
     }
 
