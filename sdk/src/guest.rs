@@ -20,7 +20,7 @@ pub fn to_wit(result: crate::Result<crate::Verdict>) -> Result<WitVerdict, Strin
         code: verdict.code,
         warnings: verdict.warnings,
         audit_annotations: verdict.audit_annotations,
-        mutated_object: verdict.mutated_object.map(|object| object.to_string()),
+        mutated_object: verdict.mutated_object,
     })
 }
 

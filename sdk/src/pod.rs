@@ -420,6 +420,26 @@ impl TemplatePaths {
     }
 }
 
+/// A JSON Pointer as a field path for messages:
+/// `/spec/tasks/0/template` → `spec.tasks[0].template`.
+pub fn field_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(&segment);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
 /// Where a pod template is in a [`Node`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplatePointer {
@@ -681,6 +701,16 @@ mod tests {
                 spec: Name { name: "s".into() }
             }
         );
+    }
+
+    #[test]
+    fn field_paths_read_like_kubectl_explain() {
+        assert_eq!(
+            field_path("/spec/tasks/0/template"),
+            "spec.tasks[0].template"
+        );
+        assert_eq!(field_path("/spec/a~1b/template"), "spec.a/b.template");
+        assert_eq!(field_path(""), "");
     }
 
     #[test]

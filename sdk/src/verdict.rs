@@ -16,8 +16,9 @@ pub struct Verdict {
     pub warnings: Vec<String>,
     /// Audit annotations recorded by the apiserver.
     pub audit_annotations: Vec<(String, String)>,
-    /// The object as the policy wants it (mutating policies only).
-    pub mutated_object: Option<Value>,
+    /// The object as the policy wants it, as JSON text (mutating policies
+    /// only).
+    pub mutated_object: Option<String>,
 }
 
 impl Verdict {
@@ -41,11 +42,24 @@ impl Verdict {
     /// Allows the request with the object replaced by `object`. The host turns
     /// the difference into a JSON Patch; an unchanged object yields none.
     pub fn mutate(object: Value) -> Self {
+        Verdict::mutate_json(object.to_string())
+    }
+
+    /// [`Verdict::mutate`] with the object already written as JSON text
+    /// (e.g. by [`crate::edit::Node::to_json`]).
+    pub fn mutate_json(object: String) -> Self {
         Verdict {
             allowed: true,
             mutated_object: Some(object),
             ..Verdict::default()
         }
+    }
+
+    /// The mutated object parsed, if there is one (for tests).
+    pub fn mutated(&self) -> Option<Value> {
+        self.mutated_object
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
     }
 
     /// Sets the HTTP status code of a denial.

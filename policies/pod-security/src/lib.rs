@@ -13,7 +13,7 @@ mod checks;
 mod model;
 mod settings;
 
-use tollgate_sdk::pod::TemplatePaths;
+use tollgate_sdk::pod::{TemplatePaths, field_path};
 use tollgate_sdk::{Policy, Request, Verdict};
 
 use checks::Failure;
@@ -171,28 +171,11 @@ fn message(
     } else {
         violations
             .iter()
-            .map(|(pointer, failures)| format!("{}: {}", dotted(pointer), reasons(failures)))
+            .map(|(pointer, failures)| format!("{}: {}", field_path(pointer), reasons(failures)))
             .collect::<Vec<_>>()
             .join("; ")
     };
     format!("violates PodSecurity \"{level}:{version}\": {body}")
-}
-
-/// `/spec/tasks/0/template` → `spec.tasks[0].template`.
-fn dotted(pointer: &str) -> String {
-    let mut out = String::new();
-    for segment in pointer.split('/').skip(1) {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
-            out.push_str(&format!("[{segment}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&segment);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -577,11 +560,5 @@ mod tests {
             error(json!({"level": "baseline", "namespaceOverrides": {"a": {"level": "none"}}}))
                 .contains("unknown variant `none`")
         );
-    }
-
-    #[test]
-    fn dotted_paths_read_like_kubectl_explain() {
-        assert_eq!(dotted("/spec/tasks/0/template"), "spec.tasks[0].template");
-        assert_eq!(dotted("/spec/a~1b/template"), "spec.a/b.template");
     }
 }

@@ -200,7 +200,7 @@ mod tests {
             SETTINGS,
         )
         .unwrap();
-        let object = verdict.mutated_object.unwrap();
+        let object = verdict.mutated().unwrap();
         assert_eq!(
             object["spec"]["containers"][0]["resources"],
             json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}})
@@ -230,7 +230,7 @@ mod tests {
         let first =
             testing::evaluate::<ResourceDefaults>(&pod(json!([{"name": "a"}])), SETTINGS).unwrap();
         let second = testing::evaluate::<ResourceDefaults>(
-            &testing::review(first.mutated_object.unwrap()),
+            &testing::review(first.mutated().unwrap()),
             SETTINGS,
         )
         .unwrap();
@@ -258,7 +258,7 @@ mod tests {
         );
         let object = testing::evaluate::<ResourceDefaults>(&request, SETTINGS)
             .unwrap()
-            .mutated_object
+            .mutated()
             .unwrap();
         let spec = &object["spec"]["jobTemplate"]["spec"]["template"]["spec"];
         assert!(spec["initContainers"][0]["resources"]["requests"].is_object());
@@ -272,7 +272,7 @@ mod tests {
             &pod(json!([{"name": "a"}])),
             r#"{"requests":{"cpu":1}}"#,
         );
-        let object = verdict.unwrap().mutated_object.unwrap();
+        let object = verdict.unwrap().mutated().unwrap();
         assert_eq!(
             object["spec"]["containers"][0]["resources"]["requests"]["cpu"],
             "1"
