@@ -40,7 +40,16 @@ fn the_examples_get_the_verdicts_their_readme_promises() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["response"].clone())
         .collect();
     assert_eq!(responses[0]["allowed"], true);
-    assert!(responses[0].get("patch").is_none() && responses[0].get("warnings").is_none());
+    assert!(responses[0].get("warnings").is_none());
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(responses[0]["patch"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        String::from_utf8(patch)
+            .unwrap()
+            .starts_with(r#"[{"op":"add","path":"/spec/affinity","value":{"podAffinity""#),
+        "only the gang's topology hint is added"
+    );
     assert_eq!(responses[1]["allowed"], false);
     assert!(
         responses[1]["status"]["message"]
@@ -108,9 +117,21 @@ fn run_evaluates_reviews_offline_as_mutate_then_validate() {
     let patch = base64::engine::general_purpose::STANDARD
         .decode(first["patch"].as_str().unwrap())
         .unwrap();
+    let paths: Vec<String> = serde_json::from_slice::<Vec<Value>>(&patch)
+        .unwrap()
+        .iter()
+        .map(|op| {
+            format!(
+                "{} {}",
+                op["op"].as_str().unwrap(),
+                op["path"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(
-        String::from_utf8(patch).unwrap(),
-        r#"[{"op":"add","path":"/spec/containers/0/resources","value":{"requests":{"cpu":"100m","memory":"128Mi"}}}]"#
+        paths,
+        ["add /spec/affinity", "add /spec/containers/0/resources"],
+        "resource defaults, and the node affinity of a CPU-only pod"
     );
     assert_eq!(lines[1]["response"]["allowed"], false);
     assert!(

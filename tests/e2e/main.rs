@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod cli;
+mod gpu_placement;
 mod pod_security;
 mod sandbox;
 mod serve;

@@ -13,16 +13,23 @@ fn decode_patch(response: &Value) -> json_patch::Patch {
 }
 
 #[tokio::test]
-async fn the_standard_gpu_pod_is_allowed_unchanged_by_both_endpoints() {
+async fn the_standard_gpu_pod_is_allowed_and_only_given_its_gang_topology_hint() {
     let server = Server::start_default().await;
     let request = standard_request();
     let validated = server.review("/validate", &request).await;
     assert_eq!(validated["allowed"], true, "{validated}");
+    assert!(validated.get("warnings").is_none(), "{validated}");
     let mutated = server.review("/mutate", &request).await;
     assert_eq!(mutated["allowed"], true);
-    assert!(
-        mutated.get("patch").is_none(),
-        "every container already has requests: {mutated}"
+    // It has requests, the GPU toleration and /dev/shm already; what it lacks
+    // is the pod affinity that packs its job onto one NVLink domain.
+    let patch = serde_json::to_value(decode_patch(&mutated)).unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "add", "path": "/spec/affinity", "value": {"podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+                "labelSelector": {"matchLabels": {"batch.kubernetes.io/job-name": "llm-finetune-7b"}},
+                "topologyKey": "nvidia.com/gpu.clique"}}]}}}])
     );
 }
 
@@ -61,6 +68,9 @@ async fn mutate_returns_a_patch_that_applies_and_is_idempotent() {
         json!({"requests": {"cpu": "100m", "memory": "128Mi"}});
     expected["spec"]["containers"][1]["resources"] =
         json!({"limits": {"cpu": "2"}, "requests": {"memory": "128Mi"}});
+    // A CPU-only pod is kept off GPU nodes.
+    expected["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"}]}]}}});
     assert_eq!(patched, expected);
     let again = server.review("/mutate", &review("CREATE", &patched)).await;
     assert_eq!(again["allowed"], true);
@@ -76,7 +86,7 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_string()));
     assert_eq!(
         server.get("/readyz").await,
-        (200, "ready: 4 policies loaded\n".to_string())
+        (200, "ready: 5 policies loaded\n".to_string())
     );
     server.review("/validate", &standard_request()).await;
     server.review("/mutate", &standard_request()).await;

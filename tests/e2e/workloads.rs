@@ -1,7 +1,8 @@
 //! Every manifest of `../shared/conformance/gpu-workloads/` (real GPU and ML
 //! workloads), wrapped as CREATE requests and sent through the default
-//! configuration: the mutation patch applies, keeps what the user wrote,
-//! fills in requests, and is idempotent; the verdict denies exactly the
+//! configuration: the mutation patch applies, keeps everything the user
+//! wrote, yields valid objects, fills in requests, gives GPU templates the GPU
+//! toleration and keeps CPU-only ones off GPU nodes, and is idempotent; the verdict denies exactly the
 //! containers whose images break the default registry rules and the pod
 //! templates that break the baseline Pod Security Standard.
 
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tollgate_e2e::{Server, review, shared};
 
 /// Every document of every manifest, with its file name.
@@ -64,6 +65,60 @@ fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
         .flat_map(|field| spec[field].as_array().into_iter().flatten())
 }
 
+/// Whether `new` keeps everything `old` has: every member of an object,
+/// every element of an array in its place (new ones only appended).
+fn keeps(old: &Value, new: &Value) -> bool {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => old
+            .iter()
+            .all(|(key, value)| new.get(key).is_some_and(|now| keeps(value, now))),
+        (Value::Array(old), Value::Array(new)) => {
+            old.len() <= new.len() && old.iter().zip(new).all(|(a, b)| keeps(a, b))
+        }
+        _ => old == new,
+    }
+}
+
+/// Whether a pod spec asks for a GPU (extended resource or DRA claim),
+/// checked independently of the policy.
+fn asks_for_gpu(spec: &Value) -> bool {
+    spec["resourceClaims"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty())
+        || containers(spec).any(|c| {
+            ["limits", "requests"].iter().any(|field| {
+                c["resources"][field]
+                    .as_object()
+                    .is_some_and(|r| r.keys().any(|k| k == "nvidia.com/gpu"))
+            })
+        })
+}
+
+/// The mutated object is still a valid object of its kind.
+fn assert_typed(file: &str, object: &Value) {
+    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+    fn parse<T: serde::de::DeserializeOwned>(file: &str, value: &Value) {
+        if let Err(e) = serde_json::from_value::<T>(value.clone()) {
+            panic!(
+                "{file}: the result is not a valid {}: {e}",
+                std::any::type_name::<T>()
+            );
+        }
+    }
+    match object["kind"].as_str().unwrap_or("") {
+        "Pod" => parse::<core::Pod>(file, object),
+        "Deployment" => parse::<apps::Deployment>(file, object),
+        "DaemonSet" => parse::<apps::DaemonSet>(file, object),
+        "StatefulSet" => parse::<apps::StatefulSet>(file, object),
+        "ReplicaSet" => parse::<apps::ReplicaSet>(file, object),
+        "Job" => parse::<batch::Job>(file, object),
+        _ => {}
+    }
+    for spec in pod_specs(object) {
+        parse::<core::PodSpec>(file, spec);
+    }
+}
+
 #[tokio::test]
 async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
     let server = Server::start_default().await;
@@ -73,33 +128,21 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
         "expected the gpu-workloads fixtures, found {}",
         documents.len()
     );
-    let mut with_templates = 0;
+    let (mut gpu_templates, mut cpu_templates) = (0, 0);
     for (file, object) in &documents {
         let response = server.review("/mutate", &review("CREATE", object)).await;
         assert_eq!(response["allowed"], true, "{file}: {response}");
-        let specs = pod_specs(object);
         let namespace = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default");
         let Some(patch) = response.get("patch") else {
-            // Nothing to add: every container already has both requests, or
-            // the namespace is excluded, or there are no containers.
-            for spec in &specs {
-                for container in containers(spec) {
-                    let resources = &container["resources"];
-                    let complete = ["cpu", "memory"].iter().all(|r| {
-                        resources["requests"].get(r).is_some()
-                            || resources["limits"].get(r).is_some()
-                    });
-                    assert!(
-                        complete || namespace == "kube-system",
-                        "{file}: {container} was not given defaults"
-                    );
-                }
-            }
+            // Nothing to add: not a workload, or an excluded namespace.
+            assert!(
+                pod_specs(object).is_empty() || namespace == "kube-system",
+                "{file}: a workload got no patch"
+            );
             continue;
         };
-        with_templates += 1;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(patch.as_str().unwrap())
             .unwrap();
@@ -107,40 +150,50 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
         let mut patched = object.clone();
         json_patch::patch(&mut patched, &patch)
             .unwrap_or_else(|e| panic!("{file}: patch does not apply: {e}"));
-        let patched_specs = pod_specs(&patched);
-        assert_eq!(specs.len(), patched_specs.len());
-        for (before, after) in specs.iter().zip(&patched_specs) {
-            // Only resources changed; everything else the user wrote stays.
-            let mut stripped = (*after).clone();
-            let mut original = (*before).clone();
-            for spec in [&mut stripped, &mut original] {
-                for field in ["initContainers", "containers"] {
-                    for container in spec[field].as_array_mut().into_iter().flatten() {
-                        container.as_object_mut().unwrap().remove("resources");
-                    }
-                }
-            }
-            assert_eq!(
-                stripped, original,
-                "{file}: something besides resources changed"
-            );
-            for (old, new) in containers(before).zip(containers(after)) {
-                for (field, values) in old["resources"].as_object().into_iter().flatten() {
-                    for (resource, amount) in values.as_object().into_iter().flatten() {
-                        assert_eq!(
-                            &new["resources"][field][resource], amount,
-                            "{file}: user value overwritten"
-                        );
-                    }
-                }
+        assert!(
+            keeps(object, &patched),
+            "{file}: something the user wrote was changed or removed:\n{patched}"
+        );
+        assert_typed(file, &patched);
+        for spec in pod_specs(&patched) {
+            for container in containers(spec) {
                 for resource in ["cpu", "memory"] {
-                    let resources = &new["resources"];
+                    let resources = &container["resources"];
                     assert!(
                         resources["requests"].get(resource).is_some()
                             || resources["limits"].get(resource).is_some(),
                         "{file}: {resource} missing after mutation"
                     );
                 }
+            }
+            let tolerations = spec["tolerations"].as_array().cloned().unwrap_or_default();
+            let tolerates_gpu = tolerations.iter().any(|t| {
+                (t["key"] == "nvidia.com/gpu" || t.get("key").is_none())
+                    && t["operator"] == "Exists"
+                    && (t.get("effect").is_none() || t["effect"] == "NoSchedule")
+            });
+            let terms =
+                spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                    ["nodeSelectorTerms"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+            if asks_for_gpu(spec) {
+                gpu_templates += 1;
+                assert!(
+                    tolerates_gpu,
+                    "{file}: a GPU template without the GPU toleration"
+                );
+            } else if namespace != "nvidia-device-plugin" {
+                cpu_templates += 1;
+                let off_gpu = json!({"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"});
+                assert!(
+                    !terms.is_empty()
+                        && terms.iter().all(|t| t["matchExpressions"]
+                            .as_array()
+                            .is_some_and(|e| e.contains(&off_gpu))),
+                    "{file}: a CPU-only template not kept off GPU nodes: {spec}"
+                );
             }
         }
         let again = server.review("/mutate", &review("CREATE", &patched)).await;
@@ -150,8 +203,8 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
         );
     }
     assert!(
-        with_templates >= 10,
-        "only {with_templates} manifests were mutated"
+        gpu_templates >= 15 && cpu_templates >= 1,
+        "{gpu_templates} GPU and {cpu_templates} CPU templates"
     );
 }
 
