@@ -153,6 +153,16 @@ impl<'a> Node<'a> {
         self.get(key).and_then(Node::value)
     }
 
+    /// Member `key` of an object node as a value, parsed in place if it was
+    /// kept raw; `None` when absent (nothing is inserted).
+    pub fn parse_member(&mut self, key: &str) -> Option<&Value> {
+        let node = self.get_mut(key)?;
+        if let Node::Raw(raw) = node {
+            *node = Node::Value(serde_json::from_str(raw.get()).ok()?);
+        }
+        node.value()
+    }
+
     /// The elements of an array node (empty otherwise).
     pub fn elements_mut(&mut self) -> &mut [Node<'a>] {
         match self {
@@ -196,36 +206,38 @@ impl<'a> Node<'a> {
     /// The document as JSON text: raw parts verbatim, parsed parts
     /// re-serialized.
     pub fn to_json(&self) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         self.write(&mut out);
-        out
+        String::from_utf8(out).expect("JSON text is UTF-8")
     }
 
-    fn write(&self, out: &mut String) {
+    fn write(&self, out: &mut Vec<u8>) {
         match self {
-            Node::Raw(raw) => out.push_str(raw.get()),
-            Node::Value(value) => out.push_str(&value.to_string()),
+            Node::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            Node::Value(value) => {
+                serde_json::to_writer(&mut *out, value).expect("writing to memory");
+            }
             Node::Object(members) => {
-                out.push('{');
+                out.push(b'{');
                 for (index, (key, node)) in members.iter().enumerate() {
                     if index > 0 {
-                        out.push(',');
+                        out.push(b',');
                     }
-                    out.push_str(&Value::from(key.as_str()).to_string());
-                    out.push(':');
+                    serde_json::to_writer(&mut *out, key).expect("writing to memory");
+                    out.push(b':');
                     node.write(out);
                 }
-                out.push('}');
+                out.push(b'}');
             }
             Node::Array(elements) => {
-                out.push('[');
+                out.push(b'[');
                 for (index, node) in elements.iter().enumerate() {
                     if index > 0 {
-                        out.push(',');
+                        out.push(b',');
                     }
                     node.write(out);
                 }
-                out.push(']');
+                out.push(b']');
             }
         }
     }
@@ -350,6 +362,8 @@ mod tests {
             Some(&json!(4))
         );
         let first = &mut node.get_mut("list").unwrap().elements_mut()[0];
+        assert_eq!(first.parse_member("w"), Some(&json!(2)));
+        assert_eq!(first.parse_member("absent"), None);
         *first.entry("w", || Value::Null).unwrap() = json!(20);
         let reparsed: Value = serde_json::from_str(&node.to_json()).unwrap();
         assert_eq!(reparsed["list"][0], json!({"v": 1, "w": 20}));

@@ -2,7 +2,8 @@
 //! (`../shared/bench/pod-gpu-create.json`): decode → match → policies (a fresh
 //! instance each) → patch → encode, through two policies (resource-defaults,
 //! mutating; image-registries, validating) and through the whole embedded
-//! default configuration; and each built-in policy alone in the engine.
+//! default configuration; and each built-in policy alone in the engine
+//! (gpu-placement also on a PyTorchJob built from the same pod).
 //!
 //! Run: `cargo bench -p tollgate --bench admission`.
 
@@ -150,8 +151,15 @@ fn engine(c: &mut Criterion) {
             tollgate::builtin::module("pod-security").unwrap(),
         )
         .unwrap();
+    let placement = engine
+        .load(
+            "gpu-placement",
+            tollgate::builtin::module("gpu-placement").unwrap(),
+        )
+        .unwrap();
     let review: serde_json::Value = serde_json::from_slice(&standard_request()).unwrap();
     let request = review["request"].to_string();
+    let pytorch_job = pytorch_job_request(&review["request"]);
     let mut group = c.benchmark_group("engine");
     group.bench_function("fresh instance, trivial call", |b| {
         b.iter(|| {
@@ -188,6 +196,18 @@ fn engine(c: &mut Criterion) {
             )
         })
     });
+    for (name, request) in [
+        ("the standard request", &request),
+        ("a PyTorchJob of the same pod", &pytorch_job),
+    ] {
+        group.bench_function(format!("gpu-placement on {name}"), |b| {
+            b.iter(|| {
+                let verdict = placement.evaluate(request, "{}", &limits).unwrap();
+                assert!(verdict.allowed && verdict.mutated_object.is_some());
+                black_box(verdict)
+            })
+        });
+    }
     for level in ["restricted", "baseline"] {
         let settings = format!(r#"{{"level":"{level}","version":"latest"}}"#);
         group.bench_function(
@@ -202,6 +222,22 @@ fn engine(c: &mut Criterion) {
         );
     }
     group.finish();
+}
+
+/// The standard request's pod as the Worker template of a PyTorchJob: an
+/// ML job of the same size.
+fn pytorch_job_request(pod_request: &serde_json::Value) -> String {
+    let pod = &pod_request["object"];
+    let mut request = pod_request.clone();
+    request["kind"] =
+        serde_json::json!({"group": "kubeflow.org", "version": "v1", "kind": "PyTorchJob"});
+    request["object"] = serde_json::json!({
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "metadata": {"name": "llm-finetune-7b", "namespace": pod["metadata"]["namespace"]},
+        "spec": {"pytorchReplicaSpecs": {"Worker": {"replicas": 4, "restartPolicy": "OnFailure",
+            "template": {"metadata": {"labels": pod["metadata"]["labels"]}, "spec": pod["spec"]}}}},
+    });
+    request.to_string()
 }
 
 criterion_group!(benches, admission, engine);

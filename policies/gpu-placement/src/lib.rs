@@ -10,9 +10,10 @@
 //! tolerate the GPU taint. It only adds: what the user wrote stays, and the
 //! policy applied to its own output changes nothing.
 //!
-//! The object is read once as an [`Node`]: only tolerations,
-//! affinity, volumes, container resources and mounts and metadata are
-//! parsed; the rest is written back byte for byte.
+//! The object is read once as a [`Node`]: only labels, annotations,
+//! owners, tolerations and container resources are parsed up front (affinity,
+//! volumes and mounts when a rule edits them); the rest is written back byte
+//! for byte.
 
 mod affinity;
 mod gpu;
@@ -52,10 +53,10 @@ impl Policy for GpuPlacement {
         let paths = TemplatePaths::with(&settings.template_paths);
         let shape = paths
             .template_shape(&kind.group, &kind.kind, &template::shape())
-            .merge(Shape::object([("metadata", Shape::Value)]));
+            .merge(Shape::object([("metadata", template::metadata_shape())]));
         let mut root = Node::read(object, &shape)?;
         let templates = paths.template_pointers(&kind.group, &kind.kind, &root);
-        let object_metadata = root.member_value("metadata").cloned().unwrap_or_default();
+        let object_metadata = template::metadata_of(&root);
         let scope = Scope {
             namespace: &request.namespace,
             object_metadata: &object_metadata,
@@ -127,10 +128,7 @@ fn add_queue(
     if json::meta(metadata, "labels", QUEUE_LABEL).is_some() || (is_pod && controlled) {
         return Ok(false);
     }
-    let metadata = root
-        .entry("metadata", || Value::Null)
-        .ok_or("the object is not a JSON object")?;
-    let labels = json::path(metadata, &["labels"])?;
+    let labels = template::metadata_field(root, "labels")?;
     *json::member(labels, QUEUE_LABEL)? = Value::from(queue);
     Ok(true)
 }

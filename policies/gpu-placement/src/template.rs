@@ -6,7 +6,7 @@ use tollgate_sdk::edit::{Node, Shape};
 
 use crate::affinity::{attract_pods, require_nodes};
 use crate::gpu::is_gpu_container;
-use crate::json::{array, member, meta, path, str_of};
+use crate::json::{array, member, meta, str_of};
 use crate::settings::{Settings, Toleration, TopologyMode};
 
 /// Annotation choosing a GPU class.
@@ -28,25 +28,55 @@ const CONTAINER_LISTS: [&str; 2] = ["initContainers", "containers"];
 /// The parts of a template the rules read and write; the rest of the object
 /// is never parsed.
 pub fn shape() -> Shape {
-    let container = Shape::Each(Box::new(Shape::object([
-        ("resources", Shape::Value),
-        ("volumeMounts", Shape::Value),
-    ])));
+    let container = Shape::Each(Box::new(Shape::object([("resources", Shape::Value)])));
     Shape::object([
-        ("metadata", Shape::Value),
+        ("metadata", metadata_shape()),
         (
             "spec",
             Shape::object([
                 ("initContainers", container.clone()),
                 ("containers", container),
                 ("tolerations", Shape::Value),
-                ("affinity", Shape::Value),
-                ("volumes", Shape::Value),
                 ("priorityClassName", Shape::Value),
                 ("resourceClaims", Shape::Value),
             ]),
         ),
     ])
+}
+
+/// The metadata members the rules read (never `managedFields`).
+pub fn metadata_shape() -> Shape {
+    Shape::object([
+        ("labels", Shape::Value),
+        ("annotations", Shape::Value),
+        ("ownerReferences", Shape::Value),
+    ])
+}
+
+/// The labels, annotations and owners of a node's `metadata`, as one value.
+pub fn metadata_of(node: &Node<'_>) -> Value {
+    let mut metadata = serde_json::Map::new();
+    if let Some(members) = node.get("metadata") {
+        for key in ["labels", "annotations", "ownerReferences"] {
+            if let Some(value) = members.member_value(key) {
+                metadata.insert(key.into(), value.clone());
+            }
+        }
+    }
+    Value::Object(metadata)
+}
+
+/// Member `field` (`labels`, `annotations`) of a node's `metadata`, to edit.
+///
+/// # Errors
+///
+/// When the metadata is malformed.
+pub fn metadata_field<'n>(node: &'n mut Node<'_>, field: &str) -> Result<&'n mut Value, String> {
+    if matches!(node.get("metadata"), Some(Node::Object(_))) {
+        let metadata = node.get_mut("metadata").expect("just seen");
+        return entry(metadata, field);
+    }
+    member(entry(node, "metadata")?, field)
 }
 
 /// Where the template is: its namespace and the object around it.
@@ -85,10 +115,7 @@ pub fn place(
     let metadata = if bare {
         Value::Null
     } else {
-        template
-            .member_value("metadata")
-            .cloned()
-            .unwrap_or_default()
+        metadata_of(template)
     };
     let spec = if bare {
         &mut *template
@@ -100,8 +127,7 @@ pub fn place(
     };
     let mut placement = place_spec(spec, &metadata, bare, scope, settings)?;
     if let Some((key, value)) = placement.kueue_annotation.take() {
-        let annotations = path(entry(template, "metadata")?, &["annotations"])?;
-        *member(annotations, key)? = Value::from(value);
+        *member(metadata_field(template, "annotations")?, key)? = Value::from(value);
         placement.changed = true;
     }
     Ok(placement)
@@ -289,7 +315,7 @@ fn mount_shm(
             continue;
         };
         let has_shm = container
-            .member_value("volumeMounts")
+            .parse_member("volumeMounts")
             .and_then(Value::as_array)
             .is_some_and(|mounts| mounts.iter().any(|m| str_of(m, "mountPath") == "/dev/shm"));
         if !has_shm {
