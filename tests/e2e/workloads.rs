@@ -184,15 +184,20 @@ async fn every_gpu_workload_is_mutated_correctly_and_idempotently() {
                     tolerates_gpu,
                     "{file}: a GPU template without the GPU toleration"
                 );
-            } else if namespace != "nvidia-device-plugin" {
+            } else {
                 cpu_templates += 1;
                 let off_gpu = json!({"key": "nvidia.com/gpu.present", "operator": "DoesNotExist"});
-                assert!(
-                    !terms.is_empty()
-                        && terms.iter().all(|t| t["matchExpressions"]
+                let kept_off = !terms.is_empty()
+                    && terms.iter().all(|t| {
+                        t["matchExpressions"]
                             .as_array()
-                            .is_some_and(|e| e.contains(&off_gpu))),
-                    "{file}: a CPU-only template not kept off GPU nodes: {spec}"
+                            .is_some_and(|e| e.contains(&off_gpu))
+                    });
+                // Device plugins run in an exempt namespace: left on GPU nodes.
+                let exempt = namespace == "nvidia-device-plugin";
+                assert_eq!(
+                    kept_off, !exempt,
+                    "{file}: CPU-only template in {namespace}: {spec}"
                 );
             }
         }

@@ -94,12 +94,12 @@ fn admission(c: &mut Criterion) {
         })
     });
     group.bench_function(
-        "default configuration: 4 policies (decode, mutate, validate, encode)",
+        "default configuration: 5 policies (decode, mutate, validate, patch, encode)",
         |b| {
             b.iter(|| {
                 let request = review::decode(black_box(&standard)).unwrap();
                 let outcome = default.review(&request);
-                assert!(outcome.allowed && outcome.warnings.is_empty());
+                assert!(outcome.allowed && outcome.warnings.is_empty() && outcome.patch.is_some());
                 black_box(review::encode(&request.uid, &outcome))
             })
         },
