@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tollgate_e2e::{Server, binary, review, shared, workspace};
 
 fn run(args: &[&str]) -> (bool, String, String) {
+    let _turn = tollgate_e2e::STARTUP.blocking_lock();
     let output = Command::new(binary())
         .arg("run")
         .arg("--cache-dir")
@@ -117,7 +118,7 @@ fn run_evaluates_reviews_offline_as_mutate_then_validate() {
     let patch = base64::engine::general_purpose::STANDARD
         .decode(first["patch"].as_str().unwrap())
         .unwrap();
-    let paths: Vec<String> = serde_json::from_slice::<Vec<Value>>(&patch)
+    let mut paths: Vec<String> = serde_json::from_slice::<Vec<Value>>(&patch)
         .unwrap()
         .iter()
         .map(|op| {
@@ -128,6 +129,7 @@ fn run_evaluates_reviews_offline_as_mutate_then_validate() {
             )
         })
         .collect();
+    paths.sort();
     assert_eq!(
         paths,
         ["add /spec/affinity", "add /spec/containers/0/resources"],

@@ -55,6 +55,11 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Server starts and offline runs take turns until ready: the first one on
+/// a cold module cache compiles every policy, and the others then load its
+/// artifacts instead of all compiling the same modules at once on two cores.
+pub static STARTUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A running `tollgate serve`, killed on drop.
 pub struct Server {
     child: Option<Child>,
@@ -83,6 +88,7 @@ impl Server {
 
     /// Starts a server with `options` and waits for it.
     pub async fn start(options: Options<'_>) -> Server {
+        let _turn = STARTUP.lock().await;
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut command = Command::new(binary());

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::{FailurePolicy, Mode};
-use super::matcher;
 use super::request::Request;
 use super::set::{LoadedPolicy, PolicySet};
+use super::{matcher, patch};
 use crate::engine;
 
 /// What one policy did with a request.
@@ -115,15 +115,13 @@ impl PolicySet {
     /// Runs the mutating chain.
     pub fn mutate(&self, request: &Request<'_>) -> Outcome {
         let mut outcome = Outcome::allowed();
-        let mut current: Option<(String, serde_json::Value)> = None;
+        let mut current: Option<String> = None;
         for position in self.mutating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
             if !matcher::matches(&policy.config.matches, request, self.namespaces.as_ref()) {
                 continue;
             }
-            let text = current
-                .as_ref()
-                .map(|(object, _)| request.with_object(object));
+            let text = current.as_ref().map(|object| request.with_object(object));
             let (step, duration) = run(policy, text.as_deref().unwrap_or(request.text));
             let step = match step {
                 Step::Verdict {
@@ -131,10 +129,12 @@ impl PolicySet {
                     mutated: true,
                 } if verdict.allowed => {
                     let object = verdict.mutated_object.take().unwrap_or_default();
-                    match serde_json::from_str::<serde_json::Value>(&object) {
-                        Ok(value) if value.is_object() => {
+                    // Checked as JSON without building a `Value`: the patch is
+                    // computed on the text at the end.
+                    match serde_json::from_str::<&serde_json::value::RawValue>(&object) {
+                        Ok(raw) if raw.get().starts_with('{') => {
                             if policy.config.mode == Mode::Enforce {
-                                current = Some((object, value));
+                                current = Some(object);
                             }
                             Step::Verdict {
                                 verdict,
@@ -151,12 +151,11 @@ impl PolicySet {
                 return outcome;
             }
         }
-        if let Some((object, value)) = current
+        if let Some(object) = current
             && let Some(original) = request.object_text()
         {
-            match serde_json::from_str::<serde_json::Value>(original) {
-                Ok(original) => {
-                    let patch = json_patch::diff(&original, &value);
+            match patch::diff(original, &object) {
+                Ok(patch) => {
                     if !patch.0.is_empty() {
                         outcome.patch = Some(patch);
                         outcome.final_object = Some(object);

@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod config;
 pub mod matcher;
+pub mod patch;
 pub mod request;
 pub mod set;
 
