@@ -42,7 +42,8 @@ impl Verdict {
     /// Allows the request with the object replaced by `object`. The host turns
     /// the difference into a JSON Patch; an unchanged object yields none.
     pub fn mutate(object: Value) -> Self {
-        Verdict::mutate_json(object.to_string())
+        // `to_string` would go through `Display`, several times slower.
+        Verdict::mutate_json(serde_json::to_string(&object).expect("a Value serializes"))
     }
 
     /// [`Verdict::mutate`] with the object already written as JSON text

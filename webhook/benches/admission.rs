@@ -34,14 +34,9 @@ fn request_needing_defaults() -> Vec<u8> {
     serde_json::to_vec(&review).unwrap()
 }
 
-/// The two policies the core's figures are measured with.
-const TWO_POLICIES: &str = r#"
-policies:
-  - {name: resource-defaults, module: builtin:resource-defaults, mutating: true,
-     settings: {requests: {cpu: 100m, memory: 128Mi}}}
-  - {name: image-registries, module: builtin:image-registries,
-     settings: {allowedRegistries: [registry.k8s.io/, nvcr.io/, docker.io/], denyLatest: true}}
-"#;
+/// The two policies the core's figures are measured with (the same file
+/// `scripts/load` takes for its load run of the core).
+const TWO_POLICIES: &str = include_str!("../../scripts/load-two-policies.yaml");
 
 fn load(config: &tollgate::policy::Config, cache: &tempfile::TempDir) -> PolicySet {
     let engine = Engine::new(engine::Config {
