@@ -134,6 +134,18 @@ pub trait Policy {
     /// When no verdict can be reached (e.g. the object is malformed); the host
     /// then applies the policy's `failurePolicy`.
     fn evaluate(request: &Request<'_>, settings: &Self::Settings) -> Result<Verdict>;
+
+    /// Decides one request given as JSON text. The default parses it into a
+    /// [`Request`] and calls [`Policy::evaluate`]; a policy may instead read
+    /// what it needs of the object while the request is parsed
+    /// ([`Request::parse_with`]), so the object's text is scanned once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Policy::evaluate`].
+    fn evaluate_text(request: &str, settings: &Self::Settings) -> Result<Verdict> {
+        Self::evaluate(&Request::parse(request)?, settings)
+    }
 }
 
 /// Parses settings JSON text; empty text or `null` count as `{}`.
@@ -170,8 +182,7 @@ pub fn run_validate_settings<P: Policy>(settings: &str) -> Result<(), String> {
 /// Unparseable request or settings, or the policy's own error.
 pub fn run_evaluate<P: Policy>(request: &str, settings: &str) -> Result<Verdict> {
     let settings: P::Settings = parse_settings(settings).map_err(Error)?;
-    let request = Request::parse(request)?;
-    P::evaluate(&request, &settings)
+    P::evaluate_text(request, &settings)
 }
 
 /// Makes a [`Policy`] the component's exports. Call it once, at the crate

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
@@ -279,17 +280,20 @@ impl TemplatePaths {
         kind: &str,
         object: &'a str,
     ) -> Result<Located<T>, serde_json::Error> {
-        let mut found = Vec::new();
-        for segments in self.paths(group, kind) {
-            let mut deserializer = serde_json::Deserializer::from_str(object);
-            Walk {
-                path: &segments,
-                pointer: String::new(),
-                found: &mut found,
-            }
-            .deserialize(&mut deserializer)?;
+        let mut deserializer = serde_json::Deserializer::from_str(object);
+        self.pod_specs_seed(group, kind)
+            .deserialize(&mut deserializer)
+    }
+
+    /// [`TemplatePaths::pod_specs_in`] as a [`DeserializeSeed`], to read the
+    /// pod specs of an object while something larger is parsed (e.g. the
+    /// whole request, with [`crate::Request::parse_with`]). Every path of
+    /// the kind is followed in the same single pass.
+    pub fn pod_specs_seed<T>(&self, group: &str, kind: &str) -> PodSpecsSeed<'_, T> {
+        PodSpecsSeed {
+            paths: self.paths(group, kind),
+            read: PhantomData,
         }
-        Ok(found)
     }
 
     /// Every pod template of an object given as JSON text (the Pod itself for
@@ -315,7 +319,7 @@ impl TemplatePaths {
             let mut deserializer = serde_json::Deserializer::from_str(object);
             if let Some((&"spec", parent)) = segments.split_last() {
                 Walk {
-                    path: parent,
+                    paths: vec![parent],
                     pointer: String::new(),
                     found: &mut found,
                 }
@@ -323,7 +327,7 @@ impl TemplatePaths {
             } else {
                 let mut specs = Vec::new();
                 Walk {
-                    path: &segments,
+                    paths: vec![&segments[..]],
                     pointer: String::new(),
                     found: &mut specs,
                 }
@@ -525,12 +529,48 @@ fn collect(value: &Value, path: &[&str], pointer: String, found: &mut Vec<String
     }
 }
 
-/// Follows a path through JSON, deserializing what lies at its end as `T`
+/// The pod specs of an object, read as it is deserialized; made by
+/// [`TemplatePaths::pod_specs_seed`].
+pub struct PodSpecsSeed<'s, T> {
+    paths: Vec<Vec<&'s str>>,
+    read: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for PodSpecsSeed<'_, T> {
+    type Value = Located<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Located<T>, D::Error> {
+        let mut found = Vec::new();
+        Walk {
+            paths: self.paths.iter().map(Vec::as_slice).collect(),
+            pointer: String::new(),
+            found: &mut found,
+        }
+        .deserialize(deserializer)?;
+        Ok(found)
+    }
+}
+
+/// Follows paths through JSON, deserializing what lies at their ends as `T`
 /// and skipping everything else.
 struct Walk<'p, 'f, T> {
-    path: &'p [&'p str],
+    paths: Vec<&'p [&'p str]>,
     pointer: String,
     found: &'f mut Vec<(String, T)>,
+}
+
+impl<'p, T> Walk<'p, '_, T> {
+    /// The rest of every path that continues through `key` (`*` matches
+    /// every key and index).
+    fn through(&self, key: &str) -> Vec<&'p [&'p str]> {
+        self.paths
+            .iter()
+            .filter_map(|path| match path.split_first() {
+                Some((head, rest)) if *head == "*" || *head == key => Some(rest),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Walk<'_, '_, T> {
@@ -549,45 +589,52 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Walk<'_, '_, T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Some((head, rest)) = self.path.split_first() else {
-            // The end of the path: read the object as `T` right here, in the
+        if self.paths.iter().any(|path| path.is_empty()) {
+            // The end of a path: read the object as `T` right here, in the
             // same pass over the text.
             let found = T::deserialize(MapAccessDeserializer::new(map))?;
             self.found.push((self.pointer, found));
             return Ok(());
-        };
+        }
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if *head == "*" || *head == key {
+            let paths = self.through(&key);
+            if paths.is_empty() {
+                map.next_value::<IgnoredAny>()?;
+            } else {
                 let pointer = format!("{}/{}", self.pointer, escape(&key));
                 map.next_value_seed(Walk {
-                    path: rest,
+                    paths,
                     pointer,
                     found: &mut *self.found,
                 })?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
             }
         }
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        // Elements are followed only for a `*`; an array at the end of the
+        // Elements are followed only for a `*`; an array at the end of a
         // path is not a pod spec and is skipped.
-        let wildcard = self.path.first() == Some(&"*");
-        let rest = self.path.get(1..).unwrap_or_default();
+        let paths: Vec<&[&str]> = self
+            .paths
+            .iter()
+            .filter_map(|path| match path.split_first() {
+                Some((&"*", rest)) => Some(rest),
+                _ => None,
+            })
+            .collect();
         let mut index = 0usize;
         loop {
-            let more = if wildcard {
+            let more = if paths.is_empty() {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            } else {
                 let pointer = format!("{}/{index}", self.pointer);
                 seq.next_element_seed(Walk {
-                    path: rest,
+                    paths: paths.clone(),
                     pointer,
                     found: &mut *self.found,
                 })?
                 .is_some()
-            } else {
-                seq.next_element::<IgnoredAny>()?.is_some()
             };
             if !more {
                 return Ok(());

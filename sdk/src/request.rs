@@ -8,9 +8,13 @@
 //! specs, into structs of only the fields a policy needs.
 
 use std::cell::OnceCell;
+use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{
+    DeserializeOwned, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, Visitor,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -41,29 +45,22 @@ pub struct UserInfo {
     pub groups: Vec<String>,
 }
 
+/// The members of an AdmissionRequest this SDK reads.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Wire<'a> {
-    #[serde(default)]
-    uid: String,
-    #[serde(default)]
-    kind: GroupVersionKind,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default)]
-    operation: String,
-    #[serde(default)]
-    user_info: UserInfo,
-    #[serde(default)]
-    dry_run: bool,
-    #[serde(default)]
-    sub_resource: String,
-    #[serde(borrow)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow)]
-    old_object: Option<&'a RawValue>,
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Field {
+    Uid,
+    Kind,
+    Name,
+    Namespace,
+    Operation,
+    UserInfo,
+    DryRun,
+    SubResource,
+    Object,
+    OldObject,
+    #[serde(other)]
+    Other,
 }
 
 /// One AdmissionRequest (the `request` member of an AdmissionReview).
@@ -91,27 +88,44 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// Parses an AdmissionRequest from JSON text.
+    /// Parses an AdmissionRequest from JSON text; the object is kept as
+    /// raw text.
     ///
     /// # Errors
     ///
     /// When the text is not a JSON object with the request's fields.
     pub fn parse(text: &'a str) -> Result<Self> {
-        let wire: Wire<'a> = serde_json::from_str(text)
+        let (mut request, object) =
+            Request::parse_with(text, |_| PhantomData::<Option<&'a RawValue>>)?;
+        request.object = object.flatten().filter(|raw| raw.get() != "null");
+        Ok(request)
+    }
+
+    /// Parses an AdmissionRequest and reads its object in the same pass,
+    /// with the seed `read` makes from the request's kind (e.g.
+    /// [`crate::pod::TemplatePaths::pod_specs_seed`]), so the object's text
+    /// is scanned once. The apiserver writes `kind` before `object`; when a
+    /// request does not, the object is read after the envelope instead. The
+    /// returned request has no object of its own: `None` when the request
+    /// carries none (or `null`).
+    ///
+    /// # Errors
+    ///
+    /// When the text is not a JSON object with the request's fields, or the
+    /// seed refuses the object.
+    pub fn parse_with<S: DeserializeSeed<'a>>(
+        text: &'a str,
+        read: impl FnOnce(&GroupVersionKind) -> S,
+    ) -> Result<(Self, Option<S::Value>)> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let parsed = deserializer
+            .deserialize_map(RequestVisitor {
+                read: Some(read),
+                seed: PhantomData,
+            })
+            .and_then(|parsed| deserializer.end().map(|()| parsed))
             .map_err(|e| Error(format!("invalid admission request: {e}")))?;
-        Ok(Request {
-            uid: wire.uid,
-            kind: wire.kind,
-            name: wire.name,
-            namespace: wire.namespace,
-            operation: wire.operation,
-            user_info: wire.user_info,
-            dry_run: wire.dry_run,
-            sub_resource: wire.sub_resource,
-            object: wire.object.filter(|raw| raw.get() != "null"),
-            old_object: wire.old_object.filter(|raw| raw.get() != "null"),
-            object_value: OnceCell::new(),
-        })
+        Ok(parsed)
     }
 
     /// The object as JSON text, if the request carries one.
@@ -186,6 +200,115 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Reads the request's members; the object through the caller's seed.
+struct RequestVisitor<F, S> {
+    read: Option<F>,
+    seed: PhantomData<S>,
+}
+
+impl<'a, F, S> Visitor<'a> for RequestVisitor<F, S>
+where
+    F: FnOnce(&GroupVersionKind) -> S,
+    S: DeserializeSeed<'a>,
+{
+    type Value = (Request<'a>, Option<S::Value>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionRequest object")
+    }
+
+    fn visit_map<A: MapAccess<'a>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut request = Request {
+            uid: String::new(),
+            kind: GroupVersionKind::default(),
+            name: String::new(),
+            namespace: String::new(),
+            operation: String::new(),
+            user_info: UserInfo::default(),
+            dry_run: false,
+            sub_resource: String::new(),
+            object: None,
+            old_object: None,
+            object_value: OnceCell::new(),
+        };
+        let mut kind_seen = false;
+        let mut object = None;
+        let mut deferred: Option<&'a RawValue> = None;
+        let text = |value: Option<String>| value.unwrap_or_default();
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Uid => request.uid = text(map.next_value()?),
+                Field::Kind => {
+                    request.kind = map.next_value::<Option<_>>()?.unwrap_or_default();
+                    kind_seen = true;
+                }
+                Field::Name => request.name = text(map.next_value()?),
+                Field::Namespace => request.namespace = text(map.next_value()?),
+                Field::Operation => request.operation = text(map.next_value()?),
+                Field::UserInfo => {
+                    request.user_info = map.next_value::<Option<_>>()?.unwrap_or_default();
+                }
+                Field::DryRun => request.dry_run = map.next_value::<Option<_>>()?.unwrap_or(false),
+                Field::SubResource => request.sub_resource = text(map.next_value()?),
+                Field::Object if kind_seen => {
+                    let read = self
+                        .read
+                        .take()
+                        .ok_or_else(|| A::Error::duplicate_field("object"))?;
+                    object = map.next_value_seed(Optional(read(&request.kind)))?;
+                }
+                Field::Object => deferred = map.next_value()?,
+                Field::OldObject => {
+                    request.old_object = map
+                        .next_value::<Option<&'a RawValue>>()?
+                        .filter(|raw| raw.get() != "null");
+                }
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if let (Some(raw), Some(read)) = (deferred, self.read.take()) {
+            let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+            object = Optional(read(&request.kind))
+                .deserialize(&mut deserializer)
+                .map_err(A::Error::custom)?;
+        }
+        Ok((request, object))
+    }
+}
+
+/// A seed for a member that may be `null`.
+struct Optional<S>(S);
+
+impl<'a, S: DeserializeSeed<'a>> DeserializeSeed<'a> for Optional<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: Deserializer<'a>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'a, S: DeserializeSeed<'a>> Visitor<'a> for Optional<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object or null")
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'a>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(deserializer).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +333,41 @@ mod tests {
             pod.spec.unwrap().containers[0].image.as_deref(),
             Some("nginx")
         );
+    }
+
+    #[test]
+    fn parse_with_reads_the_object_in_the_same_pass_in_either_order() {
+        let paths = crate::pod::TemplatePaths::default();
+        let object = r#"{"apiVersion":"ray.io/v1","kind":"RayCluster","spec":{
+            "headGroupSpec":{"template":{"spec":{"containers":[{"name":"head"}]}}},
+            "workerGroupSpecs":[{"template":{"spec":{"containers":[{"name":"w"}]}}}]}}"#;
+        let kind = r#""kind":{"group":"ray.io","version":"v1","kind":"RayCluster"}"#;
+        for text in [
+            format!(r#"{{"uid":"u",{kind},"object":{object},"dryRun":true}}"#),
+            format!(r#"{{"object":{object},"uid":"u",{kind},"dryRun":true}}"#),
+        ] {
+            let (request, specs) = Request::parse_with(&text, |kind| {
+                paths.pod_specs_seed::<Value>(&kind.group, &kind.kind)
+            })
+            .unwrap();
+            assert_eq!((request.uid.as_str(), request.dry_run), ("u", true));
+            assert!(request.raw_object().is_none(), "the seed took the object");
+            let pointers: Vec<String> = specs.unwrap().into_iter().map(|(p, _)| p).collect();
+            assert_eq!(
+                pointers,
+                [
+                    "/spec/headGroupSpec/template/spec",
+                    "/spec/workerGroupSpecs/0/template/spec"
+                ]
+            );
+        }
+        let (_, none) = Request::parse_with(r#"{"kind":{"kind":"Pod"},"object":null}"#, |_| {
+            PhantomData::<Value>
+        })
+        .unwrap();
+        assert!(none.is_none());
+        let twice = r#"{"kind":{"kind":"Pod"},"object":{},"object":{}}"#;
+        assert!(Request::parse_with(twice, |_| PhantomData::<Value>).is_err());
     }
 
     #[test]

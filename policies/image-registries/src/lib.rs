@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use tollgate_sdk::pod::{ContainerLists, TemplatePathRule, TemplatePaths};
+use tollgate_sdk::pod::{ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict};
 
 /// The policy's settings.
@@ -54,47 +54,59 @@ impl Policy for ImageRegistries {
             return Ok(Verdict::allow());
         };
         let paths = TemplatePaths::with(&settings.template_paths);
-        let mut problems = Vec::new();
-        let specs: Vec<(String, ContainerLists<Container<'_>>)> =
-            paths.pod_specs_in(&request.kind.group, &request.kind.kind, object)?;
-        for (_, lists) in &specs {
-            for (kind, _, container) in lists.iter() {
-                let (name, Some(image)) = (&container.name, container.image.as_deref()) else {
-                    continue;
-                };
-                let normalized = normalize(image);
-                if !settings.allowed_registries.is_empty()
-                    && !settings
-                        .allowed_registries
-                        .iter()
-                        .any(|prefix| normalized.starts_with(prefix.as_str()))
-                {
-                    problems.push(format!(
-                        "{} {name:?} uses image {image:?}, which is not from an allowed registry ({})",
-                        kind.noun(),
-                        settings.allowed_registries.join(", ")
-                    ));
-                }
-                if settings.deny_latest {
-                    match tag(image) {
-                        Tag::Digest | Tag::Named(_) => {}
-                        Tag::Latest => problems.push(format!(
-                            "{} {name:?} uses image {image:?}: the tag latest is not allowed, pin a version or digest",
-                            kind.noun()
-                        )),
-                        Tag::Missing => problems.push(format!(
-                            "{} {name:?} uses image {image:?} without a tag (that means latest): pin a version or digest",
-                            kind.noun()
-                        )),
-                    }
+        let specs = paths.pod_specs_in(&request.kind.group, &request.kind.kind, object)?;
+        Ok(check(&specs, settings))
+    }
+
+    fn evaluate_text(request: &str, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let paths = TemplatePaths::with(&settings.template_paths);
+        let (_, specs) = Request::parse_with(request, |kind| {
+            paths.pod_specs_seed(&kind.group, &kind.kind)
+        })?;
+        Ok(check(&specs.unwrap_or_default(), settings))
+    }
+}
+
+/// The verdict on the containers of every pod spec.
+fn check(specs: &Located<ContainerLists<Container<'_>>>, settings: &Settings) -> Verdict {
+    let mut problems = Vec::new();
+    for (_, lists) in specs {
+        for (kind, _, container) in lists.iter() {
+            let (name, Some(image)) = (&container.name, container.image.as_deref()) else {
+                continue;
+            };
+            let normalized = normalize(image);
+            if !settings.allowed_registries.is_empty()
+                && !settings
+                    .allowed_registries
+                    .iter()
+                    .any(|prefix| normalized.starts_with(prefix.as_str()))
+            {
+                problems.push(format!(
+                    "{} {name:?} uses image {image:?}, which is not from an allowed registry ({})",
+                    kind.noun(),
+                    settings.allowed_registries.join(", ")
+                ));
+            }
+            if settings.deny_latest {
+                match tag(image) {
+                    Tag::Digest | Tag::Named(_) => {}
+                    Tag::Latest => problems.push(format!(
+                        "{} {name:?} uses image {image:?}: the tag latest is not allowed, pin a version or digest",
+                        kind.noun()
+                    )),
+                    Tag::Missing => problems.push(format!(
+                        "{} {name:?} uses image {image:?} without a tag (that means latest): pin a version or digest",
+                        kind.noun()
+                    )),
                 }
             }
         }
-        Ok(if problems.is_empty() {
-            Verdict::allow()
-        } else {
-            Verdict::deny(problems.join("; "))
-        })
+    }
+    if problems.is_empty() {
+        Verdict::allow()
+    } else {
+        Verdict::deny(problems.join("; "))
     }
 }
 

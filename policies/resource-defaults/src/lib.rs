@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tollgate_sdk::pod::{ContainerKind, ContainerLists, TemplatePathRule, TemplatePaths};
+use tollgate_sdk::pod::{ContainerKind, ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict, quantity};
 
 /// The policy's settings.
@@ -65,52 +65,74 @@ impl Policy for ResourceDefaults {
         let Some(raw_object) = request.raw_object() else {
             return Ok(Verdict::allow());
         };
-        // Decide on a light parse of the containers; build the whole object
-        // only when something is to be added.
         let paths = TemplatePaths::with(&settings.template_paths);
-        let mut additions = Vec::new();
-        let mut warnings = Vec::new();
-        let specs: Vec<(String, ContainerLists<Container<'_>>)> =
-            paths.pod_specs_in(&request.kind.group, &request.kind.kind, raw_object)?;
-        for (pointer, lists) in &specs {
-            for (kind, index, container) in lists.iter() {
-                // Ephemeral containers may not set resources.
-                if kind == ContainerKind::Ephemeral {
-                    continue;
-                }
-                let at = format!("{pointer}/{}/{index}", kind.field());
-                for (field, resource, amount) in
-                    defaults_for(kind, container, settings, &mut warnings)
-                {
-                    additions.push((at.clone(), field, resource, amount));
-                }
+        let specs = paths.pod_specs_in(&request.kind.group, &request.kind.kind, raw_object)?;
+        complete(&specs, settings, || Ok(raw_object))
+    }
+
+    fn evaluate_text(request: &str, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let paths = TemplatePaths::with(&settings.template_paths);
+        let (_, specs) = Request::parse_with(request, |kind| {
+            paths.pod_specs_seed(&kind.group, &kind.kind)
+        })?;
+        let Some(specs) = specs else {
+            return Ok(Verdict::allow());
+        };
+        // The whole object is needed only to add something: read it then.
+        complete(&specs, settings, || {
+            Request::parse(request)?
+                .raw_object()
+                .ok_or_else(|| tollgate_sdk::Error("the request lost its object".into()))
+        })
+    }
+}
+
+/// Decides on a light parse of the containers, and builds the whole object
+/// (from `object`) only when something is to be added.
+fn complete<'a>(
+    specs: &Located<ContainerLists<Container<'_>>>,
+    settings: &Settings,
+    object: impl FnOnce() -> tollgate_sdk::Result<&'a str>,
+) -> tollgate_sdk::Result<Verdict> {
+    let mut additions = Vec::new();
+    let mut warnings = Vec::new();
+    for (pointer, lists) in specs {
+        for (kind, index, container) in lists.iter() {
+            // Ephemeral containers may not set resources.
+            if kind == ContainerKind::Ephemeral {
+                continue;
+            }
+            let at = format!("{pointer}/{}/{index}", kind.field());
+            for (field, resource, amount) in defaults_for(kind, container, settings, &mut warnings)
+            {
+                additions.push((at.clone(), field, resource, amount));
             }
         }
-        let verdict = if additions.is_empty() {
-            Verdict::allow()
-        } else {
-            let mut object: Value = serde_json::from_str(raw_object)?;
-            for (at, field, resource, amount) in additions {
-                let container = object
-                    .pointer_mut(&at)
-                    .and_then(Value::as_object_mut)
-                    .ok_or_else(|| tollgate_sdk::Error(format!("no container at {at}")))?;
-                let resources = container
-                    .entry("resources")
-                    .or_insert_with(|| Value::Object(Map::new()));
-                let list = resources
-                    .as_object_mut()
-                    .ok_or_else(|| tollgate_sdk::Error(format!("{at}/resources is not an object")))?
-                    .entry(field)
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if let Some(list) = list.as_object_mut() {
-                    list.insert(resource.to_owned(), Value::String(amount.to_owned()));
-                }
-            }
-            Verdict::mutate(object)
-        };
-        Ok(warnings.into_iter().fold(verdict, Verdict::warn))
     }
+    let verdict = if additions.is_empty() {
+        Verdict::allow()
+    } else {
+        let mut object: Value = serde_json::from_str(object()?)?;
+        for (at, field, resource, amount) in additions {
+            let container = object
+                .pointer_mut(&at)
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| tollgate_sdk::Error(format!("no container at {at}")))?;
+            let resources = container
+                .entry("resources")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let list = resources
+                .as_object_mut()
+                .ok_or_else(|| tollgate_sdk::Error(format!("{at}/resources is not an object")))?
+                .entry(field)
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(list) = list.as_object_mut() {
+                list.insert(resource.to_owned(), Value::String(amount.to_owned()));
+            }
+        }
+        Verdict::mutate(object)
+    };
+    Ok(warnings.into_iter().fold(verdict, Verdict::warn))
 }
 
 tollgate_sdk::export!(ResourceDefaults);
