@@ -6,6 +6,11 @@
 //! cached), as a typed `k8s-openapi` struct ([`Request::typed_object`]), or
 //! piecewise: [`crate::pod::TemplatePaths::pod_specs_in`] reads only the pod
 //! specs, into structs of only the fields a policy needs.
+//!
+//! [`Request::parse_with`] goes one step further for the hot path: it reads
+//! the object while the envelope is parsed (with a seed such as
+//! [`crate::pod::TemplatePaths::pod_specs_seed`]), so a policy's evaluation
+//! scans the object's text once.
 
 use std::cell::OnceCell;
 use std::fmt;
