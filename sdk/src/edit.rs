@@ -243,6 +243,18 @@ impl<'a> Node<'a> {
     }
 }
 
+/// [`Node::read`] as a [`DeserializeSeed`], to read an object while
+/// something larger is parsed (with [`crate::Request::parse_with`]).
+pub struct NodeSeed(pub Shape);
+
+impl<'de> DeserializeSeed<'de> for NodeSeed {
+    type Value = Node<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Node<'de>, D::Error> {
+        Seed(&self.0).deserialize(deserializer)
+    }
+}
+
 struct Seed<'s>(&'s Shape);
 
 impl<'de> DeserializeSeed<'de> for Seed<'_> {

@@ -22,8 +22,9 @@ mod settings;
 mod template;
 
 use serde_json::Value;
-use tollgate_sdk::edit::{Node, Shape};
+use tollgate_sdk::edit::{Node, NodeSeed, Shape};
 use tollgate_sdk::pod::{TemplatePaths, field_path};
+use tollgate_sdk::request::GroupVersionKind;
 use tollgate_sdk::{Policy, Request, Verdict};
 
 pub use settings::Settings;
@@ -40,65 +41,90 @@ impl Policy for GpuPlacement {
     }
 
     fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
-        let kind = &request.kind;
-        let is_pod = kind.group.is_empty() && kind.kind == "Pod";
-        // A Pod's spec is immutable after creation; templates may change.
-        let mutable = request.operation == "CREATE" || (!is_pod && request.operation == "UPDATE");
-        let Some(object) = request.raw_object().filter(|_| mutable) else {
-            return Ok(Verdict::allow());
-        };
-        if !request.sub_resource.is_empty() {
-            return Ok(Verdict::allow());
-        }
         let paths = TemplatePaths::with(&settings.template_paths);
-        let shape = paths
-            .template_shape(&kind.group, &kind.kind, &template::shape())
-            .merge(Shape::object([("metadata", template::metadata_shape())]));
-        let mut root = Node::read(object, &shape)?;
-        let templates = paths.template_pointers(&kind.group, &kind.kind, &root);
-        let object_metadata = template::metadata_of(&root);
-        let scope = Scope {
-            namespace: &request.namespace,
-            object_metadata: &object_metadata,
+        let Some(object) = request.raw_object() else {
+            return Ok(Verdict::allow());
         };
-        let mut changed = false;
-        let mut gpu = false;
-        let mut denials = Vec::new();
-        for found in &templates {
-            let node = root
-                .pointer_mut(&found.pointer)
-                .expect("template pointers come from this node");
-            let placement = template::place(node, found.bare, &scope, settings)?;
-            changed |= placement.changed;
-            gpu |= placement.gpu;
-            denials.extend(placement.denials.into_iter().map(|denial| {
-                if templates.len() > 1 {
-                    format!("{}: {denial}", field_path(&found.pointer))
-                } else {
-                    denial
-                }
-            }));
-        }
-        if !denials.is_empty() {
-            return Ok(Verdict::deny(denials.join("; ")));
-        }
-        if gpu
-            && add_queue(
-                &mut root,
-                &object_metadata,
-                is_pod,
-                &request.namespace,
-                settings,
-            )?
-        {
-            changed = true;
-        }
-        Ok(if changed {
-            Verdict::mutate_json(root.to_json())
-        } else {
-            Verdict::allow()
-        })
+        let root = Node::read(object, &object_shape(&paths, &request.kind))?;
+        place_object(request, root, &paths, settings)
     }
+
+    fn evaluate_text(request: &str, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let paths = TemplatePaths::with(&settings.template_paths);
+        let (request, root) =
+            Request::parse_with(request, |kind| NodeSeed(object_shape(&paths, kind)))?;
+        match root {
+            Some(root) => place_object(&request, root, &paths, settings),
+            None => Ok(Verdict::allow()),
+        }
+    }
+}
+
+/// What is read of an object of this kind: its pod templates' parts the
+/// rules use, and its own metadata.
+fn object_shape(paths: &TemplatePaths, kind: &GroupVersionKind) -> Shape {
+    paths
+        .template_shape(&kind.group, &kind.kind, &template::shape())
+        .merge(Shape::object([("metadata", template::metadata_shape())]))
+}
+
+/// Applies the rules to every pod template of the object read into `root`.
+fn place_object(
+    request: &Request<'_>,
+    mut root: Node<'_>,
+    paths: &TemplatePaths,
+    settings: &Settings,
+) -> tollgate_sdk::Result<Verdict> {
+    let kind = &request.kind;
+    let is_pod = kind.group.is_empty() && kind.kind == "Pod";
+    // A Pod's spec is immutable after creation; templates may change.
+    let mutable = request.operation == "CREATE" || (!is_pod && request.operation == "UPDATE");
+    if !mutable || !request.sub_resource.is_empty() {
+        return Ok(Verdict::allow());
+    }
+    let templates = paths.template_pointers(&kind.group, &kind.kind, &root);
+    let object_metadata = template::metadata_of(&root);
+    let scope = Scope {
+        namespace: &request.namespace,
+        object_metadata: &object_metadata,
+    };
+    let mut changed = false;
+    let mut gpu = false;
+    let mut denials = Vec::new();
+    for found in &templates {
+        let node = root
+            .pointer_mut(&found.pointer)
+            .expect("template pointers come from this node");
+        let placement = template::place(node, found.bare, &scope, settings)?;
+        changed |= placement.changed;
+        gpu |= placement.gpu;
+        denials.extend(placement.denials.into_iter().map(|denial| {
+            if templates.len() > 1 {
+                format!("{}: {denial}", field_path(&found.pointer))
+            } else {
+                denial
+            }
+        }));
+    }
+    if !denials.is_empty() {
+        return Ok(Verdict::deny(denials.join("; ")));
+    }
+    if gpu
+        && add_queue(
+            &mut root,
+            &object_metadata,
+            is_pod,
+            &request.namespace,
+            settings,
+        )?
+    {
+        changed = true;
+    }
+    Ok(if changed {
+        Verdict::mutate_json(root.to_json())
+    } else {
+        Verdict::allow()
+    })
 }
 
 tollgate_sdk::export!(GpuPlacement);
