@@ -39,6 +39,13 @@ pub struct GroupVersionKind {
     pub kind: String,
 }
 
+impl GroupVersionKind {
+    /// Whether this is the core group's `Pod`.
+    pub fn is_pod(&self) -> bool {
+        self.group.is_empty() && self.kind == "Pod"
+    }
+}
+
 /// Who sent the request.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 pub struct UserInfo {
@@ -102,7 +109,8 @@ impl<'a> Request<'a> {
     pub fn parse(text: &'a str) -> Result<Self> {
         let (mut request, object) =
             Request::parse_with(text, |_| PhantomData::<Option<&'a RawValue>>)?;
-        request.object = object.flatten().filter(|raw| raw.get() != "null");
+        // `null` is already `None`: the object member is read as an option.
+        request.object = object.flatten();
         Ok(request)
     }
 
@@ -264,9 +272,7 @@ where
                 }
                 Field::Object => deferred = map.next_value()?,
                 Field::OldObject => {
-                    request.old_object = map
-                        .next_value::<Option<&'a RawValue>>()?
-                        .filter(|raw| raw.get() != "null");
+                    request.old_object = map.next_value()?;
                 }
                 Field::Other => {
                     map.next_value::<IgnoredAny>()?;

@@ -76,7 +76,7 @@ fn place_object(
     settings: &Settings,
 ) -> tollgate_sdk::Result<Verdict> {
     let kind = &request.kind;
-    let is_pod = kind.group.is_empty() && kind.kind == "Pod";
+    let is_pod = kind.is_pod();
     // A Pod's spec is immutable after creation; templates may change.
     let mutable = request.operation == "CREATE" || (!is_pod && request.operation == "UPDATE");
     if !mutable || !request.sub_resource.is_empty() {

@@ -50,7 +50,7 @@ impl Policy for PodSecurity {
             return Ok(Verdict::allow());
         }
         let kind = &request.kind;
-        let is_pod = kind.group.is_empty() && kind.kind == "Pod";
+        let is_pod = kind.is_pod();
         let checked_subresource = request.sub_resource.is_empty()
             || (is_pod && !IGNORED_POD_SUBRESOURCES.contains(&request.sub_resource.as_str()));
         let (level, version) = settings.for_namespace(&request.namespace);
@@ -119,7 +119,8 @@ fn changed(is_pod: bool, new: &[(String, Template<'_>)], old: &[(String, Templat
     };
     let differs = |a: &model::Container<'_>, b: &model::Container<'_>| {
         let seccomp = format!(
-            "container.seccomp.security.alpha.kubernetes.io/{}",
+            "{}{}",
+            checks::SECCOMP_CONTAINER_ANNOTATION_PREFIX,
             a.name()
         );
         a.image != b.image || new.metadata.annotation(&seccomp) != old.metadata.annotation(&seccomp)

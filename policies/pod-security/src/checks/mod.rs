@@ -11,6 +11,7 @@ mod capabilities;
 mod host;
 mod privilege;
 mod profiles;
+pub(crate) use profiles::SECCOMP_CONTAINER_ANNOTATION_PREFIX;
 mod text;
 mod volumes;
 
