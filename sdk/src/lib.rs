@@ -45,15 +45,21 @@
 //!   ML jobs ([`pod::TemplatePaths`]).
 //! - [`edit`]: mutate an object without parsing what is not changed.
 //! - [`quantity`]: resource quantities as numbers.
+//! - [`context`]: read-only cluster state through the host.
+//! - [`quota`]: indexed usage and the atomic check-and-reserve.
+//! - [`selector`]: label selectors in kubectl's syntax.
 //! - [`log`]: diagnostics through the host.
 //! - [`testing`]: the native harness.
 //! - `guest` (Wasm only): the generated bindings behind [`export!`].
 
+pub mod context;
 pub mod edit;
 pub mod log;
 pub mod pod;
 pub mod quantity;
+pub mod quota;
 pub mod request;
+pub mod selector;
 pub mod testing;
 pub mod verdict;
 
@@ -146,6 +152,18 @@ pub trait Policy {
     fn evaluate_text(request: &str, settings: &Self::Settings) -> Result<Verdict> {
         Self::evaluate(&Request::parse(request)?, settings)
     }
+
+    /// What a cluster object (JSON text) counts for in the quota index: the
+    /// host calls it for every object of the kinds the policy is granted, as
+    /// they change, and keeps the totals per key ([`quota::usage`]). The
+    /// default counts nothing.
+    ///
+    /// # Errors
+    ///
+    /// When the object cannot be read; the host logs it and counts nothing.
+    fn index(_object: &str, _settings: &Self::Settings) -> Result<Vec<quota::Entry>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Parses settings JSON text; empty text or `null` count as `{}`.
@@ -185,6 +203,17 @@ pub fn run_evaluate<P: Policy>(request: &str, settings: &str) -> Result<Verdict>
     P::evaluate_text(request, &settings)
 }
 
+/// Runs [`Policy::index`] on object and settings text (used by the export
+/// glue and the test harness).
+///
+/// # Errors
+///
+/// Unparseable settings, or the policy's own error.
+pub fn run_index<P: Policy>(object: &str, settings: &str) -> Result<Vec<quota::Entry>> {
+    let settings: P::Settings = parse_settings(settings).map_err(Error)?;
+    P::index(object, &settings)
+}
+
 /// Makes a [`Policy`] the component's exports. Call it once, at the crate
 /// root of a `cdylib` policy crate; on non-Wasm targets it expands to nothing,
 /// so the same crate also builds natively for `cargo test`.
@@ -208,6 +237,15 @@ macro_rules! export {
                     ::std::string::String,
                 > {
                     $crate::guest::to_wit($crate::run_evaluate::<$policy>(&request, &settings))
+                }
+                fn index(
+                    object: ::std::string::String,
+                    settings: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<(::std::string::String, ::std::string::String, u64)>,
+                    ::std::string::String,
+                > {
+                    $crate::guest::to_wit_entries($crate::run_index::<$policy>(&object, &settings))
                 }
             }
     $crate::guest::export!(Export with_types_in $crate::guest);

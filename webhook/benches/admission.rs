@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tollgate::context::Context;
 use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::PolicySet;
-use tollgate::policy::matcher::Unknown;
 use tollgate::server::review;
 
 fn standard_request() -> Vec<u8> {
@@ -44,7 +44,7 @@ fn load(config: &tollgate::policy::Config, cache: &tempfile::TempDir) -> PolicyS
         compiler: Compiler::InProcess,
     })
     .unwrap();
-    let set = PolicySet::load(config, &engine, Arc::new(Unknown));
+    let set = PolicySet::load(config, &engine, Arc::new(Context::none()));
     assert_eq!(set.failures().count(), 0);
     set
 }
@@ -160,7 +160,7 @@ fn engine(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 misbehave
-                    .evaluate(r#"{"uid":"u"}"#, r#"{"behaviour":"count"}"#, &limits)
+                    .evaluate(r#"{"uid":"u"}"#, r#"{"behaviour":"count"}"#, &limits, None)
                     .unwrap(),
             )
         })
@@ -173,6 +173,7 @@ fn engine(c: &mut Criterion) {
                         &request,
                         r#"{"allowedRegistries":["nvcr.io/"],"denyLatest":true}"#,
                         &limits,
+                        None,
                     )
                     .unwrap(),
             )
@@ -186,6 +187,7 @@ fn engine(c: &mut Criterion) {
                         &request,
                         r#"{"requests":{"cpu":"100m","memory":"128Mi"}}"#,
                         &limits,
+                        None,
                     )
                     .unwrap(),
             )
@@ -197,7 +199,7 @@ fn engine(c: &mut Criterion) {
     ] {
         group.bench_function(format!("gpu-placement on {name}"), |b| {
             b.iter(|| {
-                let verdict = placement.evaluate(request, "{}", &limits).unwrap();
+                let verdict = placement.evaluate(request, "{}", &limits, None).unwrap();
                 assert!(verdict.allowed && verdict.mutated_object.is_some());
                 black_box(verdict)
             })
@@ -209,7 +211,9 @@ fn engine(c: &mut Criterion) {
             format!("pod-security {level} on the standard request"),
             |b| {
                 b.iter(|| {
-                    let verdict = pod_security.evaluate(&request, &settings, &limits).unwrap();
+                    let verdict = pod_security
+                        .evaluate(&request, &settings, &limits, None)
+                        .unwrap();
                     assert!(verdict.allowed);
                     black_box(verdict)
                 })

@@ -13,12 +13,15 @@
 //!   chain (modes, failure policies, mutation composition).
 //! - [`engine`]: wasmtime: compile once (disk cache), pre-instantiate, a
 //!   fresh pooled instance per call with deadline, memory and output caps.
+//! - [`context`]: cluster state for context-aware policies (live watchers
+//!   or manifest snapshots) and the quota ledger.
 //! - [`builtin`]: the policies compiled into the binary and the embedded
 //!   default configuration.
 //! - [`cli`]: the `tollgate` subcommands.
 
 pub mod builtin;
 pub mod cli;
+pub mod context;
 pub mod engine;
 pub mod policy;
 pub mod server;

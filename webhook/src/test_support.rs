@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use crate::context::Context;
 use crate::engine::{self, Compiler, Engine};
-use crate::policy::matcher::Unknown;
 use crate::policy::{Config, PolicySet};
 
 /// The `misbehave` test policy (`tests/policies/misbehave`), as built by the
@@ -47,5 +47,5 @@ pub fn misbehave_path() -> PathBuf {
 pub fn policy_set(yaml: &str) -> PolicySet {
     let yaml = yaml.replace("{misbehave}", &misbehave_path().display().to_string());
     let config = Config::parse(&yaml, "test.yaml", PathBuf::new()).expect("test configuration");
-    PolicySet::load(&config, engine(), Arc::new(Unknown))
+    PolicySet::load(&config, engine(), Arc::new(Context::none()))
 }

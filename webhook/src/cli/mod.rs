@@ -7,11 +7,18 @@ mod run;
 mod serve;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::context::live::{self, Live};
+use crate::context::shared::{ConfigMaps, Shared};
+use crate::context::snapshot::Snapshot;
+use crate::context::{Context, Ledger, ledger};
 use crate::policy::Config;
+use crate::policy::config::LedgerBackend;
 
 /// Tollgate: a Kubernetes admission webhook whose policies are WebAssembly
 /// components.
@@ -46,6 +53,11 @@ struct PolicyArgs {
     /// Directory of compiled policy artifacts (created if missing).
     #[arg(long, env = "TOLLGATE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
+    /// Cluster objects for context-aware policies, read from manifests
+    /// (YAML or JSON files, `kubectl get -o yaml` lists, directories)
+    /// instead of the cluster. May repeat.
+    #[arg(long = "context", value_name = "PATH")]
+    context: Vec<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -55,6 +67,49 @@ impl PolicyArgs {
             None => crate::builtin::default_config()
                 .context("the embedded default configuration is invalid")?,
         })
+    }
+
+    /// The cluster context: the snapshot given with `--context`, else the
+    /// cluster (when `runtime` is given and a kubeconfig or in-cluster
+    /// account is found and a policy needs it), else none.
+    fn cluster_context(
+        &self,
+        config: &Config,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> anyhow::Result<Arc<Context>> {
+        let ttl = Duration::from_secs(config.quota.reservation_ttl_seconds);
+        let local = || -> Box<dyn Ledger> { Box::new(ledger::Local::new(ttl)) };
+        if !self.context.is_empty() {
+            let snapshot = Snapshot::load(&self.context).map_err(anyhow::Error::msg)?;
+            return Ok(Arc::new(Context::new(Some(Box::new(snapshot)), local())));
+        }
+        let shared = config.quota.ledger == LedgerBackend::Apiserver;
+        let needed = shared || !config.context_kinds().is_empty();
+        let client = match runtime {
+            Some(runtime) if needed => runtime.block_on(live::client()),
+            _ => None,
+        };
+        let (Some(client), Some(runtime)) = (client, runtime) else {
+            if shared && runtime.is_some() {
+                anyhow::bail!(
+                    "quota.ledger is apiserver but no cluster connection was found (kubeconfig or in-cluster service account)"
+                );
+            }
+            if needed {
+                tracing::warn!(
+                    "no cluster context: context-aware policies will fail per their failurePolicy"
+                );
+            }
+            return Ok(Arc::new(Context::new(None, local())));
+        };
+        let ledger: Box<dyn Ledger> = if shared {
+            let backend = ConfigMaps::new(client.clone(), &config.quota.namespace, runtime.clone());
+            Box::new(Shared::new(backend, ttl))
+        } else {
+            local()
+        };
+        let live = Live::new(client, runtime.clone());
+        Ok(Arc::new(Context::new(Some(Box::new(live)), ledger)))
     }
 
     fn cache_dir(&self) -> PathBuf {

@@ -3,13 +3,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
-use crate::policy::matcher::Unknown;
 use crate::server::review;
 
 #[derive(Debug, clap::Args)]
@@ -55,7 +53,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         cache_dir: args.policies.cache_dir(),
         compiler: Compiler::InProcess,
     })?;
-    let policies = PolicySet::load(&config, &engine, Arc::new(Unknown));
+    let context = args.policies.cluster_context(&config, None)?;
+    let policies = PolicySet::load(&config, &engine, context);
     for (name, error) in policies.failures() {
         eprintln!("warning: policy {name:?} failed to load: {error}");
     }

@@ -9,7 +9,6 @@ use anyhow::Context as _;
 
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
-use crate::policy::matcher::Unknown;
 use crate::server::{self, AppState, certs, tls};
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +100,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let context = args
+        .policies
+        .cluster_context(&config, Some(runtime.handle()))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
@@ -110,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(resolver.watch());
         let loading = state.clone();
         tokio::task::spawn_blocking(move || {
-            let set = PolicySet::load(&config, &engine, Arc::new(Unknown));
+            let set = PolicySet::load(&config, &engine, context);
             let failed = set.failures().count();
             let total = set.policies().len();
             loading.policies.store(Some(Arc::new(set)));

@@ -31,3 +31,84 @@ impl self::tollgate::policy::log::Host for StoreState {
         }
     }
 }
+
+/// Why a policy without granted context cannot read it.
+const NOT_GRANTED: &str = "this policy is granted no cluster context: list the kinds it reads under `context` in its configuration";
+
+impl StoreState {
+    fn access(&mut self) -> Result<&mut crate::context::Access, String> {
+        self.access.as_mut().ok_or_else(|| NOT_GRANTED.to_owned())
+    }
+}
+
+impl self::tollgate::policy::context::Host for StoreState {
+    fn get(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> Result<Option<String>, String> {
+        self.access()?.get(&api_version, &kind, &namespace, &name)
+    }
+
+    fn list(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        label_selector: String,
+    ) -> Result<String, String> {
+        self.access()?
+            .list(&api_version, &kind, &namespace, &label_selector)
+    }
+}
+
+impl self::tollgate::policy::quota::Host for StoreState {
+    fn usage(
+        &mut self,
+        keys: Vec<String>,
+    ) -> Result<Vec<self::tollgate::policy::quota::Total>, String> {
+        Ok(self
+            .access()?
+            .usage(&keys)?
+            .into_iter()
+            .map(|u| self::tollgate::policy::quota::Total {
+                key: u.key,
+                resource: u.resource,
+                amount: u.amount,
+                objects: u.objects,
+            })
+            .collect())
+    }
+
+    fn reserve(
+        &mut self,
+        claims: Vec<self::tollgate::policy::quota::Claim>,
+    ) -> Result<self::tollgate::policy::quota::Decision, String> {
+        let claims = claims
+            .into_iter()
+            .map(|c| crate::context::Claim {
+                scope: c.scope,
+                asks: c.asks,
+                limits: c.limits,
+                usage: c.usage,
+            })
+            .collect();
+        let decision = self.access()?.reserve(claims)?;
+        Ok(self::tollgate::policy::quota::Decision {
+            admitted: decision.admitted,
+            held: decision
+                .held
+                .into_iter()
+                .map(
+                    |(scope, resource, amount)| self::tollgate::policy::quota::Held {
+                        scope,
+                        resource,
+                        amount,
+                    },
+                )
+                .collect(),
+        })
+    }
+}

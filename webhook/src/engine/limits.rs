@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::context::Access;
+
 /// Bounds on one policy call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -29,15 +31,18 @@ impl Default for Limits {
     }
 }
 
-/// What a store carries: the policy's name for its log lines, and the memory
+/// What a store carries: the policy's name for its log lines, the memory
 /// cap with a note of whether the policy hit it (so that the resulting trap
-/// can be reported as what it is).
+/// can be reported as what it is), and the call's cluster access.
 pub struct StoreState {
     /// The policy's name, for log lines.
     pub policy: Arc<str>,
     memory_bytes: usize,
     /// Set when a growth was refused.
     pub memory_exceeded: bool,
+    /// What the current call may read and reserve; `None` for policies
+    /// granted no context (their reads fail).
+    pub access: Option<Access>,
 }
 
 impl StoreState {
@@ -47,6 +52,7 @@ impl StoreState {
             policy,
             memory_bytes,
             memory_exceeded: false,
+            access: None,
         }
     }
 }

@@ -225,7 +225,12 @@ mod tests {
 
     fn misbehave(behaviour: &str, limits: &Limits) -> Result<Verdict, Error> {
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
-        pre.evaluate(POD, &format!(r#"{{"behaviour":"{behaviour}"}}"#), limits)
+        pre.evaluate(
+            POD,
+            &format!(r#"{{"behaviour":"{behaviour}"}}"#),
+            limits,
+            None,
+        )
     }
 
     #[test]
@@ -238,12 +243,12 @@ mod tests {
             .unwrap();
         let limits = Limits::default();
         let verdict = pre
-            .evaluate(POD, r#"{"allowedRegistries":["nvcr.io/"]}"#, &limits)
+            .evaluate(POD, r#"{"allowedRegistries":["nvcr.io/"]}"#, &limits, None)
             .unwrap();
         assert!(!verdict.allowed);
         assert!(verdict.message.unwrap().contains("\"quay.io/x:1\""));
         let verdict = pre
-            .evaluate(POD, r#"{"allowedRegistries":["quay.io/"]}"#, &limits)
+            .evaluate(POD, r#"{"allowedRegistries":["quay.io/"]}"#, &limits, None)
             .unwrap();
         assert!(verdict.allowed);
     }
@@ -280,7 +285,7 @@ mod tests {
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
         for _ in 0..(POOL_INSTANCES * 3) {
             let verdict = pre
-                .evaluate(POD, r#"{"behaviour":"count"}"#, &Limits::default())
+                .evaluate(POD, r#"{"behaviour":"count"}"#, &Limits::default(), None)
                 .unwrap();
             assert_eq!(
                 verdict.audit_annotations,
@@ -298,7 +303,7 @@ mod tests {
         // Load (and compile) first: only the call is timed.
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
         let started = std::time::Instant::now();
-        let result = pre.evaluate(POD, r#"{"behaviour":"loop"}"#, &limits);
+        let result = pre.evaluate(POD, r#"{"behaviour":"loop"}"#, &limits, None);
         assert!(matches!(result, Err(Error::Timeout(20))), "{result:?}");
         assert!(
             started.elapsed() < Duration::from_secs(1),

@@ -10,6 +10,7 @@ use super::limits::{Limits, StoreState};
 use super::spare::{Instance, Recipe, Spares};
 use super::ticker::TICK;
 use super::{Engine, Error};
+use crate::context::Access;
 
 /// What a policy returned, in host types.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -109,7 +110,8 @@ impl PolicyPre {
     }
 
     /// Evaluates one AdmissionRequest (JSON text) with settings (JSON text)
-    /// in a fresh instance.
+    /// in a fresh instance; `access` is what its context and quota imports
+    /// may reach.
     ///
     /// # Errors
     ///
@@ -119,9 +121,11 @@ impl PolicyPre {
         request: &str,
         settings: &str,
         limits: &Limits,
+        access: Option<Access>,
     ) -> Result<Verdict, Error> {
         let verdict: Verdict = self
             .call(limits, |policy, store| {
+                store.data_mut().access = access;
                 policy.call_evaluate(store, request, settings)
             })?
             .map_err(Error::Policy)?
@@ -142,17 +146,6 @@ impl PolicyPre {
         f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
     ) -> Result<R, Error> {
         let recipe = self.recipe(limits);
-        let timeout_ms = limits.timeout.as_millis() as u64;
-        let classify = |store: &Store<StoreState>, error: wasmtime::Error| -> Error {
-            if store.data().memory_exceeded {
-                return Error::MemoryLimit(limits.memory_bytes >> 20);
-            }
-            match error.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => Error::Timeout(timeout_ms),
-                Some(trap) => Error::Trap(trap.to_string()),
-                None => Error::Trap(format!("{error:#}")),
-            }
-        };
         let maker = &self.engine.inner.maker;
         let Instance { mut store, policy } = match self.spares.take(limits.memory_bytes) {
             Some(instance) => instance,
@@ -161,7 +154,7 @@ impl PolicyPre {
                 Err((store, error)) => {
                     let error =
                         if error.downcast_ref::<Trap>().is_some() || store.data().memory_exceeded {
-                            classify(&store, error)
+                            classify(&store, error, limits)
                         } else {
                             Error::Instantiate(error)
                         };
@@ -176,10 +169,60 @@ impl PolicyPre {
             // the full timeout.
             let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
             store.set_epoch_deadline(ticks);
-            f(&policy, &mut store).map_err(|error| classify(&store, error))
+            f(&policy, &mut store).map_err(|error| classify(&store, error, limits))
         };
         maker.recycle(&self.spares, &recipe, Some(store));
         result
+    }
+
+    /// Whether the component exports `index` (the `indexed-policy` world).
+    pub fn indexes(&self) -> bool {
+        self.pre
+            .instance_pre()
+            .component()
+            .get_export_index(None, "index")
+            .is_some()
+    }
+
+    /// Runs the policy's `index` export on one cluster object in a fresh
+    /// instance (not a spare: indexing runs on cache updates, off the
+    /// request path). `Ok(None)` when the component has no `index`.
+    ///
+    /// # Errors
+    ///
+    /// A trap, timeout, memory or output cap, or the policy's own error.
+    pub fn index(
+        &self,
+        object: &str,
+        settings: &str,
+        limits: &Limits,
+    ) -> Result<Option<Vec<(String, String, u64)>>, Error> {
+        let mut store = self.recipe(limits).store();
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(Error::Instantiate)?;
+        type Entries = Result<Vec<(String, String, u64)>, String>;
+        let Ok(index) = instance.get_typed_func::<(&str, &str), (Entries,)>(&mut store, "index")
+        else {
+            return Ok(None);
+        };
+        let _active = self.engine.inner.ticker.active();
+        let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        let (result,) = index
+            .call(&mut store, (object, settings))
+            .map_err(|error| classify(&store, error, limits))?;
+        let entries = result.map_err(Error::Policy)?;
+        let size: usize = entries.iter().map(|(k, r, _)| k.len() + r.len() + 8).sum();
+        if size > limits.output_bytes {
+            return Err(Error::OutputTooLarge {
+                size,
+                limit: limits.output_bytes,
+            });
+        }
+        Ok(Some(entries))
     }
 
     fn recipe(&self, limits: &Limits) -> Recipe {
@@ -195,5 +238,17 @@ impl PolicyPre {
     pub fn warm(&self, limits: &Limits) {
         let recipe = self.recipe(limits);
         self.engine.inner.maker.recycle(&self.spares, &recipe, None);
+    }
+}
+
+/// Names what stopped a call: the memory cap, the deadline, or a trap.
+fn classify(store: &Store<StoreState>, error: wasmtime::Error, limits: &Limits) -> Error {
+    if store.data().memory_exceeded {
+        return Error::MemoryLimit(limits.memory_bytes >> 20);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Error::Timeout(limits.timeout.as_millis() as u64),
+        Some(trap) => Error::Trap(trap.to_string()),
+        None => Error::Trap(format!("{error:#}")),
     }
 }

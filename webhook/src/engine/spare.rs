@@ -51,6 +51,17 @@ impl Recipe {
     /// Whatever instantiation reports (the store is returned for
     /// classifying the error).
     pub fn instantiate(&self) -> Result<Instance, (Store<StoreState>, wasmtime::Error)> {
+        let mut store = self.store();
+        match self.pre.instantiate(&mut store) {
+            Ok(policy) => Ok(Instance { store, policy }),
+            Err(error) => Err((store, error)),
+        }
+    }
+}
+
+impl Recipe {
+    /// A store with this recipe's memory cap, ready to instantiate in.
+    pub fn store(&self) -> Store<StoreState> {
         let mut store = Store::new(
             self.pre.engine(),
             StoreState::new(self.name.clone(), self.memory_bytes),
@@ -59,10 +70,7 @@ impl Recipe {
         // Instantiation runs no policy code; the call sets the real deadline.
         store.set_epoch_deadline(u64::MAX / 2);
         store.epoch_deadline_trap();
-        match self.pre.instantiate(&mut store) {
-            Ok(policy) => Ok(Instance { store, policy }),
-            Err(error) => Err((store, error)),
-        }
+        store
     }
 }
 

@@ -17,6 +17,7 @@ use super::config::{FailurePolicy, Mode};
 use super::request::Request;
 use super::set::{LoadedPolicy, PolicySet};
 use super::{matcher, patch};
+use crate::context::{Access, Kind, ObjectKey, Subject};
 use crate::engine;
 
 /// What one policy did with a request.
@@ -118,11 +119,12 @@ impl PolicySet {
         let mut current: Option<String> = None;
         for position in self.mutating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
-            if !matcher::matches(&policy.config.matches, request, self.namespaces.as_ref()) {
+            if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
                 continue;
             }
             let text = current.as_ref().map(|object| request.with_object(object));
-            let (step, duration) = run(policy, text.as_deref().unwrap_or(request.text));
+            let (step, duration) =
+                self.run(policy, request, text.as_deref().unwrap_or(request.text));
             let step = match step {
                 Step::Verdict {
                     mut verdict,
@@ -148,6 +150,7 @@ impl PolicySet {
             };
             record(&mut outcome, policy, step, duration);
             if !outcome.allowed {
+                self.release_if_denied(&outcome, request);
                 return outcome;
             }
         }
@@ -172,12 +175,13 @@ impl PolicySet {
         let mut outcome = Outcome::allowed();
         for position in self.validating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
-            if !matcher::matches(&policy.config.matches, request, self.namespaces.as_ref()) {
+            if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
                 continue;
             }
-            let (step, duration) = run(policy, request.text);
+            let (step, duration) = self.run(policy, request, request.text);
             record(&mut outcome, policy, step, duration);
         }
+        self.release_if_denied(&outcome, request);
         outcome
     }
 
@@ -207,27 +211,82 @@ impl PolicySet {
     }
 }
 
-/// Evaluates one policy and turns every way it can go wrong into a
-/// [`Step::Failed`].
-fn run(policy: &LoadedPolicy, request: &str) -> (Step, Duration) {
-    let started = Instant::now();
-    let step = match &policy.module {
-        Err(error) => Step::Failed(format!("the policy failed to load: {error}")),
-        Ok(module) => match module.evaluate(request, &policy.settings, &policy.limits) {
-            Ok(verdict) if verdict.mutated_object.is_some() && !policy.config.mutating => {
-                Step::Failed(
-                    "the policy returned a mutation but is not configured with mutating: true"
-                        .into(),
+impl PolicySet {
+    /// Evaluates one policy on `text` (the request, or the request with the
+    /// chain's current object) and turns every way it can go wrong into a
+    /// [`Step::Failed`].
+    fn run(&self, policy: &LoadedPolicy, request: &Request<'_>, text: &str) -> (Step, Duration) {
+        let started = Instant::now();
+        let step = match &policy.module {
+            Err(error) => Step::Failed(format!("the policy failed to load: {error}")),
+            Ok(module) => {
+                let access = self.access(policy, request);
+                evaluated(
+                    policy,
+                    module.evaluate(text, &policy.settings, &policy.limits, access),
                 )
             }
-            Ok(verdict) => {
-                let mutated = verdict.mutated_object.is_some();
-                Step::Verdict { verdict, mutated }
-            }
-            Err(error) => Step::Failed(error.to_string()),
-        },
-    };
-    (step, started.elapsed())
+        };
+        (step, started.elapsed())
+    }
+
+    /// Gives back what a denied request reserved: it will never be used.
+    fn release_if_denied(&self, outcome: &Outcome, request: &Request<'_>) {
+        if !outcome.allowed && self.context.available() {
+            self.context.release(&request.uid);
+        }
+    }
+
+    /// What a context-aware policy's call may read and reserve.
+    fn access(&self, policy: &LoadedPolicy, request: &Request<'_>) -> Option<Access> {
+        if policy.grants.is_empty() {
+            return None;
+        }
+        let object = (!request.name.is_empty()).then(|| ObjectKey {
+            kind: Kind::new(
+                &api_version(&request.group, &request.version),
+                &request.kind,
+            ),
+            namespace: request.namespace.to_string(),
+            name: request.name.to_string(),
+        });
+        Some(Access::new(
+            self.context.clone(),
+            policy.name.clone(),
+            policy.grants.clone(),
+            Subject {
+                uid: request.uid.to_string(),
+                object,
+                dry_run: request.dry_run,
+            },
+        ))
+    }
+}
+
+/// `apiVersion` from group and version.
+fn api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// A policy's result as a [`Step`].
+fn evaluated(
+    policy: &LoadedPolicy,
+    result: std::result::Result<engine::Verdict, engine::Error>,
+) -> Step {
+    match result {
+        Ok(verdict) if verdict.mutated_object.is_some() && !policy.config.mutating => Step::Failed(
+            "the policy returned a mutation but is not configured with mutating: true".into(),
+        ),
+        Ok(verdict) => {
+            let mutated = verdict.mutated_object.is_some();
+            Step::Verdict { verdict, mutated }
+        }
+        Err(error) => Step::Failed(error.to_string()),
+    }
 }
 
 /// Folds one policy's step into the outcome according to its mode and
@@ -328,6 +387,7 @@ mod tests {
             text,
             Cow::Borrowed("u"),
             Cow::Borrowed(""),
+            Cow::Borrowed("v1"),
             Cow::Borrowed("Pod"),
             Operation::Create,
             Cow::Borrowed("ml"),

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::context::Kind;
+
 /// Errors in a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -262,6 +264,55 @@ pub struct PolicyConfig {
     /// Linear memory cap, in MiB.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: usize,
+    /// Kinds of cluster objects the policy may read (and index), e.g.
+    /// `[{apiVersion: v1, kind: Pod}]`; none by default.
+    #[serde(default)]
+    pub context: Vec<Kind>,
+}
+
+/// Where quota reservations are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerBackend {
+    /// In this process: correct for one replica.
+    #[default]
+    Local,
+    /// In ConfigMaps, by compare-and-swap through the apiserver: correct
+    /// for any number of replicas.
+    Apiserver,
+}
+
+fn default_reservation_ttl_seconds() -> u64 {
+    60
+}
+
+fn default_ledger_namespace() -> String {
+    "tollgate-system".into()
+}
+
+/// The quota ledger's configuration (top-level `quota:`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Where reservations are kept.
+    #[serde(default)]
+    pub ledger: LedgerBackend,
+    /// Namespace of the ledger's ConfigMaps (`ledger: apiserver`).
+    #[serde(default = "default_ledger_namespace")]
+    pub namespace: String,
+    /// How long a reservation holds if its object never appears.
+    #[serde(default = "default_reservation_ttl_seconds")]
+    pub reservation_ttl_seconds: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            ledger: LedgerBackend::default(),
+            namespace: default_ledger_namespace(),
+            reservation_ttl_seconds: default_reservation_ttl_seconds(),
+        }
+    }
 }
 
 /// Where a policy's module comes from.
@@ -278,6 +329,8 @@ pub enum ModuleSource {
 pub struct Config {
     /// Policies, in the order mutating ones run.
     pub policies: Vec<PolicyConfig>,
+    /// The quota ledger.
+    pub quota: QuotaConfig,
     /// Where it was read from (for messages and relative paths).
     pub origin: String,
     base_dir: PathBuf,
@@ -287,6 +340,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     policies: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    quota: QuotaConfig,
 }
 
 /// Longest deadline a policy may ask for: the apiserver's own webhook
@@ -350,11 +405,38 @@ impl Config {
             }
             policies.push(policy);
         }
+        if raw.quota.reservation_ttl_seconds == 0 {
+            return Err(Error::Syntax {
+                path: origin.to_owned(),
+                message: "quota.reservationTtlSeconds must be at least 1".into(),
+            });
+        }
         Ok(Config {
             policies,
+            quota: raw.quota,
             origin: origin.to_owned(),
             base_dir,
         })
+    }
+
+    /// Every kind some policy reads: its grants, and Namespaces when a
+    /// policy matches by namespace selector.
+    pub fn context_kinds(&self) -> Vec<Kind> {
+        let mut kinds: Vec<Kind> = self
+            .policies
+            .iter()
+            .flat_map(|p| p.context.iter().cloned())
+            .collect();
+        if self
+            .policies
+            .iter()
+            .any(|p| p.matches.namespace_selector.is_some())
+        {
+            kinds.push(Kind::namespace());
+        }
+        kinds.sort();
+        kinds.dedup();
+        kinds
     }
 
     /// Where the module of `policy` comes from.

@@ -135,6 +135,7 @@ mod tests {
             text,
             Cow::Borrowed("u"),
             Cow::Borrowed(""),
+            Cow::Borrowed("v1"),
             Cow::Borrowed("Pod"),
             operation,
             Cow::Borrowed(namespace),

@@ -19,6 +19,8 @@ pub struct Request<'a> {
     pub uid: Cow<'a, str>,
     /// API group of the object's kind (`""` for core).
     pub group: Cow<'a, str>,
+    /// API version of the object's kind.
+    pub version: Cow<'a, str>,
     /// Kind of the object.
     pub kind: Cow<'a, str>,
     /// The operation.
@@ -62,6 +64,7 @@ impl<'a> Request<'a> {
         text: &'a str,
         uid: Cow<'a, str>,
         group: Cow<'a, str>,
+        version: Cow<'a, str>,
         kind: Cow<'a, str>,
         operation: Operation,
         namespace: Cow<'a, str>,
@@ -75,6 +78,7 @@ impl<'a> Request<'a> {
             text,
             uid,
             group,
+            version,
             kind,
             operation,
             namespace,
@@ -131,6 +135,7 @@ impl<'a> Request<'a> {
             text,
             uid: self.uid.clone(),
             group: self.group.clone(),
+            version: self.version.clone(),
             kind: self.kind.clone(),
             operation: self.operation,
             namespace: self.namespace.clone(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{Config, ModuleSource, PolicyConfig};
-use super::matcher::{Index, NamespaceLabels};
+use super::matcher::Index;
+use crate::context::{self, Context, Indexer, Kind};
 use crate::engine::{self, Engine, PolicyPre};
 
 /// One policy of a set, ready to evaluate (or failed to load).
@@ -21,6 +22,8 @@ pub struct LoadedPolicy {
     pub limits: engine::Limits,
     /// The prepared module, or why it failed to load.
     pub module: Result<PolicyPre, String>,
+    /// The kinds it may read (shared with each call's access).
+    pub grants: Arc<[Kind]>,
 }
 
 /// Every policy of a configuration, loaded.
@@ -28,7 +31,7 @@ pub struct PolicySet {
     pub(super) policies: Vec<LoadedPolicy>,
     pub(super) mutating: Index,
     pub(super) validating: Index,
-    pub(super) namespaces: Arc<dyn NamespaceLabels>,
+    pub(super) context: Arc<Context>,
 }
 
 /// Output cap per call: the apiserver refuses objects over 3 MiB anyway.
@@ -38,8 +41,10 @@ impl PolicySet {
     /// Loads every policy of `config`, in parallel. A policy that fails to
     /// load (unreadable module, invalid component, settings refused) is kept
     /// with its error: requests it matches get its `failurePolicy`, and
-    /// [`PolicySet::failures`] reports it.
-    pub fn load(config: &Config, engine: &Engine, namespaces: Arc<dyn NamespaceLabels>) -> Self {
+    /// [`PolicySet::failures`] reports it. Policies that index cluster
+    /// objects are registered with `context`'s cache, and the cache is asked
+    /// for every kind the policies read.
+    pub fn load(config: &Config, engine: &Engine, context: Arc<Context>) -> Self {
         let policies: Vec<LoadedPolicy> = std::thread::scope(|scope| {
             let handles: Vec<_> = config
                 .policies
@@ -55,6 +60,25 @@ impl PolicySet {
             if let Err(error) = &policy.module {
                 tracing::error!(policy = &*policy.name, "policy failed to load: {error}");
             }
+        }
+        for policy in &policies {
+            if let (Ok(module), false) = (&policy.module, policy.grants.is_empty())
+                && module.indexes()
+            {
+                context.store().register(Arc::new(PolicyIndex {
+                    name: policy.name.clone(),
+                    kinds: policy.grants.to_vec(),
+                    module: module.clone(),
+                    settings: policy.settings.clone(),
+                    limits: policy.limits,
+                }));
+            }
+        }
+        let kinds = config.context_kinds();
+        if !kinds.is_empty()
+            && let Err(error) = context.cache(&kinds)
+        {
+            tracing::warn!("cluster context: {error}");
         }
         let mutating = Index::build(
             policies
@@ -74,8 +98,21 @@ impl PolicySet {
             policies,
             mutating,
             validating,
-            namespaces,
+            context,
         }
+    }
+
+    /// The cluster context the set reads.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    /// Policies granted cluster context, which fail without one.
+    pub fn context_aware(&self) -> impl Iterator<Item = &str> {
+        self.policies
+            .iter()
+            .filter(|p| !p.grants.is_empty())
+            .map(|p| &*p.name)
     }
 
     /// Policies that failed to load, with why.
@@ -109,6 +146,45 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
         settings,
         limits,
         module,
+        grants: policy.context.clone().into(),
+    }
+}
+
+/// A policy's `index` export as the cache's [`Indexer`].
+struct PolicyIndex {
+    name: Arc<str>,
+    kinds: Vec<Kind>,
+    module: PolicyPre,
+    settings: String,
+    limits: engine::Limits,
+}
+
+impl Indexer for PolicyIndex {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    fn entries(&self, object: &str) -> Vec<context::Entry> {
+        match self.module.index(object, &self.settings, &self.limits) {
+            Ok(entries) => entries
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, resource, amount)| context::Entry {
+                    key,
+                    resource,
+                    amount,
+                })
+                .collect(),
+            Err(error) => {
+                // The object then counts for nothing in this index.
+                tracing::warn!(policy = &*self.name, "cannot index an object: {error}");
+                Vec::new()
+            }
+        }
     }
 }
 

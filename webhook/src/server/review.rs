@@ -62,6 +62,8 @@ struct KindIn<'a> {
     #[serde(borrow, default)]
     group: Cow<'a, str>,
     #[serde(borrow, default)]
+    version: Cow<'a, str>,
+    #[serde(borrow, default)]
     kind: Cow<'a, str>,
 }
 
@@ -135,6 +137,7 @@ pub fn decode(body: &[u8]) -> Result<Request<'_>, Error> {
         text,
         uid,
         kind.group,
+        kind.version,
         kind.kind,
         operation,
         request.namespace,

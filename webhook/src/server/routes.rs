@@ -168,11 +168,32 @@ async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
         .failures()
         .map(|(name, error)| format!("policy {name:?} failed to load: {error}"))
         .collect();
+    let needing: Vec<&str> = policies.context_aware().collect();
+    let context = if needing.is_empty() {
+        Ok(String::new())
+    } else {
+        match policies.context().status() {
+            Ok(line) => Ok(format!("{line}\n")),
+            // Reads fail, and each policy's failurePolicy applies: serving
+            // is still possible, and says so.
+            Err(error) if !policies.context().available() => Ok(format!(
+                "{error}; policies {} fail per their failurePolicy\n",
+                needing.join(", ")
+            )),
+            Err(syncing) => Err(syncing),
+        }
+    };
     if failures.is_empty() {
-        (
-            StatusCode::OK,
-            format!("ready: {} policies loaded\n", policies.policies().len()),
-        )
+        match context {
+            Ok(context) => (
+                StatusCode::OK,
+                format!(
+                    "ready: {} policies loaded\n{context}",
+                    policies.policies().len()
+                ),
+            ),
+            Err(syncing) => (StatusCode::SERVICE_UNAVAILABLE, format!("{syncing}\n")),
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, failures.join("\n") + "\n")
     }

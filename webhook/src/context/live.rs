@@ -1,0 +1,176 @@
+//! Cluster objects from the apiserver: one kube-rs watcher per cached kind
+//! (a list, then a watch, re-listed with backoff when the watch breaks).
+//!
+//! The watchers feed [`Store`] rather than kube-rs's own reflector store: the
+//! events are the same (`Init`, `InitApply`…, `InitDone`, then `Apply` and
+//! `Delete`, applied as `reflector::store::Writer` applies them), but reads
+//! here are per namespace and quota indexes must change under the same lock
+//! as the objects, which a `reflector::Store` (one map per kind) cannot do.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+
+use super::store::Incoming;
+use super::{Kind, ObjectKey, Provider, Store};
+
+/// Where each kind's watcher is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Resolving the kind or listing.
+    Listing,
+    /// The initial list is in; watching.
+    Synced,
+    /// The kind could not be resolved.
+    Failed(String),
+}
+
+/// Watchers on a cluster.
+pub struct Live {
+    client: kube::Client,
+    runtime: tokio::runtime::Handle,
+    kinds: Arc<Mutex<BTreeMap<Kind, State>>>,
+}
+
+impl Live {
+    /// Watchers through `client`, spawned on `runtime`.
+    pub fn new(client: kube::Client, runtime: tokio::runtime::Handle) -> Self {
+        Live {
+            client,
+            runtime,
+            kinds: Arc::default(),
+        }
+    }
+}
+
+impl Provider for Live {
+    fn describe(&self) -> String {
+        "live cluster".into()
+    }
+
+    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) -> Result<(), String> {
+        let mut states = self.kinds.lock().expect("watchers lock poisoned");
+        for kind in kinds {
+            if states.contains_key(kind) {
+                continue;
+            }
+            states.insert(kind.clone(), State::Listing);
+            let watch = Watch {
+                client: self.client.clone(),
+                kind: kind.clone(),
+                store: store.clone(),
+                states: self.kinds.clone(),
+            };
+            self.runtime.spawn(watch.run());
+        }
+        Ok(())
+    }
+
+    fn synced(&self) -> Result<(), String> {
+        let states = self.kinds.lock().expect("watchers lock poisoned");
+        let pending: Vec<String> = states
+            .iter()
+            .filter_map(|(kind, state)| match state {
+                State::Synced => None,
+                State::Listing => Some(format!("{kind}: initial list in progress")),
+                State::Failed(error) => Some(format!("{kind}: {error}")),
+            })
+            .collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cluster context not ready: {}", pending.join("; ")))
+        }
+    }
+}
+
+/// One kind's watcher.
+struct Watch {
+    client: kube::Client,
+    kind: Kind,
+    store: Arc<Store>,
+    states: Arc<Mutex<BTreeMap<Kind, State>>>,
+}
+
+impl Watch {
+    fn set(&self, state: State) {
+        self.states
+            .lock()
+            .expect("watchers lock poisoned")
+            .insert(self.kind.clone(), state);
+    }
+
+    async fn run(self) {
+        let (group, version) = match self.kind.api_version.rsplit_once('/') {
+            Some((group, version)) => (group, version),
+            None => ("", self.kind.api_version.as_str()),
+        };
+        let gvk = GroupVersionKind::gvk(group, version, &self.kind.kind);
+        let resource = match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok((resource, _)) => resource,
+            Err(error) => {
+                tracing::error!(kind = %self.kind, "cannot cache kind: {error}");
+                self.set(State::Failed(format!(
+                    "not served by the apiserver: {error}"
+                )));
+                return;
+            }
+        };
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+        let mut events = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .boxed();
+        let mut buffer: Vec<Incoming> = Vec::new();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => buffer.clear(),
+                Ok(watcher::Event::InitApply(object)) => {
+                    buffer.push(self.incoming(&resource, object))
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let objects = std::mem::take(&mut buffer);
+                    let count = objects.len();
+                    let (store, kind) = (self.store.clone(), self.kind.clone());
+                    // Indexing runs policy code: off the async workers.
+                    let _ =
+                        tokio::task::spawn_blocking(move || store.replace(&kind, objects)).await;
+                    tracing::info!(kind = %self.kind, objects = count, "cluster context synced");
+                    self.set(State::Synced);
+                }
+                Ok(watcher::Event::Apply(object)) => {
+                    self.store.apply(self.incoming(&resource, object))
+                }
+                Ok(watcher::Event::Delete(object)) => self.store.delete(&ObjectKey {
+                    kind: self.kind.clone(),
+                    namespace: object.metadata.namespace.unwrap_or_default(),
+                    name: object.metadata.name.unwrap_or_default(),
+                }),
+                // The backoff retries; the cache keeps serving what it has.
+                Err(error) => tracing::warn!(kind = %self.kind, "watch failed, retrying: {error}"),
+            }
+        }
+    }
+
+    fn incoming(&self, resource: &ApiResource, mut object: DynamicObject) -> Incoming {
+        // Watch events leave out apiVersion and kind; policies expect them.
+        object.types = Some(kube::api::TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        });
+        Incoming {
+            kind: self.kind.clone(),
+            value: serde_json::to_value(&object).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A client from the kubeconfig or the in-cluster service account, if
+/// either is there.
+pub async fn client() -> Option<kube::Client> {
+    let config = kube::Config::infer().await.ok()?;
+    kube::Client::try_from(config).ok()
+}

@@ -1,0 +1,299 @@
+//! Read-only cluster state for context-aware policies, and the quota ledger.
+//!
+//! - [`store`]: the cache every read is served from: objects per kind and
+//!   namespace, stripped of `managedFields`, with the policies' quota
+//!   indexes kept up to date under the same lock.
+//! - Two [`Provider`]s fill it: [`live`] (kube-rs watchers on the
+//!   apiserver) and [`snapshot`] (manifest files, for `tollgate run`, tests
+//!   and offline audits).
+//! - [`ledger`]: the atomic check-and-reserve, in this process
+//!   ([`ledger::Local`]) or shared by replicas through the apiserver
+//!   ([`shared`]).
+//! - [`Access`]: what one policy call may read and reserve, handed to the
+//!   engine's host imports.
+
+pub mod ledger;
+pub mod live;
+pub mod shared;
+pub mod snapshot;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use ledger::{Claim, Decision, Ledger};
+pub use store::{Entry, Indexer, ObjectKey, Store, Usage};
+
+/// A kind as policies name it: `apiVersion` and `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kind {
+    /// `v1`, `apps/v1`, …
+    pub api_version: String,
+    /// `Pod`, `Namespace`, …
+    pub kind: String,
+}
+
+impl Kind {
+    /// The kind from its two names.
+    pub fn new(api_version: &str, kind: &str) -> Self {
+        Kind {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+        }
+    }
+
+    /// The core group's Namespace.
+    pub fn namespace() -> Self {
+        Kind::new("v1", "Namespace")
+    }
+
+    /// The API group (`""` for the core group).
+    pub fn group(&self) -> &str {
+        self.api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.api_version, self.kind)
+    }
+}
+
+/// Where cluster objects come from.
+pub trait Provider: Send + Sync {
+    /// Names the source, for logs and `/readyz`.
+    fn describe(&self) -> String;
+
+    /// Starts keeping these kinds in `store` (kinds already kept are left
+    /// as they are).
+    ///
+    /// # Errors
+    ///
+    /// When a kind cannot be cached (unknown to the apiserver, say).
+    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) -> Result<(), String>;
+
+    /// `Ok` once every cached kind has its initial list; otherwise what is
+    /// still loading.
+    ///
+    /// # Errors
+    ///
+    /// What is still loading or failed.
+    fn synced(&self) -> Result<(), String>;
+}
+
+/// The process's cluster context: the cache, its provider (if any) and the
+/// ledger.
+pub struct Context {
+    store: Arc<Store>,
+    provider: Option<Box<dyn Provider>>,
+    ledger: Box<dyn Ledger>,
+}
+
+/// What a call reads when there is no provider.
+const NO_CONTEXT: &str = "no cluster context: run tollgate with a kubeconfig or in-cluster \
+                          service account, or give it manifests with --context PATH";
+
+impl Context {
+    /// A context filled by `provider` (none: reads fail with a message that
+    /// says how to give one), reserving through `ledger`.
+    pub fn new(provider: Option<Box<dyn Provider>>, ledger: Box<dyn Ledger>) -> Self {
+        Context {
+            store: Arc::new(Store::default()),
+            provider,
+            ledger,
+        }
+    }
+
+    /// No cluster context at all (commands that never read one).
+    pub fn none() -> Self {
+        Context::new(None, Box::new(ledger::Local::default()))
+    }
+
+    /// The cache.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Whether there is a provider.
+    pub fn available(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Starts caching `kinds`.
+    ///
+    /// # Errors
+    ///
+    /// The provider's error, or that there is none.
+    pub fn cache(&self, kinds: &[Kind]) -> Result<(), String> {
+        match &self.provider {
+            Some(provider) => provider.cache(kinds, &self.store),
+            None => Err(NO_CONTEXT.into()),
+        }
+    }
+
+    /// One line for `/readyz`: the source and whether it is synced.
+    ///
+    /// # Errors
+    ///
+    /// What is missing or still loading.
+    pub fn status(&self) -> Result<String, String> {
+        let Some(provider) = &self.provider else {
+            return Err(NO_CONTEXT.into());
+        };
+        provider.synced()?;
+        Ok(format!(
+            "cluster context: {} ({} objects)",
+            provider.describe(),
+            self.store.len()
+        ))
+    }
+
+    /// Releases what the request `uid` reserved (its admission was denied).
+    pub fn release(&self, uid: &str) {
+        self.ledger.release(uid);
+    }
+}
+
+/// The labels of cached Namespaces, for namespace selectors.
+impl crate::policy::matcher::NamespaceLabels for Context {
+    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        self.store.labels(&Kind::namespace(), "", namespace)
+    }
+}
+
+/// The object a request is about, as the ledger keys reservations.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    /// The request's uid.
+    pub uid: String,
+    /// The object, when it has a name (it does by the time validating
+    /// policies run: the apiserver generates names before them).
+    pub object: Option<ObjectKey>,
+    /// A dry run: checked, never reserved.
+    pub dry_run: bool,
+}
+
+/// What one policy call may read and reserve.
+pub struct Access {
+    context: Arc<Context>,
+    policy: Arc<str>,
+    grants: Arc<[Kind]>,
+    subject: Subject,
+    /// The oldest cache generation this call has read; reservations of
+    /// objects that appeared after it are still counted.
+    seen: u64,
+}
+
+impl Access {
+    /// Access for one call of `policy` about `subject`.
+    pub fn new(
+        context: Arc<Context>,
+        policy: Arc<str>,
+        grants: Arc<[Kind]>,
+        subject: Subject,
+    ) -> Self {
+        Access {
+            context,
+            policy,
+            grants,
+            subject,
+            seen: u64::MAX,
+        }
+    }
+
+    fn granted(&self, api_version: &str, kind: &str) -> Result<Kind, String> {
+        if !self.context.available() {
+            return Err(NO_CONTEXT.into());
+        }
+        self.grants
+            .iter()
+            .find(|k| k.api_version == api_version && k.kind == kind)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "{api_version}/{kind} is not granted to policy {:?}: add {{apiVersion: {api_version}, kind: {kind}}} to its `context` in the configuration",
+                    self.policy
+                )
+            })
+    }
+
+    fn saw(&mut self, generation: u64) {
+        self.seen = self.seen.min(generation);
+    }
+
+    /// `context.get`.
+    ///
+    /// # Errors
+    ///
+    /// An ungranted kind, or no context.
+    pub fn get(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<String>, String> {
+        let kind = self.granted(api_version, kind)?;
+        let (object, generation) = self.context.store.get(&kind, namespace, name);
+        self.saw(generation);
+        Ok(object.map(|o| o.to_string()))
+    }
+
+    /// `context.list`.
+    ///
+    /// # Errors
+    ///
+    /// An ungranted kind, a malformed selector, or no context.
+    pub fn list(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        selector: &str,
+    ) -> Result<String, String> {
+        let kind = self.granted(api_version, kind)?;
+        let selector = tollgate_sdk::selector::Selector::parse(selector)?;
+        let (list, generation) = self.context.store.list(&kind, namespace, &selector);
+        self.saw(generation);
+        Ok(list)
+    }
+
+    /// `quota.usage`.
+    ///
+    /// # Errors
+    ///
+    /// No context.
+    pub fn usage(&mut self, keys: &[String]) -> Result<Vec<Usage>, String> {
+        if !self.context.available() {
+            return Err(NO_CONTEXT.into());
+        }
+        let (usage, generation) = self.context.store.usage(&self.policy, keys);
+        self.saw(generation);
+        Ok(usage)
+    }
+
+    /// `quota.reserve`: scopes are the policy's own (prefixed with its name).
+    ///
+    /// # Errors
+    ///
+    /// No context, or the ledger's error.
+    pub fn reserve(&mut self, claims: Vec<Claim>) -> Result<Decision, String> {
+        if !self.context.available() {
+            return Err(NO_CONTEXT.into());
+        }
+        // A call that read nothing computed its usage from nothing: every
+        // reservation counts.
+        let seen = if self.seen == u64::MAX { 0 } else { self.seen };
+        self.context.ledger.reserve(&ledger::Request {
+            policy: &self.policy,
+            claims: &claims,
+            subject: &self.subject,
+            seen,
+            store: &self.context.store,
+        })
+    }
+}

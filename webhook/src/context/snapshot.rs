@@ -1,0 +1,237 @@
+//! Cluster objects from manifest files: multi-document YAML or JSON,
+//! `kubectl get -o yaml` Lists, and directories of them. For `tollgate run`,
+//! tests and offline audits; the objects are loaded once.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::store::Incoming;
+use super::{Kind, Provider, Store};
+
+/// Objects read from manifests.
+pub struct Snapshot {
+    origin: String,
+    /// Taken by the first `cache` call.
+    objects: Mutex<Vec<Incoming>>,
+}
+
+/// Reads every object under `paths` (files, or directories searched for
+/// `*.yaml`, `*.yml` and `*.json`, in name order).
+///
+/// # Errors
+///
+/// An unreadable file, or a document that is not an object with
+/// `apiVersion`, `kind` and `metadata.name`, named with its file and index.
+pub fn read(paths: &[PathBuf]) -> Result<Vec<Incoming>, String> {
+    let mut objects = Vec::new();
+    for file in files(paths)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+        for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = Value::deserialize(document)
+                .map_err(|e| format!("{}: document {}: {e}", file.display(), index + 1))?;
+            collect(value, &mut objects)
+                .map_err(|e| format!("{}: document {}: {e}", file.display(), index + 1))?;
+        }
+    }
+    Ok(objects)
+}
+
+fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut found = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut found)?;
+        } else if path.exists() {
+            found.push(path.clone());
+        } else {
+            return Err(format!("{}: no such file or directory", path.display()));
+        }
+    }
+    Ok(found)
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), String> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: cannot read directory: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, found)?;
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Adds one document: an object, or every item of a `List` (`kubectl get
+/// -o yaml`). Empty documents (`---` at the end) are skipped.
+fn collect(value: Value, objects: &mut Vec<Incoming>) -> Result<(), String> {
+    if value.is_null() {
+        return Ok(());
+    }
+    let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+    if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+        let Value::Object(mut list) = value else {
+            unreachable!("a value with a kind is an object")
+        };
+        let items = match list.remove("items") {
+            Some(Value::Array(items)) => items,
+            Some(Value::Null) | None => Vec::new(),
+            Some(_) => return Err("items is not a list".into()),
+        };
+        // Items of a typed list (PodList) may leave out their kind.
+        let item_kind = kind
+            .strip_suffix("List")
+            .filter(|k| !k.is_empty() && *k != "List");
+        for mut item in items {
+            if let (Some(kind), Some(fields)) = (item_kind, item.as_object_mut()) {
+                fields.entry("kind").or_insert_with(|| kind.into());
+                if let Some(version) = list.get("apiVersion") {
+                    fields
+                        .entry("apiVersion")
+                        .or_insert_with(|| version.clone());
+                }
+            }
+            collect(item, objects)?;
+        }
+        return Ok(());
+    }
+    let (Some(api_version), Some(kind)) = (value["apiVersion"].as_str(), value["kind"].as_str())
+    else {
+        return Err("not a Kubernetes object: apiVersion and kind are required".into());
+    };
+    if value["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+        return Err(format!("{api_version}/{kind} without metadata.name"));
+    }
+    objects.push(Incoming {
+        kind: Kind::new(api_version, kind),
+        value,
+    });
+    Ok(())
+}
+
+impl Snapshot {
+    /// Loads the objects under `paths`.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`].
+    pub fn load(paths: &[PathBuf]) -> Result<Self, String> {
+        Ok(Snapshot {
+            origin: paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            objects: Mutex::new(read(paths)?),
+        })
+    }
+}
+
+impl Provider for Snapshot {
+    fn describe(&self) -> String {
+        format!("snapshot of {}", self.origin)
+    }
+
+    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) -> Result<(), String> {
+        let mut objects = self.objects.lock().expect("snapshot lock poisoned");
+        let (wanted, rest): (Vec<Incoming>, Vec<Incoming>) = std::mem::take(&mut *objects)
+            .into_iter()
+            .partition(|o| kinds.contains(&o.kind));
+        *objects = rest;
+        let mut by_kind: std::collections::BTreeMap<Kind, Vec<Incoming>> =
+            kinds.iter().map(|k| (k.clone(), Vec::new())).collect();
+        for object in wanted {
+            by_kind.entry(object.kind.clone()).or_default().push(object);
+        }
+        for (kind, objects) in by_kind {
+            store.replace(&kind, objects);
+        }
+        Ok(())
+    }
+
+    fn synced(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_sdk::selector::Selector;
+
+    use super::*;
+
+    #[test]
+    fn reads_documents_lists_and_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: vision-a, labels: {team: vision}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  namespace: vision-a\n  managedFields: [{manager: kubectl}]\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: '{}'\n---\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("more")).unwrap();
+        std::fs::write(
+            dir.path().join("more/list.yaml"),
+            "apiVersion: v1\nkind: PodList\nitems:\n- metadata: {name: p2, namespace: vision-a}\n- metadata: {name: p3, namespace: nlp}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let snapshot = Snapshot::load(&[dir.path().to_owned()]).unwrap();
+        let store = Arc::new(Store::default());
+        let pods = Kind::new("v1", "Pod");
+        snapshot
+            .cache(&[pods.clone(), Kind::namespace()], &store)
+            .unwrap();
+        assert_eq!(store.len(), 4);
+        let (list, _) = store.list(&pods, "vision-a", &Selector::default());
+        let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&list)
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["p1", "p2"]);
+        let (p1, _) = store.get(&pods, "vision-a", "p1");
+        assert_eq!(
+            p1.as_deref(),
+            Some(
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p1","namespace":"vision-a"}}"#
+            ),
+            "managedFields and the last-applied annotation are stripped"
+        );
+        let team = Selector::parse("team=vision").unwrap();
+        let (namespaces, _) = store.list(&Kind::namespace(), "", &team);
+        assert!(namespaces.contains("vision-a"));
+    }
+
+    #[test]
+    fn bad_manifests_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\n---\nkind: Pod\n",
+        )
+        .unwrap();
+        let error = read(&[file]).err().unwrap();
+        assert!(
+            error.ends_with(
+                "bad.yaml: document 2: not a Kubernetes object: apiVersion and kind are required"
+            ),
+            "{error}"
+        );
+        let error = read(&[dir.path().join("missing")]).err().unwrap();
+        assert!(error.contains("no such file or directory"), "{error}");
+    }
+}
