@@ -62,6 +62,12 @@ impl Selector {
         Selector { requirements }
     }
 
+    /// This selector with one more requirement.
+    pub fn with(mut self, requirement: Requirement) -> Self {
+        self.requirements.push(requirement);
+        self
+    }
+
     /// Whether it selects everything.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
