@@ -45,7 +45,12 @@ pub fn misbehave_path() -> PathBuf {
 /// Loads a configuration given as YAML; `{misbehave}` in it is replaced by
 /// the test policy's path.
 pub fn policy_set(yaml: &str) -> PolicySet {
+    policy_set_with(yaml, Arc::new(Context::none()))
+}
+
+/// [`policy_set`] reading `context`.
+pub fn policy_set_with(yaml: &str, context: Arc<Context>) -> PolicySet {
     let yaml = yaml.replace("{misbehave}", &misbehave_path().display().to_string());
     let config = Config::parse(&yaml, "test.yaml", PathBuf::new()).expect("test configuration");
-    PolicySet::load(&config, engine(), Arc::new(Context::none()))
+    PolicySet::load(&config, engine(), context)
 }

@@ -297,3 +297,153 @@ impl Access {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::snapshot::Snapshot;
+    use super::store::Incoming;
+    use super::*;
+    use crate::policy::PolicySet;
+    use crate::server::review;
+    use crate::test_support::policy_set_with;
+
+    const CONFIG: &str = r#"
+policies:
+  - name: gpu-quota
+    module: builtin:gpu-quota
+    match: {kinds: [Pod], operations: [CREATE]}
+    context: [{apiVersion: v1, kind: Pod}, {apiVersion: v1, kind: Namespace}]
+    settings:
+      scopes:
+        - name: teams
+          namespaceSelector: {matchExpressions: [{key: team, operator: Exists}]}
+          aggregate: team
+          limits: {nvidia.com/gpu: 8}
+"#;
+
+    fn pod(namespace: &str, name: &str, gpus: u64) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"containers": [{"name": "c", "image": "nvcr.io/x:1",
+                "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
+            "status": {"phase": "Running"}})
+    }
+
+    fn review_of(object: &Value, dry_run: bool) -> Vec<u8> {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": format!("uid-{}", object["metadata"]["name"].as_str().unwrap()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
+            "namespace": object["metadata"]["namespace"], "name": object["metadata"]["name"],
+            "dryRun": dry_run, "userInfo": {"username": "alice"}, "object": object}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn admit(set: &PolicySet, object: &Value) -> crate::policy::Outcome {
+        let body = review_of(object, false);
+        set.validate(&review::decode(&body).unwrap())
+    }
+
+    fn set_over(objects: &[Value]) -> PolicySet {
+        let dir = tempfile::tempdir().unwrap();
+        let text: Vec<String> = objects.iter().map(Value::to_string).collect();
+        std::fs::write(dir.path().join("cluster.yaml"), text.join("\n---\n")).unwrap();
+        let snapshot = Snapshot::load(&[dir.path().to_owned()]).unwrap();
+        let context = Context::new(Some(Box::new(snapshot)), Box::new(ledger::Local::default()));
+        policy_set_with(CONFIG, Arc::new(context))
+    }
+
+    fn namespace(name: &str, team: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"team": team}}})
+    }
+
+    #[test]
+    fn the_quota_policy_reads_its_index_through_the_engine() {
+        let set = set_over(&[
+            namespace("vision-a", "vision"),
+            namespace("vision-b", "vision"),
+            pod("vision-a", "a", 3),
+            pod("vision-b", "b", 2),
+        ]);
+        let denied = admit(&set, &pod("vision-a", "big", 4));
+        assert!(!denied.allowed);
+        assert_eq!(
+            denied.message.as_deref(),
+            Some(
+                "gpu-quota: team \"vision\" would use 9 nvidia.com/gpu, limit 8: 5 in use by 2 pods in namespaces vision-a, vision-b; this pod asks 4 (quota scope \"teams\")"
+            )
+        );
+        let admitted = admit(&set, &pod("vision-b", "fits", 3));
+        assert!(admitted.allowed, "{:?}", admitted.message);
+        assert_eq!(
+            admitted.audit_annotations,
+            vec![(
+                "gpu-quota.usage".to_owned(),
+                "team \"vision\" 8/8 nvidia.com/gpu".to_owned()
+            )]
+        );
+        // The admitted pod shows up in the cache: its reservation gives way to
+        // the index, and the total stays 8, not 11.
+        set.context().store().apply(Incoming {
+            kind: Kind::new("v1", "Pod"),
+            value: pod("vision-b", "fits", 3),
+        });
+        let one_more = admit(&set, &pod("vision-a", "one", 1));
+        assert_eq!(
+            one_more.message.as_deref(),
+            Some(
+                "gpu-quota: team \"vision\" would use 9 nvidia.com/gpu, limit 8: 8 in use by 3 pods in namespaces vision-a, vision-b; this pod asks 1 (quota scope \"teams\")"
+            )
+        );
+        // A pod that ends frees its GPUs.
+        let mut ended = pod("vision-a", "a", 3);
+        ended["status"]["phase"] = json!("Succeeded");
+        set.context().store().apply(Incoming {
+            kind: Kind::new("v1", "Pod"),
+            value: ended,
+        });
+        assert!(admit(&set, &pod("vision-a", "one", 1)).allowed);
+    }
+
+    #[test]
+    fn reads_outside_the_grants_or_without_context_fail_per_failure_policy() {
+        let no_context = policy_set_with(CONFIG, Arc::new(Context::none()));
+        let outcome = admit(&no_context, &pod("vision-a", "p", 1));
+        assert!(!outcome.allowed);
+        assert!(
+            outcome
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("no cluster context: run tollgate with a kubeconfig"),
+            "{:?}",
+            outcome.message
+        );
+        let context = Arc::new(Context::new(
+            Some(Box::new(Snapshot::load(&[]).unwrap())),
+            Box::new(ledger::Local::default()),
+        ));
+        let mut access = Access::new(
+            context,
+            "p".into(),
+            vec![Kind::new("v1", "Pod")].into(),
+            Subject {
+                uid: "u".into(),
+                object: None,
+                dry_run: false,
+            },
+        );
+        assert_eq!(
+            access.get("v1", "Secret", "ml", "token").unwrap_err(),
+            "v1/Secret is not granted to policy \"p\": add {apiVersion: v1, kind: Secret} to its `context` in the configuration"
+        );
+        assert!(access.list("v1", "Pod", "", "team=").is_ok());
+        assert!(
+            access
+                .list("v1", "Pod", "", "team in x")
+                .unwrap_err()
+                .contains("parentheses")
+        );
+    }
+}
