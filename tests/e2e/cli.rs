@@ -81,6 +81,21 @@ fn the_examples_get_the_verdicts_their_readme_promises() {
         stdout.contains(r#"violates PodSecurity \"restricted:v1.33\""#),
         "{stdout}"
     );
+    // gpu-quota against the example cluster snapshot.
+    let (ok, stdout, stderr) = run(&[
+        "--config",
+        example("quota/config.yaml").to_str().unwrap(),
+        "--context",
+        example("quota/cluster.yaml").to_str().unwrap(),
+        "--request",
+        example("gpu-pod-create.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let response: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        response["response"]["status"]["message"],
+        "gpu-quota: team \"vision\" would use 12 nvidia.com/gpu on NVIDIA-H100-80GB-HBM3, limit 8: 4 in use by 1 pod in namespace ml-training; this pod asks 8 (quota scope \"teams\")"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod gpu_placement;
+mod gpu_quota;
 mod pod_security;
 mod sandbox;
 mod serve;

@@ -78,6 +78,8 @@ pub struct Options<'a> {
     pub config: Option<&'a str>,
     /// Wait for `/readyz` to be 200 (otherwise only for `/healthz`).
     pub expect_unready: bool,
+    /// More arguments for `serve` (e.g. `--context PATH`).
+    pub args: &'a [&'a str],
 }
 
 impl Server {
@@ -100,6 +102,10 @@ impl Server {
             .arg(dir.path().join("certs"))
             .arg("--cache-dir")
             .arg(workspace().join("target/e2e-module-cache"))
+            .args(options.args)
+            // No kubeconfig: cluster context comes only from --context.
+            .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).expect("log file"));
         if let Some(config) = options.config {

@@ -17,15 +17,6 @@ pub trait NamespaceLabels: Send + Sync {
     fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>>;
 }
 
-/// No cluster context: no namespace's labels are known.
-pub struct Unknown;
-
-impl NamespaceLabels for Unknown {
-    fn labels(&self, _namespace: &str) -> Option<BTreeMap<String, String>> {
-        None
-    }
-}
-
 /// Policy positions by the (group, kind) they match.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -117,9 +108,19 @@ pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLa
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
     use crate::policy::config::{LabelSelector, Operation};
-    use std::borrow::Cow;
+
+    /// No namespace's labels are known.
+    struct Unknown;
+
+    impl NamespaceLabels for Unknown {
+        fn labels(&self, _namespace: &str) -> Option<BTreeMap<String, String>> {
+            None
+        }
+    }
 
     fn rule(groups: &[&str], kinds: &[&str]) -> Match {
         Match {
