@@ -114,7 +114,7 @@ async fn two_hundred_concurrent_creates_admit_exactly_the_limit() {
             &review("CREATE", &gpu_pod("research", "free", 8)),
         )
         .await;
-    assert_eq!(other["response"]["allowed"], true);
+    assert_eq!(other["allowed"], true);
 }
 
 #[tokio::test]
@@ -173,17 +173,17 @@ policies:
             &review("CREATE", &gpu_pod("vision-b", "big", 6)),
         )
         .await;
-    assert_eq!(response["response"]["allowed"], false);
+    assert_eq!(response["allowed"], false);
     assert_eq!(
-        response["response"]["status"]["message"],
+        response["status"]["message"],
         "gpu-quota: team \"vision\" would use 18 nvidia.com/gpu, limit 16: 12 in use by 5 pods in namespaces vision-a, vision-b; this pod asks 6"
     );
     let response = server
         .review("/validate", &review("CREATE", &gpu_pod("nlp", "fits", 4)))
         .await;
-    assert_eq!(response["response"]["allowed"], true);
+    assert_eq!(response["allowed"], true);
     assert_eq!(
-        response["response"]["auditAnnotations"]["gpu-quota.usage"],
+        response["auditAnnotations"]["gpu-quota.usage"],
         "team \"nlp\" 16/16 nvidia.com/gpu"
     );
 }
@@ -205,8 +205,8 @@ async fn without_any_cluster_context_the_failure_policy_applies_and_readyz_says_
     let response = server
         .review("/validate", &review("CREATE", &gpu_pod("ml", "p", 1)))
         .await;
-    assert_eq!(response["response"]["allowed"], false);
-    let message = response["response"]["status"]["message"].as_str().unwrap();
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
     assert!(
         message.starts_with("policy \"gpu-quota\" failed: policy error: no cluster context: run tollgate with a kubeconfig")
             && message.ends_with("(failurePolicy: fail)"),

@@ -136,6 +136,7 @@ policies:
     let server = Server::start(Options {
         config: Some(&config),
         expect_unready: true,
+        ..Options::default()
     })
     .await;
     let (status, body) = server.get("/readyz").await;

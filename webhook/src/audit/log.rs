@@ -1,0 +1,417 @@
+//! The decision log: one JSON line per admission decision, hash-chained.
+//!
+//! Every line carries `seq` (one more than the line before, across files) and
+//! `prev`, the SHA-256 of the previous line's bytes; the first line ever
+//! written carries a random seed instead, and the first line of a rotated-in
+//! file the hash of the last line of the file before it. Editing, removing,
+//! inserting or reordering a line breaks the chain where it happened
+//! ([`super::verify`]).
+//!
+//! Lines are written by one thread, off the request path: the server hands a
+//! [`Decision`] over a bounded queue. When the queue is full the server either
+//! waits (`block`, nothing is lost) or drops the line and counts it (`drop`).
+//! [`DecisionLog::close`] drains the queue and flushes, so on SIGTERM every
+//! answered request's line is written before the process exits.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One policy's part in a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyDecision {
+    /// The policy.
+    pub name: String,
+    /// `enforce`, `warn` or `audit`.
+    pub mode: String,
+    /// `allowed`, `mutated`, `denied` or `failed`.
+    pub verdict: String,
+    /// The denial or failure message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// JSON Patch operations the policy's mutation added.
+    pub patch_operations: usize,
+    /// Evaluation time, instantiation included.
+    pub micros: u64,
+}
+
+/// The object's kind as the request names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupVersionKind {
+    /// API group (`""` for core).
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+}
+
+/// One decision, owned: it crosses to the writer thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// When the answer was made (RFC 3339, UTC).
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+    /// `/validate` or `/mutate`.
+    pub endpoint: String,
+    /// The request's uid.
+    pub uid: String,
+    /// The requesting user.
+    pub user: String,
+    /// The user's groups.
+    pub groups: Vec<String>,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    pub operation: String,
+    /// The object's kind.
+    pub kind: GroupVersionKind,
+    /// Namespace (empty for cluster-scoped objects).
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+    /// Whether the request had no side effects.
+    pub dry_run: bool,
+    /// The answer.
+    pub allowed: bool,
+    /// Every policy that ran.
+    pub policies: Vec<PolicyDecision>,
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let timestamp = jiff::Timestamp::try_from(*time).map_err(serde::ser::Error::custom)?;
+        s.collect_str(&timestamp)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        let timestamp: jiff::Timestamp = text.parse().map_err(serde::de::Error::custom)?;
+        Ok(SystemTime::from(timestamp))
+    }
+}
+
+/// A line as written: the decision, its place in the chain.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Line {
+    /// Position in the log, from 0, across rotated files.
+    pub seq: u64,
+    /// The decision.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// SHA-256 (hex) of the previous line, or the log's random seed.
+    pub prev: String,
+}
+
+/// What to do when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WhenFull {
+    /// Wait for room: no line is ever lost; a stalled disk slows admissions.
+    Block,
+    /// Drop the line and count it in `tollgate_decision_log_dropped`.
+    Drop,
+}
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A file, rotated by size.
+    File(PathBuf),
+    /// Standard output (for a log collector).
+    Stdout,
+}
+
+/// How the log is written.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where.
+    pub target: Target,
+    /// Decisions that may wait for the writer.
+    pub queue: usize,
+    /// What a full queue does.
+    pub when_full: WhenFull,
+    /// Rotate a file once it would pass this size.
+    pub max_bytes: u64,
+}
+
+enum Message {
+    Decision(Box<Decision>),
+    Close,
+}
+
+/// The log's handle, shared by the server's workers.
+pub struct DecisionLog {
+    sender: SyncSender<Message>,
+    when_full: WhenFull,
+    dropped: Arc<AtomicU64>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Errors opening the log.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or its directory could not be used.
+    #[error("decision log {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The existing file's last line is not a decision line.
+    #[error("decision log {path}: the last line is not a decision line ({message}); move the file aside to start a new chain")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+impl DecisionLog {
+    /// Opens the log (continuing an existing file's chain) and starts its
+    /// writer thread.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened or its last line cannot be read.
+    pub fn open(options: Options) -> Result<Self, Error> {
+        let mut sink = Sink::open(&options)?;
+        let (sender, queue) = mpsc::sync_channel(options.queue.max(1));
+        let writer = std::thread::Builder::new()
+            .name("tollgate-decision-log".into())
+            .spawn(move || sink.run(queue))
+            .map_err(|source| Error::Io {
+                path: PathBuf::from("<thread>"),
+                source,
+            })?;
+        Ok(DecisionLog {
+            sender,
+            when_full: options.when_full,
+            dropped: Arc::default(),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Queues one decision.
+    pub fn record(&self, decision: Decision) {
+        let message = Message::Decision(Box::new(decision));
+        match self.when_full {
+            WhenFull::Block => {
+                let _ = self.sender.send(message);
+            }
+            WhenFull::Drop => {
+                if let Err(TrySendError::Full(_)) = self.sender.try_send(message) {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Decisions dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes every queued decision, flushes and stops the writer. Later
+    /// decisions are not written.
+    pub fn close(&self) {
+        let Some(writer) = self.writer.lock().expect("decision log lock poisoned").take() else {
+            return;
+        };
+        let _ = self.sender.send(Message::Close);
+        let _ = writer.join();
+    }
+}
+
+/// The writer thread's side: the open file and the chain's state.
+struct Sink {
+    target: Target,
+    out: Box<dyn Write + Send>,
+    written: u64,
+    max_bytes: u64,
+    seq: u64,
+    prev: String,
+}
+
+fn hash(line: &[u8]) -> String {
+    Sha256::digest(line)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A seed for a new chain: random bytes from the OS.
+fn seed() -> String {
+    let mut bytes = [0u8; 32];
+    let from_os = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if from_os.is_err() {
+        // No /dev/urandom: the time and process id are unique enough to
+        // start a chain (the seed is not a secret).
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes = Sha256::digest(format!("{now:?}/{}", std::process::id())).into();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The last line of a file, if it has one.
+fn last_line(path: &Path) -> std::io::Result<Option<String>> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    // Lines are a few KiB; read a tail large enough for the longest.
+    let start = size.saturating_sub(1 << 20);
+    file.seek(SeekFrom::Start(start))?;
+    let mut last = None;
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        if !line.is_empty() {
+            last = Some(line);
+        }
+    }
+    Ok(last)
+}
+
+/// Rotated files of `path`: `path.1`, `path.2`, … (oldest first).
+pub fn rotated(path: &Path) -> Vec<PathBuf> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Vec::new();
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let file = entry.file_name();
+            let n = file.to_str()?.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+            Some((n, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+impl Sink {
+    fn open(options: &Options) -> Result<Self, Error> {
+        let (out, written, seq, prev): (Box<dyn Write + Send>, u64, u64, String) = match &options.target {
+            Target::Stdout => (Box::new(std::io::stdout()), 0, 0, seed()),
+            Target::File(path) => {
+                let io = |source| Error::Io {
+                    path: path.clone(),
+                    source,
+                };
+                // Continue the chain from the newest line there is.
+                let newest = if path.exists() {
+                    Some(path.clone())
+                } else {
+                    rotated(path).pop()
+                };
+                let last = match &newest {
+                    Some(file) => last_line(file).map_err(io)?,
+                    None => None,
+                };
+                let (seq, prev) = match last {
+                    Some(line) => {
+                        let parsed: Line = serde_json::from_str(&line).map_err(|e| Error::Corrupt {
+                            path: newest.clone().unwrap_or_default(),
+                            message: e.to_string(),
+                        })?;
+                        (parsed.seq + 1, hash(line.as_bytes()))
+                    }
+                    None => (0, seed()),
+                };
+                let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+                let written = file.metadata().map_err(io)?.len();
+                (Box::new(BufWriter::new(file)), written, seq, prev)
+            }
+        };
+        Ok(Sink {
+            target: options.target.clone(),
+            out,
+            written,
+            max_bytes: options.max_bytes,
+            seq,
+            prev,
+        })
+    }
+
+    fn run(&mut self, queue: Receiver<Message>) {
+        while let Ok(message) = queue.recv() {
+            let mut close = self.handle(message);
+            // Write what else is waiting before one flush.
+            while !close && let Ok(message) = queue.try_recv() {
+                close = self.handle(message);
+            }
+            if let Err(error) = self.out.flush() {
+                tracing::error!("decision log: flush failed: {error}");
+            }
+            if close {
+                return;
+            }
+        }
+    }
+
+    /// Writes one message; `true` on close.
+    fn handle(&mut self, message: Message) -> bool {
+        match message {
+            Message::Close => true,
+            Message::Decision(decision) => {
+                if let Err(error) = self.write(*decision) {
+                    tracing::error!("decision log: write failed: {error}");
+                }
+                false
+            }
+        }
+    }
+
+    fn write(&mut self, decision: Decision) -> std::io::Result<()> {
+        let line = Line {
+            seq: self.seq,
+            decision,
+            prev: std::mem::take(&mut self.prev),
+        };
+        let mut text = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
+        self.prev = hash(&text);
+        self.seq += 1;
+        text.push(b'\n');
+        if self.written > 0 && self.written + text.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(&text)?;
+        self.written += text.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let Target::File(path) = &self.target else {
+            return Ok(());
+        };
+        self.out.flush()?;
+        let next = rotated(path)
+            .last()
+            .and_then(|p| p.extension()?.to_str()?.parse::<u64>().ok())
+            .map_or(1, |n| n + 1);
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{next}"));
+        std::fs::rename(path, PathBuf::from(name))?;
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        self.out = Box::new(BufWriter::new(file));
+        self.written = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! The scanner: evaluates existing objects against the configured policies
+//! as the webhook would for a CREATE, with no side effects: requests are dry
+//! runs (no quota is reserved) and nothing is written to the decision log.
+//! Work is spread over threads; a counter reports progress.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+use super::report::{Finding, Object, Outcome};
+use crate::context::store::Incoming;
+use crate::policy::chain::Result as Verdict;
+use crate::policy::config::Mode;
+use crate::policy::{self, PolicySet};
+use crate::server::review;
+
+/// The user scans are made as (visible to policies that look).
+pub const SCAN_USER: &str = "system:serviceaccount:tollgate:audit-scanner";
+
+/// Evaluates every object on `workers` threads; `done` counts finished
+/// objects as they finish. Results come back in input order.
+pub fn scan(set: &PolicySet, objects: &[Incoming], workers: usize, done: &AtomicUsize) -> Vec<Object> {
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<(usize, Object)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(object) = objects.get(i) else {
+                            return mine;
+                        };
+                        mine.push((i, evaluate(set, object, i)));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a scan worker panicked"))
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, o)| o).collect()
+}
+
+/// One object, as a dry-run CREATE.
+fn evaluate(set: &PolicySet, incoming: &Incoming, index: usize) -> Object {
+    let value = &incoming.value;
+    let metadata = &value["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let (namespace, name) = (text(&metadata["namespace"]), text(&metadata["name"]));
+    let kind = &incoming.kind;
+    let version = kind.api_version.rsplit('/').next().unwrap_or_default();
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("audit-scan-{index}"),
+            "kind": {"group": kind.group(), "version": version, "kind": kind.kind},
+            "namespace": namespace,
+            "name": name,
+            "operation": "CREATE",
+            "userInfo": {"username": SCAN_USER},
+            "dryRun": true,
+            "object": value,
+        }
+    });
+    let body = serde_json::to_vec(&body).expect("JSON values serialize");
+    let findings = match review::decode(&body) {
+        Ok(request) => findings(&set.review(&request)),
+        Err(error) => vec![Finding {
+            policy: "(decode)".into(),
+            result: Outcome::Error,
+            message: Some(error.to_string()),
+        }],
+    };
+    Object {
+        api_version: kind.api_version.clone(),
+        kind: kind.kind.clone(),
+        namespace,
+        name,
+        uid: metadata["uid"].as_str().map(str::to_owned),
+        findings,
+    }
+}
+
+/// Each evaluation as a finding.
+fn findings(outcome: &policy::Outcome) -> Vec<Finding> {
+    outcome
+        .evaluations
+        .iter()
+        .map(|e| Finding {
+            policy: e.policy.to_string(),
+            result: match (e.result, e.mode) {
+                (Verdict::Allowed | Verdict::Mutated, _) => Outcome::Pass,
+                (Verdict::Denied, Mode::Warn) => Outcome::Warn,
+                (Verdict::Denied, _) => Outcome::Fail,
+                (Verdict::Failed, _) => Outcome::Error,
+            },
+            message: e.message.clone(),
+        })
+        .collect()
+}
