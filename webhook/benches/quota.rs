@@ -80,7 +80,7 @@ fn pod(i: usize) -> Value {
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}],
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "nodeName": format!("gpu-node-{:03}", i % 500), "schedulerName": "default-scheduler"},
-        "status": {"phase": if i % 10 == 0 { "Succeeded" } else { "Running" },
+        "status": {"phase": if i.is_multiple_of(10) { "Succeeded" } else { "Running" },
             "podIP": format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256),
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-20T10:01:00Z"},
                            {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-20T10:00:01Z"}],

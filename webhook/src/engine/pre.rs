@@ -55,6 +55,9 @@ impl From<bindings::tollgate::policy::types::Verdict> for Verdict {
     }
 }
 
+/// One entry of a policy's `index` export: (key, resource, amount).
+pub type IndexEntry = (String, String, u64);
+
 /// A compiled, linked policy: type-checked once, instantiated per call.
 ///
 /// Invariant: every call gets a fresh store and instance; nothing a call
@@ -196,14 +199,14 @@ impl PolicyPre {
         object: &str,
         settings: &str,
         limits: &Limits,
-    ) -> Result<Option<Vec<(String, String, u64)>>, Error> {
+    ) -> Result<Option<Vec<IndexEntry>>, Error> {
         let mut store = self.recipe(limits).store();
         let instance = self
             .pre
             .instance_pre()
             .instantiate(&mut store)
             .map_err(Error::Instantiate)?;
-        type Entries = Result<Vec<(String, String, u64)>, String>;
+        type Entries = Result<Vec<IndexEntry>, String>;
         let Ok(index) = instance.get_typed_func::<(&str, &str), (Entries,)>(&mut store, "index")
         else {
             return Ok(None);
