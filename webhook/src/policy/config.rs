@@ -609,7 +609,7 @@ mod tests {
         let err = parse("policies:\n- name: a\n  module: builtin:nope\n").unwrap_err();
         assert!(
             err.to_string()
-                .contains("no built-in policy \"nope\"; built-ins are: gpu-placement, image-registries, pod-security, resource-defaults"),
+                .contains("no built-in policy \"nope\"; built-ins are: gpu-placement, gpu-quota, image-registries, pod-security, resource-defaults"),
             "{err}"
         );
         let err = parse("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n")
