@@ -15,10 +15,13 @@
 //!   fresh pooled instance per call with deadline, memory and output caps.
 //! - [`context`]: cluster state for context-aware policies (live watchers
 //!   or manifest snapshots) and the quota ledger.
+//! - [`audit`]: the hash-chained decision log, the scanner of existing
+//!   objects and its reports.
 //! - [`builtin`]: the policies compiled into the binary and the embedded
 //!   default configuration.
 //! - [`cli`]: the `tollgate` subcommands.
 
+pub mod audit;
 pub mod builtin;
 pub mod cli;
 pub mod context;

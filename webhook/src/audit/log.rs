@@ -16,9 +16,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
@@ -84,6 +83,38 @@ pub struct Decision {
     pub allowed: bool,
     /// Every policy that ran.
     pub policies: Vec<PolicyDecision>,
+    /// The objects before and after each mutation, from which the writer
+    /// counts each policy's patch operations (off the request path).
+    #[serde(skip)]
+    pub mutations: Option<Mutations>,
+}
+
+/// A request's mutations, to count patch operations per policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mutations {
+    /// The object as it arrived.
+    pub original: String,
+    /// (index in `policies`, the object after that policy).
+    pub steps: Vec<(usize, String)>,
+}
+
+impl Decision {
+    /// Fills in each mutating policy's patch operation count.
+    fn count_patches(&mut self) {
+        let Some(mutations) = self.mutations.take() else {
+            return;
+        };
+        let mut before = mutations.original.as_str();
+        for (index, after) in &mutations.steps {
+            if let (Ok(patch), Some(policy)) = (
+                crate::policy::patch::diff(before, after),
+                self.policies.get_mut(*index),
+            ) {
+                policy.patch_operations = patch.0.len();
+            }
+            before = after;
+        }
+    }
 }
 
 mod rfc3339 {
@@ -155,7 +186,6 @@ enum Message {
 pub struct DecisionLog {
     sender: SyncSender<Message>,
     when_full: WhenFull,
-    dropped: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -201,29 +231,21 @@ impl DecisionLog {
         Ok(DecisionLog {
             sender,
             when_full: options.when_full,
-            dropped: Arc::default(),
             writer: Mutex::new(Some(writer)),
         })
     }
 
-    /// Queues one decision.
-    pub fn record(&self, decision: Decision) {
+    /// Queues one decision; `false` when it was dropped (queue full, with
+    /// `drop`).
+    pub fn record(&self, decision: Decision) -> bool {
         let message = Message::Decision(Box::new(decision));
         match self.when_full {
             WhenFull::Block => {
                 let _ = self.sender.send(message);
+                true
             }
-            WhenFull::Drop => {
-                if let Err(TrySendError::Full(_)) = self.sender.try_send(message) {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            WhenFull::Drop => !matches!(self.sender.try_send(message), Err(TrySendError::Full(_))),
         }
-    }
-
-    /// Decisions dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Writes every queued decision, flushes and stops the writer. Later
@@ -379,7 +401,8 @@ impl Sink {
         }
     }
 
-    fn write(&mut self, decision: Decision) -> std::io::Result<()> {
+    fn write(&mut self, mut decision: Decision) -> std::io::Result<()> {
+        decision.count_patches();
         let line = Line {
             seq: self.seq,
             decision,

@@ -14,6 +14,31 @@ use crate::policy::config::Mode;
 use crate::policy::{self, PolicySet};
 use crate::server::review;
 
+/// Kinds without a namespace; a manifest of any other kind that names none
+/// lands in `default`, as `kubectl apply` would put it.
+const CLUSTER_SCOPED: &[&str] = &[
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "StorageClass",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "RuntimeClass",
+    "IngressClass",
+    "CSIDriver",
+    "CSINode",
+    "VolumeAttachment",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "APIService",
+    "DeviceClass",
+    "ClusterPolicyReport",
+];
+
 /// The user scans are made as (visible to policies that look).
 pub const SCAN_USER: &str = "system:serviceaccount:tollgate:audit-scanner";
 
@@ -51,8 +76,13 @@ fn evaluate(set: &PolicySet, incoming: &Incoming, index: usize) -> Object {
     let value = &incoming.value;
     let metadata = &value["metadata"];
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    let (namespace, name) = (text(&metadata["namespace"]), text(&metadata["name"]));
     let kind = &incoming.kind;
+    let name = text(&metadata["name"]);
+    let mut namespace = text(&metadata["namespace"]);
+    if namespace.is_empty() && !CLUSTER_SCOPED.contains(&kind.kind.as_str()) {
+        // Where `kubectl apply` would put it.
+        namespace = "default".into();
+    }
     let version = kind.api_version.rsplit('/').next().unwrap_or_default();
     let body = json!({
         "apiVersion": "admission.k8s.io/v1",

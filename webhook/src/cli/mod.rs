@@ -1,7 +1,9 @@
 //! The `tollgate` command line: `serve` (the webhook), `run` (offline
-//! evaluation of AdmissionReviews) and `compile` (the child process that
-//! compiles a component for the server's module cache).
+//! evaluation of AdmissionReviews), `audit` (scans, reports and the decision
+//! log's check) and `compile` (the child process that compiles a component
+//! for the server's module cache).
 
+mod audit;
 mod compile;
 mod run;
 mod serve;
@@ -36,6 +38,9 @@ enum Command {
     /// Evaluate AdmissionReview files offline, as the apiserver's mutating
     /// and validating calls would, and print the responses.
     Run(run::Args),
+    /// Audit: scan existing objects into reports; verify the decision log.
+    #[command(subcommand)]
+    Audit(audit::Command),
     /// Compile a component read from standard input into an artifact on
     /// standard output (used by `serve` to keep the compiler out of its
     /// memory).
@@ -136,6 +141,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Run(args) => run::run(args),
+        Command::Audit(command) => audit::run(command),
         Command::Compile => compile::run(),
     }
 }

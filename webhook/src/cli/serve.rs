@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::audit::log::{self, DecisionLog, WhenFull};
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
 use crate::server::{self, AppState, certs, tls};
@@ -42,6 +43,20 @@ pub struct Args {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Append every decision as a hash-chained JSON line to this file
+    /// (rotated by size), or to `stdout`.
+    #[arg(long, value_name = "PATH|stdout")]
+    decision_log: Option<String>,
+    /// Decisions that may wait for the log's writer.
+    #[arg(long, default_value_t = 8192)]
+    decision_log_queue: usize,
+    /// When the queue is full: wait (`block`, nothing lost) or drop the line
+    /// and count it in /metrics (`drop`).
+    #[arg(long, value_enum, default_value = "block")]
+    decision_log_when_full: WhenFull,
+    /// Rotate the decision log file once it would pass this many MiB.
+    #[arg(long, default_value_t = 100)]
+    decision_log_max_mb: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -97,6 +112,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
     })?;
 
+    let decisions = match args.decision_log.as_deref() {
+        None => None,
+        Some(target) => Some(DecisionLog::open(log::Options {
+            target: if target == "stdout" {
+                log::Target::Stdout
+            } else {
+                log::Target::File(PathBuf::from(target))
+            },
+            queue: args.decision_log_queue,
+            when_full: args.decision_log_when_full,
+            max_bytes: args.decision_log_max_mb << 20,
+        })?),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -108,11 +136,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         tracing::info!(addr = %args.addr, "listening (HTTPS)");
-        let state = Arc::new(AppState::new());
+        let state = Arc::new(match decisions {
+            Some(log) => AppState::with_decision_log(log),
+            None => AppState::new(),
+        });
         tokio::spawn(resolver.watch());
         let loading = state.clone();
+        let keep_mutations = state.decisions.is_some();
         tokio::task::spawn_blocking(move || {
-            let set = PolicySet::load(&config, &engine, context);
+            let mut set = PolicySet::load(&config, &engine, context);
+            if keep_mutations {
+                set.keep_mutations();
+            }
             let failed = set.failures().count();
             let total = set.policies().len();
             loading.policies.store(Some(Arc::new(set)));
@@ -130,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         });
         let delay = args.shutdown_delay;
         let draining = state.clone();
+        let decisions = state.clone();
         server::serve(listener, tls_config, state, async move {
             shutdown_signal().await;
             draining
@@ -139,6 +175,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tokio::time::sleep(delay).await;
         })
         .await;
+        // Every answered request's line is queued: write them all.
+        if let Some(log) = &decisions.decisions {
+            log.close();
+            tracing::info!("decision log flushed");
+        }
         Ok(())
     })
 }

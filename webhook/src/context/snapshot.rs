@@ -40,6 +40,15 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Incoming>, String> {
     Ok(objects)
 }
 
+/// Paths as one line, for messages.
+pub fn describe(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     let mut found = Vec::new();
     for path in paths {
@@ -122,20 +131,21 @@ fn collect(value: Value, objects: &mut Vec<Incoming>) -> Result<(), String> {
 }
 
 impl Snapshot {
+    /// A snapshot of objects already read, described as `origin`.
+    pub fn new(origin: String, objects: Vec<Incoming>) -> Self {
+        Snapshot {
+            origin,
+            objects: Mutex::new(objects),
+        }
+    }
+
     /// Loads the objects under `paths`.
     ///
     /// # Errors
     ///
     /// As [`read`].
     pub fn load(paths: &[PathBuf]) -> Result<Self, String> {
-        Ok(Snapshot {
-            origin: paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            objects: Mutex::new(read(paths)?),
-        })
+        Ok(Snapshot::new(describe(paths), read(paths)?))
     }
 }
 

@@ -148,7 +148,7 @@ impl Index {
 }
 
 /// An object a provider hands over: its kind and JSON value.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Incoming {
     /// Its kind.
     pub kind: Kind,

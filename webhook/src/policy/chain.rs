@@ -79,6 +79,9 @@ pub struct Outcome {
     pub final_object: Option<String>,
     /// Every policy that ran.
     pub evaluations: Vec<Evaluation>,
+    /// Each applied mutation as (index in `evaluations`, the object after
+    /// it), kept only when the set keeps mutations (for the decision log).
+    pub mutations: Vec<(usize, String)>,
 }
 
 impl Outcome {
@@ -136,6 +139,11 @@ impl PolicySet {
                     match serde_json::from_str::<&serde_json::value::RawValue>(&object) {
                         Ok(raw) if raw.get().starts_with('{') => {
                             if policy.config.mode == Mode::Enforce {
+                                if self.keep_mutations {
+                                    outcome
+                                        .mutations
+                                        .push((outcome.evaluations.len(), object.clone()));
+                                }
                                 current = Some(object);
                             }
                             Step::Verdict {
@@ -393,6 +401,7 @@ mod tests {
             Cow::Borrowed("ml"),
             Cow::Borrowed("p"),
             Cow::Borrowed("alice"),
+            Vec::new(),
             false,
             Some(start..start + object.len()),
             None,

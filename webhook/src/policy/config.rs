@@ -268,6 +268,86 @@ pub struct PolicyConfig {
     /// `[{apiVersion: v1, kind: Pod}]`; none by default.
     #[serde(default)]
     pub context: Vec<Kind>,
+    /// How much a violation matters, for reports (the built-in's default
+    /// when absent).
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// What the policy is about, for reports (`Pod Security`).
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Controls the policy implements (`CIS-5.2.1`, `NIST-800-53:AC-6`).
+    #[serde(default)]
+    pub controls: Option<Vec<String>>,
+}
+
+/// Severity of a policy's violations, as PolicyReport spells it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Low.
+    Low,
+    /// Medium.
+    #[default]
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+impl Severity {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A policy's report metadata, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// Severity.
+    pub severity: Severity,
+    /// Category.
+    pub category: String,
+    /// Controls.
+    pub controls: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// Severity, category and controls: as configured, else the built-in
+    /// module's defaults, else `medium` and `General`.
+    pub fn metadata(&self) -> Metadata {
+        let builtin = self
+            .module
+            .strip_prefix("builtin:")
+            .and_then(crate::builtin::metadata);
+        Metadata {
+            severity: self
+                .severity
+                .or(builtin.as_ref().map(|m| m.severity))
+                .unwrap_or_default(),
+            category: self
+                .category
+                .clone()
+                .or_else(|| builtin.as_ref().map(|m| m.category.clone()))
+                .unwrap_or_else(|| "General".into()),
+            controls: self
+                .controls
+                .clone()
+                .or_else(|| builtin.map(|m| m.controls))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Where quota reservations are kept.

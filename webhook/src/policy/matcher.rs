@@ -142,6 +142,7 @@ mod tests {
             Cow::Borrowed(namespace),
             Cow::Borrowed("p"),
             Cow::Borrowed("alice"),
+            Vec::new(),
             false,
             start.map(|s| s..text.len() - 1),
             None,

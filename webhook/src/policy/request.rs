@@ -31,6 +31,8 @@ pub struct Request<'a> {
     pub name: Cow<'a, str>,
     /// Requesting user.
     pub username: Cow<'a, str>,
+    /// The user's groups.
+    pub groups: Vec<Cow<'a, str>>,
     /// Whether the request has no side effects.
     pub dry_run: bool,
     /// Where the object lies in `text`.
@@ -70,6 +72,7 @@ impl<'a> Request<'a> {
         namespace: Cow<'a, str>,
         name: Cow<'a, str>,
         username: Cow<'a, str>,
+        groups: Vec<Cow<'a, str>>,
         dry_run: bool,
         object: Option<Range<usize>>,
         old_object: Option<Range<usize>>,
@@ -84,6 +87,7 @@ impl<'a> Request<'a> {
             namespace,
             name,
             username,
+            groups,
             dry_run,
             object,
             old_object,
@@ -141,6 +145,7 @@ impl<'a> Request<'a> {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
             username: self.username.clone(),
+            groups: self.groups.clone(),
             dry_run: self.dry_run,
             object: Some(object),
             old_object: None,

@@ -32,6 +32,9 @@ pub struct PolicySet {
     pub(super) mutating: Index,
     pub(super) validating: Index,
     pub(super) context: Arc<Context>,
+    /// Whether outcomes keep each mutation's object (the decision log
+    /// counts each policy's patch operations from them).
+    pub(super) keep_mutations: bool,
 }
 
 /// Output cap per call: the apiserver refuses objects over 3 MiB anyway.
@@ -99,7 +102,20 @@ impl PolicySet {
             mutating,
             validating,
             context,
+            keep_mutations: false,
         }
+    }
+
+    /// Makes outcomes keep each mutation's object, for the decision log.
+    pub fn keep_mutations(&mut self) {
+        self.keep_mutations = true;
+    }
+
+    /// Whether some policy matches objects of this group and kind (the
+    /// scanner lists only those).
+    pub fn matches_kind(&self, group: &str, kind: &str) -> bool {
+        !self.mutating.candidates(group, kind).is_empty()
+            || !self.validating.candidates(group, kind).is_empty()
     }
 
     /// The cluster context the set reads.

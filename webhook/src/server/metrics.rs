@@ -49,6 +49,7 @@ pub struct Metrics {
     request_seconds: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     evaluations: Family<EvaluationLabels, Counter>,
     evaluation_seconds: Family<PolicyLabels, Histogram, fn() -> Histogram>,
+    decisions_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -80,12 +81,19 @@ impl Default for Metrics {
             "Time of one policy evaluation, instantiation included",
             evaluation_seconds.clone(),
         );
+        let decisions_dropped = Counter::default();
+        registry.register(
+            "decision_log_dropped",
+            "Decisions not written to the decision log because its queue was full (--decision-log-when-full drop)",
+            decisions_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
             request_seconds,
             evaluations,
             evaluation_seconds,
+            decisions_dropped,
         }
     }
 }
@@ -114,6 +122,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a decision the log's full queue dropped.
+    pub fn record_dropped_decision(&self) {
+        self.decisions_dropped.inc();
     }
 
     /// Records a request refused before evaluation (bad body).

@@ -71,6 +71,8 @@ struct KindIn<'a> {
 struct UserInfoIn<'a> {
     #[serde(borrow, default)]
     username: Cow<'a, str>,
+    #[serde(borrow, default)]
+    groups: Vec<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +145,7 @@ pub fn decode(body: &[u8]) -> Result<Request<'_>, Error> {
         request.namespace,
         request.name,
         request.user_info.username,
+        request.user_info.groups,
         request.dry_run.unwrap_or(false),
         span(text, request.object),
         span(text, request.old_object),

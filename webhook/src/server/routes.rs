@@ -16,6 +16,8 @@ use axum::routing::{get, post};
 
 use super::metrics::Metrics;
 use super::review;
+use crate::audit;
+use crate::audit::log::DecisionLog;
 use crate::policy::PolicySet;
 
 /// Largest request body accepted. The apiserver's own limit for objects is
@@ -33,6 +35,8 @@ pub struct AppState {
     /// Set on shutdown, so that readiness goes false before connections
     /// drain.
     pub shutting_down: AtomicBool,
+    /// Where every decision is appended, if anywhere.
+    pub decisions: Option<DecisionLog>,
 }
 
 impl AppState {
@@ -42,6 +46,15 @@ impl AppState {
             policies: ArcSwapOption::empty(),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
+            decisions: None,
+        }
+    }
+
+    /// State that appends every decision to `log`.
+    pub fn with_decision_log(log: DecisionLog) -> Self {
+        AppState {
+            decisions: Some(log),
+            ..AppState::new()
         }
     }
 }
@@ -142,7 +155,7 @@ async fn answer(state: &AppState, endpoint: Endpoint, body: Body) -> Result<Resp
     let policies = state.policies.load_full().ok_or(Error::Loading)?;
     // Evaluation runs inline on this worker: it is CPU-bound and short, and
     // each policy's deadline bounds how long it can hold the thread.
-    let outcome = match endpoint {
+    let mut outcome = match endpoint {
         Endpoint::Validate => policies.validate(&request),
         Endpoint::Mutate => policies.mutate(&request),
     };
@@ -150,6 +163,12 @@ async fn answer(state: &AppState, endpoint: Endpoint, body: Body) -> Result<Resp
     state
         .metrics
         .record(endpoint.name(), &outcome, started.elapsed().as_secs_f64());
+    // Queued before the answer leaves: a drained shutdown writes it.
+    if let Some(log) = &state.decisions
+        && !log.record(audit::decision(endpoint.name(), &request, &mut outcome))
+    {
+        state.metrics.record_dropped_decision();
+    }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
