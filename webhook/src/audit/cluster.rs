@@ -263,7 +263,8 @@ mod tests {
             Ok(Vec::new())
         }
         fn reports(&self) -> Result<Vec<Existing>, String> {
-            Ok(self.reports.borrow().iter().cloned().collect())
+            let reports = self.reports.borrow().iter().cloned().collect();
+            Ok(reports)
         }
         fn apply(&self, report: &Value) -> Result<(), String> {
             self.reports.borrow_mut().insert(Existing {
@@ -323,7 +324,7 @@ mod tests {
         assert_eq!(written, Written { applied: 2, deleted: 1 });
         let names: Vec<String> = fake.reports().unwrap().into_iter().map(|r| format!("{}/{}/{}", r.kind, r.namespace, r.name)).collect();
         assert_eq!(names, ["ClusterPolicyReport//tollgate-namespace-ml", "PolicyReport/ml/tollgate-pod-train"]);
-        let pod = &fake.applied.borrow()[0];
+        let pod = fake.applied.borrow()[0].clone();
         assert_eq!(pod["apiVersion"], "wgpolicyk8s.io/v1alpha2");
         assert_eq!(pod["scope"], serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": "train", "namespace": "ml", "uid": "uid-train"}));
         assert_eq!(pod["summary"], serde_json::json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 0}));

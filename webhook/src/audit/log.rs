@@ -438,3 +438,116 @@ impl Sink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A decision for `uid`.
+    pub(crate) fn decision(uid: &str) -> Decision {
+        Decision {
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_345_600_123),
+            endpoint: "validate".into(),
+            uid: uid.into(),
+            user: "alice".into(),
+            groups: vec!["system:authenticated".into()],
+            operation: "CREATE".into(),
+            kind: GroupVersionKind {
+                group: String::new(),
+                version: "v1".into(),
+                kind: "Pod".into(),
+            },
+            namespace: "ml".into(),
+            name: "train".into(),
+            dry_run: false,
+            allowed: false,
+            policies: vec![PolicyDecision {
+                name: "gpu-quota".into(),
+                mode: "enforce".into(),
+                verdict: "denied".into(),
+                message: Some("over quota".into()),
+                patch_operations: 0,
+                micros: 41,
+            }],
+            mutations: None,
+        }
+    }
+
+    fn options(path: &Path, max_bytes: u64) -> Options {
+        Options {
+            target: Target::File(path.to_owned()),
+            queue: 16,
+            when_full: WhenFull::Block,
+            max_bytes,
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<Line> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn lines_carry_the_decision_and_chain_across_rotation_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let log = DecisionLog::open(options(&path, 1500)).unwrap();
+        for i in 0..10 {
+            assert!(log.record(decision(&format!("u{i}"))));
+        }
+        log.close();
+        // A restart continues the chain.
+        let log = DecisionLog::open(options(&path, 1500)).unwrap();
+        log.record(decision("after-restart"));
+        log.close();
+        let rotated = rotated(&path);
+        assert!(rotated.len() >= 3, "{rotated:?}");
+        let mut files = rotated.clone();
+        files.push(path.clone());
+        let all: Vec<Line> = files.iter().flat_map(|f| lines(f)).collect();
+        assert_eq!(all.len(), 11);
+        assert_eq!(all.iter().map(|l| l.seq).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>());
+        assert_eq!(all[10].decision.uid, "after-restart");
+        let first = std::fs::read_to_string(&files[0]).unwrap();
+        let text = first.lines().next().unwrap();
+        assert!(text.starts_with(r#"{"seq":0,"time":"2025-11-28T16:00:00.123Z","endpoint":"validate","uid":"u0","user":"alice","groups":["system:authenticated"],"operation":"CREATE","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ml","name":"train","dryRun":false,"allowed":false,"policies":[{"name":"gpu-quota","mode":"enforce","verdict":"denied","message":"over quota","patchOperations":0,"micros":41}],"prev":""#), "{text}");
+        let intact = crate::audit::verify::verify(std::slice::from_ref(&path)).unwrap();
+        assert_eq!(intact.lines, 11);
+        assert_eq!(intact.seq, Some((0, 10)));
+    }
+
+    #[test]
+    fn patch_operations_are_counted_per_mutating_policy() {
+        let mut d = decision("m");
+        d.policies.push(d.policies[0].clone());
+        d.mutations = Some(Mutations {
+            original: r#"{"a":1}"#.into(),
+            steps: vec![
+                (0, r#"{"a":1,"b":2,"c":3}"#.into()),
+                (1, r#"{"a":2,"b":2,"c":3}"#.into()),
+            ],
+        });
+        d.count_patches();
+        assert_eq!(
+            d.policies.iter().map(|p| p.patch_operations).collect::<Vec<_>>(),
+            [2, 1]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_with_drop_and_waits_with_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = options(&dir.path().join("d.log"), 1 << 20);
+        options.queue = 1;
+        options.when_full = WhenFull::Drop;
+        let log = DecisionLog::open(options).unwrap();
+        let recorded = (0..5_000).filter(|i| log.record(decision(&i.to_string()))).count();
+        log.close();
+        let written = lines(&dir.path().join("d.log")).len();
+        assert_eq!(written, recorded, "every queued line is written");
+        assert!(recorded < 5_000, "a one-slot queue drops some of 5,000 back-to-back lines");
+    }
+}

@@ -2,9 +2,10 @@
 //! files and names the first line that was edited, removed, inserted or
 //! reordered.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -38,13 +39,6 @@ impl fmt::Display for Broken {
     }
 }
 
-struct Previous {
-    seq: u64,
-    hash: String,
-    file: PathBuf,
-    line: u64,
-}
-
 /// Checks the chain through `files`, oldest first. A file given alone that
 /// has rotated files beside it (`FILE.1`, `FILE.2`, …) is checked after them.
 ///
@@ -60,10 +54,43 @@ pub fn verify(files: &[PathBuf]) -> Result<Intact, Broken> {
         }
         many => many.to_vec(),
     };
-    let mut previous: Option<Previous> = None;
-    let mut first_seq = None;
-    let mut lines = 0;
-    for file in &files {
+    let lines = read(&files)?;
+    // Every seq and how often it occurs, to tell a removed line from a moved
+    // or inserted one.
+    let mut occurrences: HashMap<u64, u32> = HashMap::new();
+    for line in &lines {
+        *occurrences.entry(line.seq).or_default() += 1;
+    }
+    for (i, pair) in lines.windows(2).enumerate() {
+        let (before, line) = (&pair[0], &pair[1]);
+        let next = lines.get(i + 2).map(|l| l.seq);
+        if let Err(reason) = check(before, line, next, &occurrences) {
+            return Err(Broken {
+                file: line.file.clone(),
+                line: line.number,
+                reason,
+            });
+        }
+    }
+    Ok(Intact {
+        lines: lines.len() as u64,
+        files: files.len(),
+        seq: lines.first().zip(lines.last()).map(|(f, l)| (f.seq, l.seq)),
+    })
+}
+
+/// What the check needs of a line.
+struct Read {
+    file: PathBuf,
+    number: u64,
+    seq: u64,
+    prev: String,
+    hash: String,
+}
+
+fn read(files: &[PathBuf]) -> Result<Vec<Read>, Broken> {
+    let mut lines = Vec::new();
+    for file in files {
         let opened = std::fs::File::open(file).map_err(|e| Broken {
             file: file.clone(),
             line: 0,
@@ -77,62 +104,158 @@ pub fn verify(files: &[PathBuf]) -> Result<Intact, Broken> {
                 reason,
             };
             let text = text.map_err(|e| broken(format!("cannot read: {e}")))?;
-            let line: Line = serde_json::from_str(&text)
-                .map_err(|e| broken(format!("not a decision line ({e}): the line was edited or inserted")))?;
-            if let Some(previous) = &previous {
-                check(previous, &line, file).map_err(broken)?;
-            }
-            first_seq.get_or_insert(line.seq);
-            lines += 1;
-            previous = Some(Previous {
-                seq: line.seq,
-                hash: hex(&Sha256::digest(text.as_bytes())),
+            let line: Line = serde_json::from_str(&text).map_err(|e| {
+                broken(format!(
+                    "not a decision line ({e}): the line was edited or inserted"
+                ))
+            })?;
+            lines.push(Read {
                 file: file.clone(),
-                line: number,
+                number,
+                seq: line.seq,
+                prev: line.prev,
+                hash: hex(&Sha256::digest(text.as_bytes())),
             });
         }
     }
-    Ok(Intact {
-        lines,
-        files: files.len(),
-        seq: first_seq.zip(previous.map(|p| p.seq)),
-    })
+    Ok(lines)
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn place(file: &Path, line: u64, here: &Path) -> String {
-    if file == here {
-        format!("line {line}")
+/// Checks `line` against the one `before` it; `next` is the seq after it.
+fn check(
+    before: &Read,
+    line: &Read,
+    next: Option<u64>,
+    occurrences: &HashMap<u64, u32>,
+) -> Result<(), String> {
+    let at = if before.file == line.file {
+        format!("line {}", before.number)
     } else {
-        format!("{}:{line}", file.display())
-    }
-}
-
-/// Checks `line` against the one before it.
-fn check(previous: &Previous, line: &Line, file: &Path) -> Result<(), String> {
-    let before = place(&previous.file, previous.line, file);
-    let expected = previous.seq + 1;
-    if line.seq > expected {
-        let missing = line.seq - expected;
+        format!("{}:{}", before.file.display(), before.number)
+    };
+    let expected = before.seq + 1;
+    let seen = |seq: u64| occurrences.get(&seq).copied().unwrap_or(0);
+    if line.seq != expected {
+        if seen(line.seq) > 1 {
+            return Err(format!(
+                "seq {} occurs more than once: this line was inserted (a copy of another)",
+                line.seq
+            ));
+        }
+        let missing = (expected..line.seq).filter(|s| seen(*s) == 0).count() as u64;
+        if line.seq > expected && missing == line.seq - expected {
+            return Err(format!(
+                "{missing} line{} removed before this line (seq {expected}{} missing after {at})",
+                if missing == 1 { "" } else { "s" },
+                if missing == 1 {
+                    String::new()
+                } else {
+                    format!("–{}", line.seq - 1)
+                },
+            ));
+        }
+        let follows = if next == Some(expected) {
+            format!(", and seq {expected} follows it")
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "{missing} line{} removed before this line (seq {expected}{} missing after {before})",
-            if missing == 1 { "" } else { "s" },
-            if missing == 1 { String::new() } else { format!("–{}", line.seq - 1) },
+            "seq {} where seq {expected} belongs (after {at}){follows}: lines were reordered, or this line was inserted",
+            line.seq
         ));
     }
-    if line.seq < expected {
+    if line.prev != before.hash {
         return Err(format!(
-            "seq {} after seq {} ({before}): this line was inserted or lines were reordered",
-            line.seq, previous.seq
-        ));
-    }
-    if line.prev != previous.hash {
-        return Err(format!(
-            "the hash of {before} is not the one this line recorded: {before} was edited (or this line's `prev` was)"
+            "the hash of {at} is not the one this line recorded: {at} was edited (or this line's `prev` was)"
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::audit::log::{DecisionLog, Options, Target, WhenFull};
+
+    fn write_log(dir: &Path, count: usize) -> PathBuf {
+        let path = dir.join("decisions.log");
+        let log = DecisionLog::open(Options {
+            target: Target::File(path.clone()),
+            queue: 64,
+            when_full: WhenFull::Block,
+            max_bytes: 1 << 20,
+        })
+        .unwrap();
+        for i in 0..count {
+            let mut decision = crate::audit::log::tests::decision(&format!("u{i}"));
+            decision.allowed = i % 2 == 0;
+            log.record(decision);
+        }
+        log.close();
+        path
+    }
+
+    fn tamper(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let mut lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        f(&mut lines);
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    fn broken(f: impl FnOnce(&mut Vec<String>)) -> Broken {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_log(dir.path(), 8);
+        assert_eq!(verify(std::slice::from_ref(&path)).unwrap().lines, 8);
+        tamper(&path, f);
+        verify(&[path]).unwrap_err()
+    }
+
+    #[test]
+    fn an_edited_line_is_named() {
+        let b = broken(|lines| lines[3] = lines[3].replace(r#""allowed":false"#, r#""allowed":true"#));
+        assert_eq!(b.line, 5);
+        assert!(b.reason.contains("line 4 was edited"), "{b}");
+    }
+
+    #[test]
+    fn a_removed_line_is_named() {
+        let b = broken(|lines| {
+            lines.remove(2);
+        });
+        assert_eq!(b.line, 3);
+        assert!(b.reason.starts_with("1 line removed before this line (seq 2 missing"), "{b}");
+    }
+
+    #[test]
+    fn an_inserted_line_is_named() {
+        let b = broken(|lines| {
+            let copy = lines[5].clone();
+            lines.insert(2, copy);
+        });
+        assert_eq!(b.line, 3);
+        assert!(b.reason.contains("this line was inserted"), "{b}");
+    }
+
+    #[test]
+    fn reordered_lines_are_named() {
+        let b = broken(|lines| lines.swap(4, 5));
+        assert_eq!(b.line, 5);
+        assert!(b.reason.starts_with("seq 5 where seq 4 belongs (after line 4), and seq 4 follows it: lines were reordered"), "{b}");
+    }
+
+    #[test]
+    fn garbage_is_named() {
+        let b = broken(|lines| lines[6] = "not json".into());
+        assert_eq!(b.line, 7);
+        assert!(b.reason.starts_with("not a decision line"), "{b}");
+    }
 }
