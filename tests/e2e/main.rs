@@ -3,6 +3,7 @@
 //! `tests/src/lib.rs`.
 
 mod bad_input;
+mod audit;
 mod cli;
 mod gpu_placement;
 mod gpu_quota;

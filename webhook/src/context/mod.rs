@@ -271,7 +271,10 @@ impl Access {
         if !self.context.available() {
             return Err(NO_CONTEXT.into());
         }
-        let (usage, generation) = self.context.store.usage(&self.policy, keys);
+        let (usage, generation) =
+            self.context
+                .store
+                .usage(&self.policy, keys, self.subject.object.as_ref());
         self.saw(generation);
         Ok(usage)
     }
@@ -396,6 +399,9 @@ policies:
                 "gpu-quota: team \"vision\" would use 9 nvidia.com/gpu, limit 8: 8 in use by 3 pods in namespaces vision-a, vision-b; this pod asks 1 (quota scope \"teams\")"
             )
         );
+        // Evaluated again once cached (as the scanner does), a pod is not
+        // counted against itself: 5 others + its own 3 fit in 8.
+        assert!(admit(&set, &pod("vision-b", "fits", 3)).allowed);
         // A pod that ends frees its GPUs.
         let mut ended = pod("vision-a", "a", 3);
         ended["status"]["phase"] = json!("Succeeded");

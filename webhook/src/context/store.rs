@@ -457,21 +457,34 @@ impl Store {
         (text, state.generation)
     }
 
-    /// Index totals of `index` for `keys`, and the generation read.
-    pub fn usage(&self, index: &str, keys: &[String]) -> (Vec<Usage>, u64) {
+    /// Index totals of `index` for `keys`, and the generation read; what
+    /// `exclude` counts for is left out (an object is never counted against
+    /// itself, as when the scanner evaluates a pod that is cached).
+    pub fn usage(&self, index: &str, keys: &[String], exclude: Option<&ObjectKey>) -> (Vec<Usage>, u64) {
         let state = self.read();
         let mut usage = Vec::new();
         if let Some(index) = state.indexes.get(index) {
+            let own = exclude.and_then(|o| index.objects.get(o));
             for key in keys {
-                if let Some(totals) = index.totals.get(key) {
-                    usage.extend(totals.iter().filter(|(_, t)| t.objects > 0).map(
-                        |(resource, total)| Usage {
+                let Some(totals) = index.totals.get(key) else {
+                    continue;
+                };
+                for (resource, total) in totals {
+                    let mut total = *total;
+                    for entry in own.into_iter().flatten() {
+                        if entry.key == *key && entry.resource == *resource {
+                            total.amount = total.amount.saturating_sub(entry.amount);
+                            total.objects = total.objects.saturating_sub(1);
+                        }
+                    }
+                    if total.objects > 0 {
+                        usage.push(Usage {
                             key: key.clone(),
                             resource: resource.clone(),
                             amount: total.amount,
                             objects: total.objects,
-                        },
-                    ));
+                        });
+                    }
                 }
             }
         }
