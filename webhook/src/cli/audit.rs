@@ -114,10 +114,13 @@ fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
     }
     let objects = snapshot::read(&args.manifests).map_err(anyhow::Error::msg)?;
     let description = format!("manifests: {}", snapshot::describe(&args.manifests));
-    let provider: Box<dyn Provider> = if args.policies.context.is_empty() {
-        Box::new(Snapshot::new(description.clone(), objects.clone()))
-    } else {
+    let provider: Box<dyn Provider> = if !args.policies.context.is_empty() {
         Box::new(Snapshot::load(&args.policies.context).map_err(anyhow::Error::msg)?)
+    } else if config.context_kinds().is_empty() {
+        // No policy reads context: no copy of the objects to keep.
+        Box::new(Snapshot::new(description.clone(), Vec::new()))
+    } else {
+        Box::new(Snapshot::new(description.clone(), objects.clone()))
     };
     Ok(Source {
         description,
