@@ -17,7 +17,10 @@ fn tollgate(args: &[&str]) -> (bool, String, String) {
     let _turn = tollgate_e2e::STARTUP.blocking_lock();
     let output = Command::new(binary())
         .args(args)
-        .env("TOLLGATE_CACHE_DIR", workspace().join("target/e2e-module-cache"))
+        .env(
+            "TOLLGATE_CACHE_DIR",
+            workspace().join("target/e2e-module-cache"),
+        )
         .output()
         .expect("running tollgate");
     (
@@ -38,7 +41,14 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 
 fn scan(config: Option<&str>, manifests: &Path, out: &Path) -> Value {
     let dir = out.to_str().unwrap();
-    let mut args = vec!["audit", "scan", "--manifests", manifests.to_str().unwrap(), "--out", dir];
+    let mut args = vec![
+        "audit",
+        "scan",
+        "--manifests",
+        manifests.to_str().unwrap(),
+        "--out",
+        dir,
+    ];
     let config_file = out.with_extension("config.yaml");
     if let Some(config) = config {
         std::fs::write(&config_file, config).unwrap();
@@ -46,7 +56,13 @@ fn scan(config: Option<&str>, manifests: &Path, out: &Path) -> Value {
     }
     let (ok, stdout, stderr) = tollgate(&args);
     assert!(ok, "{stderr}");
-    for file in ["report.html", "report.md", "report.json", "report.junit.xml", "policyreports.yaml"] {
+    for file in [
+        "report.html",
+        "report.md",
+        "report.json",
+        "report.junit.xml",
+        "policyreports.yaml",
+    ] {
         assert!(stdout.contains(file), "{stdout}");
     }
     serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
@@ -66,22 +82,49 @@ fn scanning_psa_fixtures_gives_the_counts_of_their_pass_and_fail_folders() {
             let dir = out.path().join(format!("{level}-{version}"));
             let report = scan(Some(&config), &root, &dir);
             let what = format!("{level} {version}");
-            assert_eq!(report["summary"]["objects"], fail.len() + pass.len(), "{what}");
-            assert_eq!(report["summary"]["byPolicy"]["pss"]["fail"], fail.len(), "{what}");
-            assert_eq!(report["summary"]["byPolicy"]["pss"]["pass"], pass.len(), "{what}");
-            assert_eq!(report["summary"]["bySeverity"]["high"]["fail"], fail.len(), "{what}");
+            assert_eq!(
+                report["summary"]["objects"],
+                fail.len() + pass.len(),
+                "{what}"
+            );
+            assert_eq!(
+                report["summary"]["byPolicy"]["pss"]["fail"],
+                fail.len(),
+                "{what}"
+            );
+            assert_eq!(
+                report["summary"]["byPolicy"]["pss"]["pass"],
+                pass.len(),
+                "{what}"
+            );
+            assert_eq!(
+                report["summary"]["bySeverity"]["high"]["fail"],
+                fail.len(),
+                "{what}"
+            );
             // Objects come in file order: fail/ sorts before pass/.
             let objects = report["objects"].as_array().unwrap();
             for (object, file) in objects.iter().zip(fail.iter().chain(&pass)) {
                 let expected = if fail.contains(file) { "fail" } else { "pass" };
-                assert_eq!(object["findings"][0]["result"], expected, "{what}: {}", file.display());
-                assert_eq!(object["namespace"], "default", "manifests without a namespace land in default");
+                assert_eq!(
+                    object["findings"][0]["result"],
+                    expected,
+                    "{what}: {}",
+                    file.display()
+                );
+                assert_eq!(
+                    object["namespace"], "default",
+                    "manifests without a namespace land in default"
+                );
             }
             let junit = std::fs::read_to_string(dir.join("report.junit.xml")).unwrap();
             assert_eq!(junit.matches("<testcase ").count(), fail.len() + pass.len());
             assert_eq!(junit.matches("<failure ").count(), fail.len());
             let reports = std::fs::read_to_string(dir.join("policyreports.yaml")).unwrap();
-            assert_eq!(reports.matches("kind: PolicyReport\n").count(), fail.len() + pass.len());
+            assert_eq!(
+                reports.matches("kind: PolicyReport\n").count(),
+                fail.len() + pass.len()
+            );
         }
     }
 }
@@ -98,10 +141,17 @@ async fn scanning_gpu_workloads_agrees_with_the_webhook() {
     .unwrap();
     // The same objects, as the webhook sees them.
     let mut documents = Vec::new();
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     for dir in dirs {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
         files.sort();
         for file in files {
@@ -133,10 +183,21 @@ async fn scanning_gpu_workloads_agrees_with_the_webhook() {
             .map(|f| f["policy"].as_str().unwrap())
             .collect();
         let webhook_denies = mutated["allowed"] == false || validated["allowed"] == false;
-        assert_eq!(!failing.is_empty(), webhook_denies, "{}: {failing:?}", object["name"]);
-        let message = format!("{} {}", mutated["status"]["message"], validated["status"]["message"]);
+        assert_eq!(
+            !failing.is_empty(),
+            webhook_denies,
+            "{}: {failing:?}",
+            object["name"]
+        );
+        let message = format!(
+            "{} {}",
+            mutated["status"]["message"], validated["status"]["message"]
+        );
         for policy in &failing {
-            assert!(message.contains(&format!("{policy}: ")), "{policy} not in {message}");
+            assert!(
+                message.contains(&format!("{policy}: ")),
+                "{policy} not in {message}"
+            );
         }
         denied += usize::from(webhook_denies);
     }
@@ -184,8 +245,15 @@ fn render_in_chromium(page: &Path) {
         .chunks(channels)
         .filter(|p| p[..3].iter().any(|c| *c < 200))
         .count();
-    assert!(colors.len() > 20, "{} colours: blank screenshot", colors.len());
-    assert!(inked * 100 > info.width as usize * info.height as usize, "almost nothing drawn");
+    assert!(
+        colors.len() > 20,
+        "{} colours: blank screenshot",
+        colors.len()
+    );
+    assert!(
+        inked * 100 > info.width as usize * info.height as usize,
+        "almost nothing drawn"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -221,34 +289,74 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
     stop.store(true, Ordering::Relaxed);
     assert!(status.success(), "{status}");
     let mut answered = BTreeSet::new();
     for sender in senders {
         answered.extend(sender.await.unwrap());
     }
-    assert!(answered.len() > 100, "only {} requests answered", answered.len());
+    assert!(
+        answered.len() > 100,
+        "only {} requests answered",
+        answered.len()
+    );
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("decisions.log"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("decisions.log")
+        })
         .collect();
     files.sort();
     let logged: BTreeSet<String> = files
         .iter()
-        .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
-        .map(|line| serde_json::from_str::<Value>(&line).unwrap()["uid"].as_str().unwrap().to_owned())
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|line| {
+            serde_json::from_str::<Value>(&line).unwrap()["uid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     let lost: Vec<&String> = answered.difference(&logged).collect();
-    assert!(lost.is_empty(), "{} answered requests have no line, e.g. {:?}", lost.len(), &lost[..lost.len().min(3)]);
-    assert!(files.len() > 1, "the 1 MiB limit rotated the log: {files:?}");
+    assert!(
+        lost.is_empty(),
+        "{} answered requests have no line, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+    assert!(
+        files.len() > 1,
+        "the 1 MiB limit rotated the log: {files:?}"
+    );
     let verify = |file: String| async move {
-        tokio::task::spawn_blocking(move || tollgate(&["audit", "verify", &file])).await.unwrap()
+        tokio::task::spawn_blocking(move || tollgate(&["audit", "verify", &file]))
+            .await
+            .unwrap()
     };
     let (ok, stdout, stderr) = verify(log_arg.clone()).await;
     assert!(ok, "{stderr}");
-    assert!(stdout.starts_with(&format!("ok: {} lines in {} file(s)", logged.len(), files.len())), "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "ok: {} lines in {} file(s)",
+            logged.len(),
+            files.len()
+        )),
+        "{stdout}"
+    );
     // A denied request's line says who was refused what.
     let first = std::fs::read_to_string(&files[0]).unwrap();
     let denial: Value = first
@@ -258,8 +366,16 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
         .unwrap();
     assert_eq!(denial["user"], "e2e");
     assert_eq!(denial["groups"], json!(["system:authenticated"]));
-    assert_eq!(denial["kind"], json!({"group": "", "version": "v1", "kind": "Pod"}));
-    let registries = denial["policies"].as_array().unwrap().iter().find(|p| p["name"] == "image-registries").unwrap();
+    assert_eq!(
+        denial["kind"],
+        json!({"group": "", "version": "v1", "kind": "Pod"})
+    );
+    let registries = denial["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "image-registries")
+        .unwrap();
     assert_eq!(registries["verdict"], "denied");
     assert!(registries["message"].as_str().unwrap().contains(":latest"));
     let mutation = first
@@ -267,13 +383,25 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|l| l["endpoint"] == "mutate" && l["allowed"] == true)
         .unwrap();
-    let defaults = mutation["policies"].as_array().unwrap().iter().find(|p| p["name"] == "resource-defaults").unwrap();
+    let defaults = mutation["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "resource-defaults")
+        .unwrap();
     assert_eq!(defaults["verdict"], "mutated");
-    assert!(defaults["patchOperations"].as_u64().unwrap() > 0, "{defaults}");
+    assert!(
+        defaults["patchOperations"].as_u64().unwrap() > 0,
+        "{defaults}"
+    );
     // An edited copy is caught, and the line named.
     let tampered = dir.path().join("tampered.log");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    std::fs::write(&tampered, text.replacen("\"allowed\":false", "\"allowed\":true", 1)).unwrap();
+    std::fs::write(
+        &tampered,
+        text.replacen("\"allowed\":false", "\"allowed\":true", 1),
+    )
+    .unwrap();
     let (ok, _, stderr) = verify(tampered.to_str().unwrap().to_owned()).await;
     assert!(!ok);
     assert!(stderr.contains("was edited"), "{stderr}");

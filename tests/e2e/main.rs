@@ -2,8 +2,8 @@
 //! real AdmissionReview JSON. One test binary; the harness is in
 //! `tests/src/lib.rs`.
 
-mod bad_input;
 mod audit;
+mod bad_input;
 mod cli;
 mod gpu_placement;
 mod gpu_quota;

@@ -33,7 +33,10 @@ pub trait Cluster {
     /// # Errors
     ///
     /// Discovery or a list failed.
-    fn objects(&self, wanted: &(dyn Fn(&str, &str) -> bool + Sync)) -> Result<Vec<Incoming>, String>;
+    fn objects(
+        &self,
+        wanted: &(dyn Fn(&str, &str) -> bool + Sync),
+    ) -> Result<Vec<Incoming>, String>;
 
     /// Tollgate's reports in the cluster.
     ///
@@ -171,7 +174,10 @@ impl Kube {
 }
 
 impl Cluster for Kube {
-    fn objects(&self, wanted: &(dyn Fn(&str, &str) -> bool + Sync)) -> Result<Vec<Incoming>, String> {
+    fn objects(
+        &self,
+        wanted: &(dyn Fn(&str, &str) -> bool + Sync),
+    ) -> Result<Vec<Incoming>, String> {
         self.runtime.block_on(async {
             let discovery = Discovery::new(self.client.clone())
                 .run()
@@ -199,7 +205,8 @@ impl Cluster for Kube {
         self.runtime.block_on(async {
             let mut found = Vec::new();
             for kind in ["PolicyReport", "ClusterPolicyReport"] {
-                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &report_resource(kind));
+                let api: Api<DynamicObject> =
+                    Api::all_with(self.client.clone(), &report_resource(kind));
                 let list = api
                     .list(&ListParams::default().labels(&selector))
                     .await
@@ -259,7 +266,10 @@ mod tests {
     }
 
     impl Cluster for Fake {
-        fn objects(&self, _: &(dyn Fn(&str, &str) -> bool + Sync)) -> Result<Vec<Incoming>, String> {
+        fn objects(
+            &self,
+            _: &(dyn Fn(&str, &str) -> bool + Sync),
+        ) -> Result<Vec<Incoming>, String> {
             Ok(Vec::new())
         }
         fn reports(&self) -> Result<Vec<Existing>, String> {
@@ -269,7 +279,10 @@ mod tests {
         fn apply(&self, report: &Value) -> Result<(), String> {
             self.reports.borrow_mut().insert(Existing {
                 kind: report["kind"].as_str().unwrap().into(),
-                namespace: report["metadata"]["namespace"].as_str().unwrap_or_default().into(),
+                namespace: report["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
                 name: report["metadata"]["name"].as_str().unwrap().into(),
             });
             self.applied.borrow_mut().push(report.clone());
@@ -321,19 +334,52 @@ mod tests {
             ],
         );
         let written = write_reports(&fake, &report).unwrap();
-        assert_eq!(written, Written { applied: 2, deleted: 1 });
-        let names: Vec<String> = fake.reports().unwrap().into_iter().map(|r| format!("{}/{}/{}", r.kind, r.namespace, r.name)).collect();
-        assert_eq!(names, ["ClusterPolicyReport//tollgate-namespace-ml", "PolicyReport/ml/tollgate-pod-train"]);
+        assert_eq!(
+            written,
+            Written {
+                applied: 2,
+                deleted: 1
+            }
+        );
+        let names: Vec<String> = fake
+            .reports()
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{}/{}/{}", r.kind, r.namespace, r.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ClusterPolicyReport//tollgate-namespace-ml",
+                "PolicyReport/ml/tollgate-pod-train"
+            ]
+        );
         let pod = fake.applied.borrow()[0].clone();
         assert_eq!(pod["apiVersion"], "wgpolicyk8s.io/v1alpha2");
-        assert_eq!(pod["scope"], serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": "train", "namespace": "ml", "uid": "uid-train"}));
-        assert_eq!(pod["summary"], serde_json::json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 0}));
+        assert_eq!(
+            pod["scope"],
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod", "name": "train", "namespace": "ml", "uid": "uid-train"})
+        );
+        assert_eq!(
+            pod["summary"],
+            serde_json::json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 0})
+        );
         assert_eq!(pod["results"][0]["severity"], "high");
         assert_eq!(pod["results"][0]["category"], "Pod Security");
         assert_eq!(pod["results"][0]["message"], "privileged");
         assert_eq!(pod["results"][0]["properties"]["controls"], "CIS-5.2");
         // A second scan after the pod is gone removes its report.
-        let report = Report::new("cluster".into(), report.policies.clone(), vec![object("Namespace", "", "ml", Outcome::Pass)]);
-        assert_eq!(write_reports(&fake, &report).unwrap(), Written { applied: 1, deleted: 1 });
+        let report = Report::new(
+            "cluster".into(),
+            report.policies.clone(),
+            vec![object("Namespace", "", "ml", Outcome::Pass)],
+        );
+        assert_eq!(
+            write_reports(&fake, &report).unwrap(),
+            Written {
+                applied: 1,
+                deleted: 1
+            }
+        );
     }
 }

@@ -25,10 +25,34 @@ pub fn decision(endpoint: &str, request: &Request<'_>, outcome: &mut Outcome) ->
         crate::policy::config::Operation::Delete => "DELETE",
         crate::policy::config::Operation::Connect => "CONNECT",
     };
-    let mutations = (!outcome.mutations.is_empty()).then(|| Mutations {
-        original: request.object_text().unwrap_or("{}").to_owned(),
-        steps: std::mem::take(&mut outcome.mutations),
-    });
+    let mut policies: Vec<PolicyDecision> = outcome
+        .evaluations
+        .iter()
+        .map(|e| PolicyDecision {
+            name: e.policy.to_string(),
+            mode: e.mode.as_str().to_owned(),
+            verdict: e.result.as_str().to_owned(),
+            message: e.message.clone(),
+            patch_operations: 0,
+            micros: e.duration.as_micros() as u64,
+        })
+        .collect();
+    let steps = std::mem::take(&mut outcome.mutations);
+    let mutations = match (steps.as_slice(), &outcome.patch) {
+        // One mutation: its operations are the request's patch; no diff.
+        ([(index, _)], Some(patch)) => {
+            if let Some(policy) = policies.get_mut(*index) {
+                policy.patch_operations = patch.0.len();
+            }
+            None
+        }
+        ([], _) | ([_], None) => None,
+        // Several: the writer diffs each step, off the request path.
+        _ => Some(Mutations {
+            original: request.object_text().unwrap_or("{}").to_owned(),
+            steps,
+        }),
+    };
     Decision {
         time: SystemTime::now(),
         endpoint: endpoint.to_owned(),
@@ -45,18 +69,7 @@ pub fn decision(endpoint: &str, request: &Request<'_>, outcome: &mut Outcome) ->
         name: request.name.to_string(),
         dry_run: request.dry_run,
         allowed: outcome.allowed,
-        policies: outcome
-            .evaluations
-            .iter()
-            .map(|e| PolicyDecision {
-                name: e.policy.to_string(),
-                mode: e.mode.as_str().to_owned(),
-                verdict: e.result.as_str().to_owned(),
-                message: e.message.clone(),
-                patch_operations: 0,
-                micros: e.duration.as_micros() as u64,
-            })
-            .collect(),
+        policies,
         mutations,
     }
 }

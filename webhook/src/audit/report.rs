@@ -186,14 +186,17 @@ fn rfc3339<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Er
 
 /// A time as RFC 3339 text.
 pub fn timestamp(time: SystemTime) -> String {
-    jiff::Timestamp::try_from(time).map_or_else(|_| "1970-01-01T00:00:00Z".into(), |t| t.to_string())
+    jiff::Timestamp::try_from(time)
+        .map_or_else(|_| "1970-01-01T00:00:00Z".into(), |t| t.to_string())
 }
 
 impl Report {
     /// A report of `objects` scanned from `source` against `policies`.
     pub fn new(source: String, policies: Vec<Policy>, objects: Vec<Object>) -> Self {
-        let severity: BTreeMap<&str, Severity> =
-            policies.iter().map(|p| (p.name.as_str(), p.severity)).collect();
+        let severity: BTreeMap<&str, Severity> = policies
+            .iter()
+            .map(|p| (p.name.as_str(), p.severity))
+            .collect();
         let mut summary = Summary {
             objects: objects.len() as u64,
             ..Summary::default()
@@ -201,14 +204,22 @@ impl Report {
         for object in &objects {
             for finding in &object.findings {
                 summary.total.add(finding.result);
-                summary.by_policy.entry(finding.policy.clone()).or_default().add(finding.result);
+                summary
+                    .by_policy
+                    .entry(finding.policy.clone())
+                    .or_default()
+                    .add(finding.result);
                 summary
                     .by_namespace
                     .entry(object.namespace.clone())
                     .or_default()
                     .add(finding.result);
                 if let Some(severity) = severity.get(finding.policy.as_str()) {
-                    summary.by_severity.entry(*severity).or_default().add(finding.result);
+                    summary
+                        .by_severity
+                        .entry(*severity)
+                        .or_default()
+                        .add(finding.result);
                 }
             }
         }

@@ -44,7 +44,12 @@ pub const SCAN_USER: &str = "system:serviceaccount:tollgate:audit-scanner";
 
 /// Evaluates every object on `workers` threads; `done` counts finished
 /// objects as they finish. Results come back in input order.
-pub fn scan(set: &PolicySet, objects: &[Incoming], workers: usize, done: &AtomicUsize) -> Vec<Object> {
+pub fn scan(
+    set: &PolicySet,
+    objects: &[Incoming],
+    workers: usize,
+    done: &AtomicUsize,
+) -> Vec<Object> {
     let next = AtomicUsize::new(0);
     let mut results: Vec<(usize, Object)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers.max(1))

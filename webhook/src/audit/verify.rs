@@ -7,8 +7,6 @@ use std::fmt;
 use std::io::BufRead;
 use std::path::PathBuf;
 
-use sha2::{Digest, Sha256};
-
 use super::log::Line;
 
 /// An intact chain.
@@ -114,15 +112,11 @@ fn read(files: &[PathBuf]) -> Result<Vec<Read>, Broken> {
                 number,
                 seq: line.seq,
                 prev: line.prev,
-                hash: hex(&Sha256::digest(text.as_bytes())),
+                hash: super::log::hash(text.as_bytes()),
             });
         }
     }
     Ok(lines)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks `line` against the one `before` it; `next` is the seq after it.
@@ -221,7 +215,8 @@ mod tests {
 
     #[test]
     fn an_edited_line_is_named() {
-        let b = broken(|lines| lines[3] = lines[3].replace(r#""allowed":false"#, r#""allowed":true"#));
+        let b =
+            broken(|lines| lines[3] = lines[3].replace(r#""allowed":false"#, r#""allowed":true"#));
         assert_eq!(b.line, 5);
         assert!(b.reason.contains("line 4 was edited"), "{b}");
     }
@@ -232,7 +227,11 @@ mod tests {
             lines.remove(2);
         });
         assert_eq!(b.line, 3);
-        assert!(b.reason.starts_with("1 line removed before this line (seq 2 missing"), "{b}");
+        assert!(
+            b.reason
+                .starts_with("1 line removed before this line (seq 2 missing"),
+            "{b}"
+        );
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub struct ScanArgs {
     #[arg(long)]
     cluster: bool,
     /// Report formats, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "html,md,json,junit,policyreport")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "html,md,json,junit,policyreport"
+    )]
     format: Vec<Format>,
     /// Directory the reports are written to.
     #[arg(long, default_value = "tollgate-report")]
@@ -72,9 +77,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Scan(args) => scan_command(args),
         Command::Verify { files } => match verify::verify(&files) {
             Ok(intact) => {
-                let range = intact
-                    .seq
-                    .map_or_else(String::new, |(first, last)| format!(", seq {first} to {last}"));
+                let range = intact.seq.map_or_else(String::new, |(first, last)| {
+                    format!(", seq {first} to {last}")
+                });
                 println!(
                     "ok: {} lines in {} file(s){range}: the hash chain is intact",
                     intact.lines, intact.files
@@ -147,7 +152,10 @@ fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
         cluster,
     } = source(&args, &config)?;
     // Dry runs never reserve; the local ledger only answers the checks.
-    let context = Arc::new(Context::new(Some(provider), Box::new(ledger::Local::default())));
+    let context = Arc::new(Context::new(
+        Some(provider),
+        Box::new(ledger::Local::default()),
+    ));
     let set = PolicySet::load(&config, &engine(&args)?, context.clone());
     for (name, error) in set.failures() {
         eprintln!("warning: policy {name:?} failed to load: {error}");
@@ -223,8 +231,10 @@ fn progress(done: &AtomicUsize, finished: &AtomicBool, total: usize) {
     if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} objects {elapsed} (eta {eta})")
-                .expect("a valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} objects {elapsed} (eta {eta})",
+            )
+            .expect("a valid template"),
         );
         while !finished.load(Ordering::Acquire) {
             bar.set_position(done.load(Ordering::Relaxed) as u64);

@@ -460,7 +460,12 @@ impl Store {
     /// Index totals of `index` for `keys`, and the generation read; what
     /// `exclude` counts for is left out (an object is never counted against
     /// itself, as when the scanner evaluates a pod that is cached).
-    pub fn usage(&self, index: &str, keys: &[String], exclude: Option<&ObjectKey>) -> (Vec<Usage>, u64) {
+    pub fn usage(
+        &self,
+        index: &str,
+        keys: &[String],
+        exclude: Option<&ObjectKey>,
+    ) -> (Vec<Usage>, u64) {
         let state = self.read();
         let mut usage = Vec::new();
         if let Some(index) = state.indexes.get(index) {

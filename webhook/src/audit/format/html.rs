@@ -43,7 +43,12 @@ fn chart(title: &str, rows: &[(String, Counts)]) -> String {
     let label_width = 220;
     let bar_width = 460;
     let height = 30 + rows.len() * row_height + 24;
-    let max = rows.iter().map(|(_, c)| c.total()).max().unwrap_or(0).max(1);
+    let max = rows
+        .iter()
+        .map(|(_, c)| c.total())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut svg = format!(
         "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {} {height}\" width=\"100%\">\
          <text x=\"0\" y=\"16\" class=\"chart-title\">{}</text>",
@@ -145,7 +150,8 @@ search.addEventListener('input',apply);apply();
 /// The report as one HTML page.
 pub fn render(report: &Report) -> String {
     let summary = &report.summary;
-    let mut html = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    let mut html =
+        String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     let _ = write!(
         html,
         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>Tollgate audit report</title><style>{STYLE}</style></head><body>"
@@ -170,7 +176,12 @@ pub fn render(report: &Report) -> String {
     let by_policy: Vec<(String, Counts)> = report
         .policies
         .iter()
-        .map(|p| (p.name.clone(), summary.by_policy.get(&p.name).copied().unwrap_or_default()))
+        .map(|p| {
+            (
+                p.name.clone(),
+                summary.by_policy.get(&p.name).copied().unwrap_or_default(),
+            )
+        })
         .collect();
     html.push_str(&chart("By policy", &by_policy));
     let by_severity: Vec<(String, Counts)> = summary
@@ -183,7 +194,16 @@ pub fn render(report: &Report) -> String {
     let mut by_namespace: Vec<(String, Counts)> = summary
         .by_namespace
         .iter()
-        .map(|(n, c)| (if n.is_empty() { "(cluster-scoped)".to_owned() } else { n.clone() }, *c))
+        .map(|(n, c)| {
+            (
+                if n.is_empty() {
+                    "(cluster-scoped)".to_owned()
+                } else {
+                    n.clone()
+                },
+                *c,
+            )
+        })
         .collect();
     by_namespace.sort_by(|a, b| {
         let bad = |c: &Counts| c.fail + c.warn + c.error;
@@ -199,7 +219,11 @@ pub fn render(report: &Report) -> String {
     html.push_str(&chart(&title, &by_namespace));
     html.push_str("</div><h2>Policies</h2><table><thead><tr><th>policy</th><th>mode</th><th>severity</th><th>category</th><th>controls</th><th class=\"num\">fail</th><th class=\"num\">warn</th><th class=\"num\">error</th><th class=\"num\">pass</th></tr></thead><tbody>");
     for policy in &report.policies {
-        let c = summary.by_policy.get(&policy.name).copied().unwrap_or_default();
+        let c = summary
+            .by_policy
+            .get(&policy.name)
+            .copied()
+            .unwrap_or_default();
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
@@ -253,6 +277,9 @@ pub fn render(report: &Report) -> String {
             escape(finding.message.as_deref().unwrap_or(""))
         );
     }
-    let _ = write!(html, "</tbody></table><script>{SCRIPT}</script></body></html>\n");
+    let _ = write!(
+        html,
+        "</tbody></table><script>{SCRIPT}</script></body></html>\n"
+    );
     html
 }

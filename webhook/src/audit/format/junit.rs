@@ -36,7 +36,12 @@ pub fn render(report: &Report) -> String {
         crate::audit::report::timestamp(report.generated)
     );
     for policy in &report.policies {
-        let counts = report.summary.by_policy.get(&policy.name).copied().unwrap_or_default();
+        let counts = report
+            .summary
+            .by_policy
+            .get(&policy.name)
+            .copied()
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"0\">",
@@ -65,10 +70,16 @@ pub fn render(report: &Report) -> String {
                     }
                     Outcome::Warn => {
                         // JUnit has no warnings: a passing case with its message.
-                        let _ = writeln!(out, "><system-out>warning: {message}</system-out></testcase>");
+                        let _ = writeln!(
+                            out,
+                            "><system-out>warning: {message}</system-out></testcase>"
+                        );
                     }
                     Outcome::Error => {
-                        let _ = writeln!(out, "><error message=\"{message}\">{message}</error></testcase>");
+                        let _ = writeln!(
+                            out,
+                            "><error message=\"{message}\">{message}</error></testcase>"
+                        );
                     }
                 }
             }

@@ -30,10 +30,18 @@ pub fn render(report: &Report) -> String {
         t.pass
     );
     let _ = writeln!(out, "## By policy\n");
-    let _ = writeln!(out, "| policy | severity | category | controls | fail | warn | error | pass |");
+    let _ = writeln!(
+        out,
+        "| policy | severity | category | controls | fail | warn | error | pass |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---:|---:|---:|---:|");
     for policy in &report.policies {
-        let c = report.summary.by_policy.get(&policy.name).copied().unwrap_or_default();
+        let c = report
+            .summary
+            .by_policy
+            .get(&policy.name)
+            .copied()
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -51,8 +59,20 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "| namespace | fail | warn | error | pass |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
     for (namespace, c) in &report.summary.by_namespace {
-        let name = if namespace.is_empty() { "(cluster-scoped)" } else { namespace };
-        let _ = writeln!(out, "| {} | {} | {} | {} | {} |", cell(name), c.fail, c.warn, c.error, c.pass);
+        let name = if namespace.is_empty() {
+            "(cluster-scoped)"
+        } else {
+            namespace
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(name),
+            c.fail,
+            c.warn,
+            c.error,
+            c.pass
+        );
     }
     let violations: Vec<_> = report.violations().collect();
     let _ = writeln!(out, "\n## Violations ({})\n", violations.len());
@@ -60,7 +80,10 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "None.");
         return out;
     }
-    let _ = writeln!(out, "| result | object | policy | severity | controls | message |");
+    let _ = writeln!(
+        out,
+        "| result | object | policy | severity | controls | message |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for (object, finding) in violations.iter().take(MAX_ROWS) {
         let policy = report.policy(&finding.policy);

@@ -41,9 +41,7 @@ impl Format {
         match self {
             Format::Html => html::render(report),
             Format::Md => markdown::render(report),
-            Format::Json => {
-                serde_json::to_string_pretty(report).expect("reports serialize") + "\n"
-            }
+            Format::Json => serde_json::to_string_pretty(report).expect("reports serialize") + "\n",
             Format::Junit => junit::render(report),
             Format::Policyreport => policyreport::render(report),
         }

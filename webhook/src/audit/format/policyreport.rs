@@ -30,7 +30,10 @@ pub fn name(object: &Object) -> String {
 
 /// One object's report as a Kubernetes object.
 pub fn report(report: &Report, object: &Object) -> Value {
-    let since = report.generated.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = report
+        .generated
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let mut summary = json!({"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0});
     let results: Vec<Value> = object
         .findings
@@ -62,7 +65,8 @@ pub fn report(report: &Report, object: &Object) -> Value {
             result
         })
         .collect();
-    let mut scope = json!({"apiVersion": object.api_version, "kind": object.kind, "name": object.name});
+    let mut scope =
+        json!({"apiVersion": object.api_version, "kind": object.kind, "name": object.name});
     let mut metadata = json!({"name": name(object), "labels": {MANAGED_BY.0: MANAGED_BY.1}});
     let kind = if object.namespace.is_empty() {
         "ClusterPolicyReport"
@@ -89,7 +93,9 @@ pub fn render(report_: &Report) -> String {
     let mut out = String::new();
     for object in &report_.objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&report(report_, object)).expect("JSON values are YAML"));
+        out.push_str(
+            &serde_yaml::to_string(&report(report_, object)).expect("JSON values are YAML"),
+        );
     }
     out
 }
