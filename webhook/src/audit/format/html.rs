@@ -277,9 +277,9 @@ pub fn render(report: &Report) -> String {
             escape(finding.message.as_deref().unwrap_or(""))
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         html,
-        "</tbody></table><script>{SCRIPT}</script></body></html>\n"
+        "</tbody></table><script>{SCRIPT}</script></body></html>"
     );
     html
 }
