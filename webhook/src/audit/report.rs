@@ -234,6 +234,15 @@ impl Report {
         }
     }
 
+    /// The counts of the policy named `name`.
+    pub fn counts(&self, policy: &str) -> Counts {
+        self.summary
+            .by_policy
+            .get(policy)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// The policy named `name`.
     pub fn policy(&self, name: &str) -> Option<&Policy> {
         self.policies.iter().find(|p| p.name == name)

@@ -153,8 +153,8 @@ impl Local {
         }
     }
 
-    /// What is reserved, as (scope, resource, amount), for tests and
-    /// diagnostics.
+    /// What is reserved, as (scope, resource, amount).
+    #[cfg(test)]
     pub fn reserved(&self) -> Vec<(String, String, u64)> {
         let scopes = self.scopes.lock().expect("ledger lock poisoned");
         let now = Instant::now();

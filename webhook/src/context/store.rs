@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Deserialize;
 use serde_json::Value;
+pub use tollgate_sdk::quota::{Entry, Usage};
 use tollgate_sdk::selector::Selector;
 
 use super::Kind;
@@ -33,30 +34,6 @@ pub struct ObjectKey {
     pub namespace: String,
     /// Its name.
     pub name: String,
-}
-
-/// What one object counts for in a policy's index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The policy's key.
-    pub key: String,
-    /// The resource.
-    pub resource: String,
-    /// How much.
-    pub amount: u64,
-}
-
-/// An index total.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Usage {
-    /// The key.
-    pub key: String,
-    /// The resource.
-    pub resource: String,
-    /// Sum over the objects under the key.
-    pub amount: u64,
-    /// How many objects contributed.
-    pub objects: u32,
 }
 
 /// A policy that indexes objects of its granted kinds.

@@ -53,7 +53,7 @@ fn chart(title: &str, rows: &[(String, Counts)]) -> String {
         "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {} {height}\" width=\"100%\">\
          <text x=\"0\" y=\"16\" class=\"chart-title\">{}</text>",
         escape(title),
-        label_width + bar_width + 80,
+        label_width + bar_width + 130,
         escape(title)
     );
     for (i, (label, counts)) in rows.iter().enumerate() {
@@ -176,12 +176,7 @@ pub fn render(report: &Report) -> String {
     let by_policy: Vec<(String, Counts)> = report
         .policies
         .iter()
-        .map(|p| {
-            (
-                p.name.clone(),
-                summary.by_policy.get(&p.name).copied().unwrap_or_default(),
-            )
-        })
+        .map(|p| (p.name.clone(), report.counts(&p.name)))
         .collect();
     html.push_str(&chart("By policy", &by_policy));
     let by_severity: Vec<(String, Counts)> = summary
