@@ -12,6 +12,9 @@ use crate::policy::{Config, PolicySet};
 /// build script.
 pub const MISBEHAVE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/misbehave.wasm"));
 
+/// `tests/policies/world-v0`: a component of the first policy world.
+pub const WORLD_V0: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/world-v0.wasm"));
+
 struct Shared {
     engine: Engine,
     dir: tempfile::TempDir,

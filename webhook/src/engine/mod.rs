@@ -357,6 +357,25 @@ mod tests {
     }
 
     #[test]
+    fn a_component_of_the_first_world_still_runs() {
+        // Built against the world before context, quota and `index`: it
+        // imports `log` only and exports no `index`.
+        let pre = engine().load("v0", crate::test_support::WORLD_V0).unwrap();
+        assert!(!pre.indexes());
+        let verdict = pre.evaluate(POD, "{}", &Limits::default(), None).unwrap();
+        assert!(verdict.allowed);
+        assert_eq!(
+            verdict.audit_annotations,
+            vec![("world".to_string(), "v0".to_string())]
+        );
+        assert_eq!(
+            pre.index("{}", "{}", &Limits::default()).unwrap(),
+            None,
+            "no index export: it indexes nothing"
+        );
+    }
+
+    #[test]
     fn bytes_that_are_not_a_component_are_refused() {
         assert!(matches!(
             engine().load("junk", b"not wasm"),
