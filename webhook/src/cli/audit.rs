@@ -17,6 +17,7 @@ use crate::context::snapshot::{self, Snapshot};
 use crate::context::store::Incoming;
 use crate::context::{Context, Provider, ledger};
 use crate::engine::{self, Compiler, Engine};
+use crate::policy::matcher::Index;
 use crate::policy::{Config, PolicySet};
 
 #[derive(Debug, clap::Subcommand)]
@@ -102,12 +103,16 @@ struct Source {
 fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
     if args.cluster {
         let kube = Kube::connect().map_err(anyhow::Error::msg)?;
-        // Which kinds to list is the policies' business: load them once
-        // without context to ask.
-        let engine = engine(args)?;
-        let probe = PolicySet::load(config, &engine, Arc::new(Context::none()));
+        // The kinds some policy's match rules select, and no others.
+        let rules = Index::build(
+            config
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, &p.matches)),
+        );
         let objects = kube
-            .objects(&|group, kind| probe.matches_kind(group, kind))
+            .objects(&|group, kind| !rules.candidates(group, kind).is_empty())
             .map_err(anyhow::Error::msg)?;
         let provider = Box::new(kube.live());
         return Ok(Source {

@@ -111,13 +111,6 @@ impl PolicySet {
         self.keep_mutations = true;
     }
 
-    /// Whether some policy matches objects of this group and kind (the
-    /// scanner lists only those).
-    pub fn matches_kind(&self, group: &str, kind: &str) -> bool {
-        !self.mutating.candidates(group, kind).is_empty()
-            || !self.validating.candidates(group, kind).is_empty()
-    }
-
     /// The cluster context the set reads.
     pub fn context(&self) -> &Arc<Context> {
         &self.context
