@@ -125,6 +125,7 @@ impl Watch {
             .default_backoff()
             .boxed();
         let mut buffer: Vec<Incoming> = Vec::new();
+        let mut synced = false;
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Init) => buffer.clear(),
@@ -140,6 +141,7 @@ impl Watch {
                         tokio::task::spawn_blocking(move || store.replace(&kind, objects)).await;
                     tracing::info!(kind = %self.kind, objects = count, "cluster context synced");
                     self.set(State::Synced);
+                    synced = true;
                 }
                 Ok(watcher::Event::Apply(object)) => {
                     self.store.apply(self.incoming(&resource, object))
@@ -149,8 +151,14 @@ impl Watch {
                     namespace: object.metadata.namespace.unwrap_or_default(),
                     name: object.metadata.name.unwrap_or_default(),
                 }),
-                // The backoff retries; the cache keeps serving what it has.
-                Err(error) => tracing::warn!(kind = %self.kind, "watch failed, retrying: {error}"),
+                // The backoff retries; the cache keeps serving what it has,
+                // and until the first list is in, /readyz says why not.
+                Err(error) => {
+                    tracing::warn!(kind = %self.kind, "watch failed, retrying: {error}");
+                    if !synced {
+                        self.set(State::Failed(format!("listing failed, retrying: {error}")));
+                    }
+                }
             }
         }
     }
