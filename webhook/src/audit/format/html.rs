@@ -214,11 +214,7 @@ pub fn render(report: &Report) -> String {
     html.push_str(&chart(&title, &by_namespace));
     html.push_str("</div><h2>Policies</h2><table><thead><tr><th>policy</th><th>mode</th><th>severity</th><th>category</th><th>controls</th><th class=\"num\">fail</th><th class=\"num\">warn</th><th class=\"num\">error</th><th class=\"num\">pass</th></tr></thead><tbody>");
     for policy in &report.policies {
-        let c = summary
-            .by_policy
-            .get(&policy.name)
-            .copied()
-            .unwrap_or_default();
+        let c = report.counts(&policy.name);
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",

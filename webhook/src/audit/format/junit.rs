@@ -36,12 +36,7 @@ pub fn render(report: &Report) -> String {
         crate::audit::report::timestamp(report.generated)
     );
     for policy in &report.policies {
-        let counts = report
-            .summary
-            .by_policy
-            .get(&policy.name)
-            .copied()
-            .unwrap_or_default();
+        let counts = report.counts(&policy.name);
         let _ = writeln!(
             out,
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"0\">",

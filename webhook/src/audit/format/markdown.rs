@@ -36,12 +36,7 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---:|---:|---:|---:|");
     for policy in &report.policies {
-        let c = report
-            .summary
-            .by_policy
-            .get(&policy.name)
-            .copied()
-            .unwrap_or_default();
+        let c = report.counts(&policy.name);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
