@@ -217,9 +217,7 @@ impl PolicySet {
         outcome.evaluations.extend(validated.evaluations);
         outcome
     }
-}
 
-impl PolicySet {
     /// Evaluates one policy on `text` (the request, or the request with the
     /// chain's current object) and turns every way it can go wrong into a
     /// [`Step::Failed`].
