@@ -6,23 +6,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
+use super::escape;
 use crate::audit::report::{Counts, Outcome, Report, timestamp};
-
-/// Escapes text for HTML content and attributes.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 fn color(outcome: Outcome) -> &'static str {
     match outcome {

@@ -3,25 +3,8 @@
 
 use std::fmt::Write;
 
+use super::escape;
 use crate::audit::report::{Outcome, Report};
-
-/// Escapes text for XML attributes and content.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Control characters are not allowed in XML 1.0.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// The report as JUnit XML.
 pub fn render(report: &Report) -> String {
