@@ -288,7 +288,18 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Under load until the 1 MiB limit has rotated the log once (however
+    // fast this machine answers), then SIGTERM with requests in flight.
+    let rotated = dir.path().join("decisions.log.1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !rotated.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never reached 1 MiB"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let status = tokio::task::spawn_blocking(move || server.terminate())
         .await
         .unwrap();
