@@ -85,9 +85,10 @@ pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
 
-    write_private(&files.key, key.serialize_pem().as_bytes()).map_err(io(&files.key))?;
-    std::fs::write(&files.cert, cert.pem()).map_err(io(&files.cert))?;
-    std::fs::write(&ca, ca_cert.pem()).map_err(io(&ca))?;
+    // The CA goes last: its presence tells watchers the pair is complete.
+    replace(&files.key, key.serialize_pem().as_bytes(), 0o600).map_err(io(&files.key))?;
+    replace(&files.cert, cert.pem().as_bytes(), 0o644).map_err(io(&files.cert))?;
+    replace(&ca, ca_cert.pem().as_bytes(), 0o644).map_err(io(&ca))?;
     Ok(SelfMade {
         ca,
         files,
@@ -95,16 +96,25 @@ pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
     })
 }
 
-/// Writes a file readable by its owner only.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Writes `path` whole or not at all: a temporary sibling renamed into
+/// place, so a client reading the CA or a restart after a crash never sees a
+/// half-written file.
+fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(contents)
+    options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]
@@ -116,6 +126,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = ensure(dir.path(), &["tollgate.default.svc".into()]).unwrap();
         assert!(first.created);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&first.files.key)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the key is readable by its owner only");
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary file is left: {names:?}");
         let ca = std::fs::read(&first.ca).unwrap();
         let second = ensure(dir.path(), &[]).unwrap();
         assert!(!second.created);
