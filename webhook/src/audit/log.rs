@@ -281,18 +281,7 @@ struct Sink {
 
 /// SHA-256 of a line, as lowercase hex.
 pub fn hash(line: &[u8]) -> String {
-    hex(&Sha256::digest(line))
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        text.push(DIGITS[usize::from(b >> 4)] as char);
-        text.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    text
+    hex::encode(Sha256::digest(line))
 }
 
 /// A seed for a new chain: random bytes from the OS.
@@ -307,7 +296,7 @@ fn seed() -> String {
             .unwrap_or_default();
         bytes = Sha256::digest(format!("{now:?}/{}", std::process::id())).into();
     }
-    hex(&bytes)
+    hex::encode(bytes)
 }
 
 /// The last line of a file, if it has one.

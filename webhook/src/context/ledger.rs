@@ -342,12 +342,12 @@ mod tests {
 
     #[test]
     fn reservations_lapse_after_the_ttl() {
-        let ledger = Local::new(Duration::from_millis(50));
+        let ledger = Local::new(Duration::from_millis(400));
         let store = Store::default();
         assert!(reserve(&ledger, &store, "a", 0, 0, false).admitted);
         assert!(reserve(&ledger, &store, "b", 0, 0, false).admitted);
         assert!(!reserve(&ledger, &store, "c", 0, 0, false).admitted);
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(500));
         assert!(reserve(&ledger, &store, "c", 0, 0, false).admitted);
     }
 

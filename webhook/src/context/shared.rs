@@ -264,9 +264,8 @@ impl ConfigMaps {
 
     fn name(scope: &str) -> String {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(scope.as_bytes());
-        let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        format!("tollgate-quota-{hex}")
+        let digest = hex::encode(&Sha256::digest(scope.as_bytes())[..10]);
+        format!("tollgate-quota-{digest}")
     }
 
     fn block<T>(&self, future: impl Future<Output = T>) -> T {
@@ -476,7 +475,7 @@ mod tests {
     #[test]
     fn dry_runs_and_expired_reservations_hold_nothing() {
         let apiserver = Arc::new(FakeApiserver::default());
-        let ledger = Shared::new(apiserver.clone(), Duration::from_millis(30));
+        let ledger = Shared::new(apiserver.clone(), Duration::from_millis(400));
         let store = Store::default();
         for i in 0..3 {
             assert!(
@@ -493,7 +492,7 @@ mod tests {
         assert!(apiserver.scopes.lock().unwrap().is_empty());
         assert!(reserve(&ledger, &store, "a", &claims(&[("ns/a", 1)]), false).admitted);
         assert!(!reserve(&ledger, &store, "b", &claims(&[("ns/a", 1)]), false).admitted);
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(500));
         assert!(reserve(&ledger, &store, "b", &claims(&[("ns/a", 1)]), false).admitted);
     }
 

@@ -73,10 +73,9 @@ impl Cache {
 
     /// Where the artifact of `bytes` lives.
     pub fn artifact_path(&self, bytes: &[u8]) -> PathBuf {
-        let digest = Sha256::digest(bytes);
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let digest = hex::encode(Sha256::digest(bytes));
         self.dir
-            .join(format!("{hex}-{:016x}.cwasm", self.engine_key))
+            .join(format!("{digest}-{:016x}.cwasm", self.engine_key))
     }
 
     /// The compiled component for `bytes`, from the cache or freshly compiled

@@ -21,10 +21,7 @@ pub fn name(object: &Object) -> String {
     if full.len() <= 253 {
         return full;
     }
-    let digest: String = Sha256::digest(full.as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(&Sha256::digest(full.as_bytes())[..6]);
     format!("{}-{digest}", &full[..240])
 }
 
