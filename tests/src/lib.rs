@@ -8,7 +8,6 @@
 //! server of a run compiles.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -47,18 +46,17 @@ pub fn shared(path: &str) -> PathBuf {
     workspace().join("../shared").join(path)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 /// Server starts and offline runs take turns until ready: the first one on
 /// a cold module cache compiles every policy, and the others then load its
 /// artifacts instead of all compiling the same modules at once on two cores.
 pub static STARTUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The address in the server log's `listening (HTTPS) addr=…` line.
+fn listening_addr(log: &str) -> Option<&str> {
+    let (_, rest) = log.split_once("listening (HTTPS) addr=")?;
+    let end = rest.find(char::is_whitespace)?;
+    Some(&rest[..end])
+}
 
 /// A running `tollgate serve`, killed on drop.
 pub struct Server {
@@ -92,12 +90,13 @@ impl Server {
     pub async fn start(options: Options<'_>) -> Server {
         let _turn = STARTUP.lock().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let mut command = Command::new(binary());
         command
             .arg("serve")
+            // The kernel picks the port and the log says it: no other
+            // process can take it between choosing and binding.
             .arg("--addr")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg("127.0.0.1:0")
             .arg("--cert-dir")
             .arg(dir.path().join("certs"))
             .arg("--cache-dir")
@@ -113,17 +112,28 @@ impl Server {
             std::fs::write(&path, config).expect("writing config");
             command.arg("--config").arg(path);
         }
-        let child = command.spawn().expect("starting tollgate");
-        let ca = dir.path().join("certs/ca.crt");
+        let mut child = command.spawn().expect("starting tollgate");
+        let log = dir.path().join("server.log");
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !ca.exists() {
-            assert!(Instant::now() < deadline, "no CA written");
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) = listening_addr(&text) {
+                break addr.to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tollgate exited with {status}:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate never listened:\n{text}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let client = client(&ca);
+        };
+        // The self-made CA is written before the server listens.
+        let client = client(&dir.path().join("certs/ca.crt"));
         let mut server = Server {
             child: Some(child),
-            url: format!("https://127.0.0.1:{port}"),
+            url: format!("https://{addr}"),
             dir,
             client,
         };

@@ -1,5 +1,6 @@
 //! `tollgate serve`: the webhook.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::server::{self, AppState, certs, tls};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on.
+    /// Address to listen on (port 0: a free port, named in the log).
     #[arg(long, default_value = "0.0.0.0:8443", env = "TOLLGATE_ADDR")]
     addr: SocketAddr,
     #[command(flatten)]
@@ -80,7 +81,9 @@ fn init_tracing(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {
@@ -135,7 +138,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
-        tracing::info!(addr = %args.addr, "listening (HTTPS)");
+        // The bound address, so that `--addr 127.0.0.1:0` says its port.
+        let addr = listener.local_addr().unwrap_or(args.addr);
+        tracing::info!(%addr, "listening (HTTPS)");
         let state = Arc::new(match decisions {
             Some(log) => AppState::with_decision_log(log),
             None => AppState::new(),
