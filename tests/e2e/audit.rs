@@ -261,8 +261,18 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("decisions.log");
     let log_arg = log.to_str().unwrap().to_owned();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "an example key of forty-four bytes, for test\n").unwrap();
+    let key_arg = key.to_str().unwrap().to_owned();
     let mut server = Server::start(Options {
-        args: &["--decision-log", &log_arg, "--decision-log-max-mb", "1"],
+        args: &[
+            "--decision-log",
+            &log_arg,
+            "--decision-log-max-mb",
+            "1",
+            "--decision-log-key",
+            &key_arg,
+        ],
         ..Options::default()
     })
     .await;
@@ -353,12 +363,18 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
         files.len() > 1,
         "the 1 MiB limit rotated the log: {files:?}"
     );
-    let verify = |file: String| async move {
-        tokio::task::spawn_blocking(move || tollgate(&["audit", "verify", &file]))
-            .await
-            .unwrap()
+    let verify = |file: String, key: Option<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["audit", "verify", &file];
+            if let Some(key) = &key {
+                args.extend(["--key", key]);
+            }
+            tollgate(&args)
+        })
+        .await
+        .unwrap()
     };
-    let (ok, stdout, stderr) = verify(log_arg.clone()).await;
+    let (ok, stdout, stderr) = verify(log_arg.clone(), Some(key_arg.clone())).await;
     assert!(ok, "{stderr}");
     assert!(
         stdout.starts_with(&format!(
@@ -366,6 +382,15 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
             logged.len(),
             files.len()
         )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("every line's seal matches the key"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = verify(log_arg.clone(), None).await;
+    assert!(
+        ok && stdout.contains("pass --key to check the seals"),
         "{stdout}"
     );
     // A denied request's line says who was refused what.
@@ -405,7 +430,8 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
         defaults["patchOperations"].as_u64().unwrap() > 0,
         "{defaults}"
     );
-    // An edited copy is caught, and the line named.
+    // An edited copy is caught, and the line named: by the chain without
+    // the key, by the line's own seal with it.
     let tampered = dir.path().join("tampered.log");
     let text = std::fs::read_to_string(&files[0]).unwrap();
     std::fs::write(
@@ -413,7 +439,14 @@ async fn sigterm_under_load_loses_no_answered_decision_and_the_chain_verifies() 
         text.replacen("\"allowed\":false", "\"allowed\":true", 1),
     )
     .unwrap();
-    let (ok, _, stderr) = verify(tampered.to_str().unwrap().to_owned()).await;
+    let tampered = tampered.to_str().unwrap().to_owned();
+    let (ok, _, stderr) = verify(tampered.clone(), None).await;
     assert!(!ok);
     assert!(stderr.contains("was edited"), "{stderr}");
+    let (ok, _, stderr) = verify(tampered, Some(key_arg)).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("the seal does not match: this line was edited"),
+        "{stderr}"
+    );
 }

@@ -5,7 +5,8 @@
 //! written carries a random seed instead, and the first line of a rotated-in
 //! file the hash of the last line of the file before it. Editing, removing,
 //! inserting or reordering a line breaks the chain where it happened
-//! ([`super::verify`]).
+//! ([`super::verify`]). With a key, each line is also sealed
+//! ([`super::seal`]).
 //!
 //! Lines are written by one thread, off the request path: the server hands a
 //! [`Decision`] over a bounded queue. When the queue is full the server either
@@ -23,6 +24,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::seal::Key;
 
 /// One policy's part in a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +147,10 @@ pub struct Line {
     pub decision: Decision,
     /// SHA-256 (hex) of the previous line, or the log's random seed.
     pub prev: String,
+    /// HMAC-SHA256 (hex) of this line without this field, when the log is
+    /// written with a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// What to do when the queue is full.
@@ -175,6 +182,8 @@ pub struct Options {
     pub when_full: WhenFull,
     /// Rotate a file once it would pass this size.
     pub max_bytes: u64,
+    /// Seal every line with this key.
+    pub key: Option<Key>,
 }
 
 /// Pause between batches of the writer.
@@ -277,6 +286,7 @@ struct Sink {
     max_bytes: u64,
     seq: u64,
     prev: String,
+    key: Option<Key>,
 }
 
 /// SHA-256 of a line, as lowercase hex.
@@ -391,6 +401,7 @@ impl Sink {
             max_bytes: options.max_bytes,
             seq,
             prev,
+            key: options.key.clone(),
         })
     }
 
@@ -433,8 +444,12 @@ impl Sink {
             seq: self.seq,
             decision,
             prev: std::mem::take(&mut self.prev),
+            mac: None,
         };
         let mut text = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
+        if let Some(key) = &self.key {
+            key.seal(&mut text);
+        }
         self.prev = hash(&text);
         self.seq += 1;
         text.push(b'\n');
@@ -505,6 +520,7 @@ pub(crate) mod tests {
             queue: 16,
             when_full: WhenFull::Block,
             max_bytes,
+            key: None,
         }
     }
 
@@ -543,7 +559,7 @@ pub(crate) mod tests {
         let first = std::fs::read_to_string(&files[0]).unwrap();
         let text = first.lines().next().unwrap();
         assert!(text.starts_with(r#"{"seq":0,"time":"2025-11-28T16:00:00.123Z","endpoint":"validate","uid":"u0","user":"alice","groups":["system:authenticated"],"operation":"CREATE","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ml","name":"train","dryRun":false,"allowed":false,"policies":[{"name":"gpu-quota","mode":"enforce","verdict":"denied","message":"over quota","patchOperations":0,"micros":41}],"prev":""#), "{text}");
-        let intact = crate::audit::verify::verify(std::slice::from_ref(&path)).unwrap();
+        let intact = crate::audit::verify::verify(std::slice::from_ref(&path), None).unwrap();
         assert_eq!(intact.lines, 11);
         assert_eq!(intact.seq, Some((0, 10)));
     }

@@ -7,6 +7,7 @@ pub mod format;
 pub mod log;
 pub mod report;
 pub mod scan;
+pub mod seal;
 pub mod verify;
 
 use std::time::SystemTime;

@@ -1,6 +1,6 @@
 //! `tollgate audit verify`: checks a decision log's hash chain across its
-//! files and names the first line that was edited, removed, inserted or
-//! reordered.
+//! files (and, given the key, every line's seal) and names the first line
+//! that was edited, removed, inserted or reordered.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -8,6 +8,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use super::log::Line;
+use super::seal::Key;
 
 /// An intact chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub struct Intact {
     pub files: usize,
     /// `seq` of the first and last line.
     pub seq: Option<(u64, u64)>,
+    /// Lines that carry a seal (all of them were checked when a key was
+    /// given).
+    pub sealed: u64,
 }
 
 /// Where the chain breaks, and the likeliest cause.
@@ -37,13 +41,14 @@ impl fmt::Display for Broken {
     }
 }
 
-/// Checks the chain through `files`, oldest first. A file given alone that
-/// has rotated files beside it (`FILE.1`, `FILE.2`, …) is checked after them.
+/// Checks the chain through `files`, oldest first, and with `key` every
+/// line's seal. A file given alone that has rotated files beside it
+/// (`FILE.1`, `FILE.2`, …) is checked after them.
 ///
 /// # Errors
 ///
 /// The first break, or an unreadable file.
-pub fn verify(files: &[PathBuf]) -> Result<Intact, Broken> {
+pub fn verify(files: &[PathBuf], key: Option<&Key>) -> Result<Intact, Broken> {
     let files: Vec<PathBuf> = match files {
         [only] => {
             let mut all = super::log::rotated(only);
@@ -52,28 +57,31 @@ pub fn verify(files: &[PathBuf]) -> Result<Intact, Broken> {
         }
         many => many.to_vec(),
     };
-    let lines = read(&files)?;
+    let lines = read(&files, key)?;
     // Every seq and how often it occurs, to tell a removed line from a moved
     // or inserted one.
     let mut occurrences: HashMap<u64, u32> = HashMap::new();
     for line in &lines {
         *occurrences.entry(line.seq).or_default() += 1;
     }
-    for (i, pair) in lines.windows(2).enumerate() {
-        let (before, line) = (&pair[0], &pair[1]);
-        let next = lines.get(i + 2).map(|l| l.seq);
-        if let Err(reason) = check(before, line, next, &occurrences) {
-            return Err(Broken {
-                file: line.file.clone(),
-                line: line.number,
-                reason,
-            });
+    let broken = |line: &Read, reason: String| Broken {
+        file: line.file.clone(),
+        line: line.number,
+        reason,
+    };
+    // Line by line, so that the first break is the one named.
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(before) = i.checked_sub(1).map(|b| &lines[b]) {
+            let next = lines.get(i + 1).map(|l| l.seq);
+            check(before, line, next, &occurrences).map_err(|r| broken(line, r))?;
         }
+        line.seal.clone().map_err(|r| broken(line, r))?;
     }
     Ok(Intact {
         lines: lines.len() as u64,
         files: files.len(),
         seq: lines.first().zip(lines.last()).map(|(f, l)| (f.seq, l.seq)),
+        sealed: lines.iter().filter(|l| l.sealed).count() as u64,
     })
 }
 
@@ -84,9 +92,12 @@ struct Read {
     seq: u64,
     prev: String,
     hash: String,
+    sealed: bool,
+    /// The seal's check, when a key was given.
+    seal: Result<(), String>,
 }
 
-fn read(files: &[PathBuf]) -> Result<Vec<Read>, Broken> {
+fn read(files: &[PathBuf], key: Option<&Key>) -> Result<Vec<Read>, Broken> {
     let mut lines = Vec::new();
     for file in files {
         let opened = std::fs::File::open(file).map_err(|e| Broken {
@@ -113,6 +124,8 @@ fn read(files: &[PathBuf]) -> Result<Vec<Read>, Broken> {
                 seq: line.seq,
                 prev: line.prev,
                 hash: super::log::hash(text.as_bytes()),
+                sealed: line.mac.is_some(),
+                seal: key.map_or(Ok(()), |key| key.check(&text)),
             });
         }
     }
@@ -177,13 +190,14 @@ mod tests {
     use super::*;
     use crate::audit::log::{DecisionLog, Options, Target, WhenFull};
 
-    fn write_log(dir: &Path, count: usize) -> PathBuf {
+    fn write_log(dir: &Path, count: usize, key: Option<Key>) -> PathBuf {
         let path = dir.join("decisions.log");
         let log = DecisionLog::open(Options {
             target: Target::File(path.clone()),
             queue: 64,
             when_full: WhenFull::Block,
             max_bytes: 1 << 20,
+            key,
         })
         .unwrap();
         for i in 0..count {
@@ -207,10 +221,15 @@ mod tests {
 
     fn broken(f: impl FnOnce(&mut Vec<String>)) -> Broken {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_log(dir.path(), 8);
-        assert_eq!(verify(std::slice::from_ref(&path)).unwrap().lines, 8);
+        let path = write_log(dir.path(), 8, None);
+        assert_eq!(verify(std::slice::from_ref(&path), None).unwrap().lines, 8);
         tamper(&path, f);
-        verify(&[path]).unwrap_err()
+        verify(&[path], None).unwrap_err()
+    }
+
+    fn key(path: &Path, byte: char) -> Key {
+        std::fs::write(path, byte.to_string().repeat(32)).unwrap();
+        Key::read(path).unwrap()
     }
 
     #[test]
@@ -256,5 +275,50 @@ mod tests {
         let b = broken(|lines| lines[6] = "not json".into());
         assert_eq!(b.line, 7);
         assert!(b.reason.starts_with("not a decision line"), "{b}");
+    }
+
+    /// Rewrites the last line and re-chains nothing: only a seal shows it.
+    fn forge_last(path: &Path) {
+        tamper(path, |lines| {
+            let last = lines.last_mut().unwrap();
+            *last = last.replace(r#""allowed":false"#, r#""allowed":true"#);
+        });
+    }
+
+    #[test]
+    fn a_sealed_log_verifies_with_its_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let right = key(&dir.path().join("right"), 'r');
+        let wrong = key(&dir.path().join("wrong"), 'w');
+        let path = write_log(dir.path(), 8, Some(right.clone()));
+        let intact = verify(std::slice::from_ref(&path), Some(&right)).unwrap();
+        assert_eq!((intact.lines, intact.sealed), (8, 8));
+        assert_eq!(verify(std::slice::from_ref(&path), None).unwrap().sealed, 8);
+        let b = verify(&[path], Some(&wrong)).unwrap_err();
+        assert_eq!(b.line, 1);
+        assert!(b.reason.contains("another key"), "{b}");
+    }
+
+    #[test]
+    fn an_edited_last_line_is_found_by_its_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key(&dir.path().join("key"), 'k');
+        let path = write_log(dir.path(), 8, Some(key.clone()));
+        forge_last(&path);
+        // No line follows the last to record its hash: the chain passes.
+        verify(std::slice::from_ref(&path), None).unwrap();
+        let b = verify(&[path], Some(&key)).unwrap_err();
+        assert_eq!(b.line, 8);
+        assert!(b.reason.contains("this line was edited"), "{b}");
+    }
+
+    #[test]
+    fn an_unsealed_log_fails_where_a_seal_is_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key(&dir.path().join("key"), 'k');
+        let path = write_log(dir.path(), 3, None);
+        let b = verify(&[path], Some(&key)).unwrap_err();
+        assert_eq!(b.line, 1);
+        assert!(b.reason.contains("carries no seal"), "{b}");
     }
 }

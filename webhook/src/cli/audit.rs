@@ -2,7 +2,7 @@
 //! decision log.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::audit::cluster::{self, Cluster, Kube};
 use crate::audit::format::{self, Format};
 use crate::audit::report::{self, Report};
+use crate::audit::seal::Key;
 use crate::audit::{scan, verify};
 use crate::context::snapshot::{self, Snapshot};
 use crate::context::store::Incoming;
@@ -33,6 +34,10 @@ pub enum Command {
         /// rotated files FILE.1, FILE.2, … are found beside it).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// The key the log was written with (`serve --decision-log-key`):
+        /// every line's seal must match it.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -76,20 +81,27 @@ pub struct ScanArgs {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Scan(args) => scan_command(args),
-        Command::Verify { files } => match verify::verify(&files) {
-            Ok(intact) => {
-                let range = intact.seq.map_or_else(String::new, |(first, last)| {
-                    format!(", seq {first} to {last}")
-                });
-                println!(
-                    "ok: {} lines in {} file(s){range}: the hash chain is intact",
-                    intact.lines, intact.files
-                );
-                Ok(())
-            }
-            Err(broken) => anyhow::bail!("the decision log was tampered with: {broken}"),
-        },
+        Command::Verify { files, key } => verify_command(&files, key.as_deref()),
     }
+}
+
+fn verify_command(files: &[PathBuf], key: Option<&Path>) -> anyhow::Result<()> {
+    let key = key.map(Key::read).transpose()?;
+    let intact = verify::verify(files, key.as_ref())
+        .map_err(|broken| anyhow::anyhow!("the decision log was tampered with: {broken}"))?;
+    let range = intact.seq.map_or_else(String::new, |(first, last)| {
+        format!(", seq {first} to {last}")
+    });
+    let seals = match (&key, intact.sealed) {
+        (Some(_), _) => " and every line's seal matches the key",
+        (None, 0) => "",
+        (None, _) => "; its lines are sealed: pass --key to check the seals",
+    };
+    println!(
+        "ok: {} lines in {} file(s){range}: the hash chain is intact{seals}",
+        intact.lines, intact.files
+    );
+    Ok(())
 }
 
 /// Where the objects come from, and the context they are evaluated in.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::audit::log::{self, DecisionLog, WhenFull};
+use crate::audit::seal::Key;
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
 use crate::server::{self, AppState, certs, tls};
@@ -58,6 +59,11 @@ pub struct Args {
     /// Rotate the decision log file once it would pass this many MiB.
     #[arg(long, default_value_t = 100)]
     decision_log_max_mb: u64,
+    /// Seal every decision line with an HMAC-SHA256 under the key in this
+    /// file (at least 32 bytes; e.g. a mounted Secret), so that `audit
+    /// verify --key` detects rewrites by anyone without it.
+    #[arg(long, value_name = "FILE", requires = "decision_log")]
+    decision_log_key: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -126,6 +132,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             queue: args.decision_log_queue,
             when_full: args.decision_log_when_full,
             max_bytes: args.decision_log_max_mb << 20,
+            key: args
+                .decision_log_key
+                .as_deref()
+                .map(Key::read)
+                .transpose()?,
         })?),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
