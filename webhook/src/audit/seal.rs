@@ -92,29 +92,38 @@ impl Key {
         line.extend_from_slice(tag.as_bytes());
         line.extend_from_slice(b"\"}");
     }
+}
 
-    /// Checks the seal of one line as read from the log.
-    ///
-    /// # Errors
-    ///
-    /// Why the line is not the one this key sealed.
-    pub fn check(&self, line: &str) -> Result<(), String> {
-        let bytes = line.as_bytes();
-        let split = bytes.len().checked_sub(SEALED_TAIL);
-        let Some((body, tail)) = split.map(|at| bytes.split_at(at)) else {
-            return Err(UNSEALED.to_owned());
-        };
-        let tag = tail
-            .strip_prefix(FIELD)
-            .and_then(|t| t.strip_suffix(b"\"}"))
-            .and_then(|hex_tag| hex::decode(hex_tag).ok())
-            .ok_or_else(|| UNSEALED.to_owned())?;
-        let mut mac = self.mac();
+/// Checks the seal of one line as read from the log against `keys` (more
+/// than one when the key was rotated during the log's life).
+///
+/// # Errors
+///
+/// Why the line is not one these keys sealed.
+pub fn check(keys: &[Key], line: &str) -> Result<(), String> {
+    let bytes = line.as_bytes();
+    let split = bytes.len().checked_sub(SEALED_TAIL);
+    let Some((body, tail)) = split.map(|at| bytes.split_at(at)) else {
+        return Err(UNSEALED.to_owned());
+    };
+    let tag = tail
+        .strip_prefix(FIELD)
+        .and_then(|t| t.strip_suffix(b"\"}"))
+        .and_then(|hex_tag| hex::decode(hex_tag).ok())
+        .ok_or_else(|| UNSEALED.to_owned())?;
+    let sealed_by = |key: &Key| {
+        let mut mac = key.mac();
         mac.update(body);
         mac.update(b"}");
-        mac.verify_slice(&tag).map_err(|_| {
-            "the seal does not match: this line was edited (or another key sealed it)".to_owned()
-        })
+        mac.verify_slice(&tag).is_ok()
+    };
+    if keys.iter().any(sealed_by) {
+        Ok(())
+    } else {
+        Err(
+            "the seal does not match: this line was edited (or a key not given sealed it)"
+                .to_owned(),
+        )
     }
 }
 
@@ -136,7 +145,8 @@ mod tests {
         let text = String::from_utf8(line).unwrap();
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["mac"].as_str().unwrap().len(), 64);
-        assert_eq!(key(1).check(&text), Ok(()));
+        assert_eq!(check(&[key(1)], &text), Ok(()));
+        assert_eq!(check(&[key(2), key(1)], &text), Ok(()), "a rotated key");
     }
 
     #[test]
@@ -145,11 +155,19 @@ mod tests {
         key(1).seal(&mut line);
         let text = String::from_utf8(line).unwrap();
         let edited = text.replace("false", "true ");
-        assert!(key(1).check(&edited).unwrap_err().contains("was edited"));
-        assert!(key(2).check(&text).unwrap_err().contains("another key"));
+        assert!(
+            check(&[key(1)], &edited)
+                .unwrap_err()
+                .contains("was edited")
+        );
+        assert!(
+            check(&[key(2)], &text)
+                .unwrap_err()
+                .contains("a key not given")
+        );
         let plain = r#"{"seq":0,"allowed":false,"prev":"ab"}"#;
-        assert!(key(1).check(plain).unwrap_err().contains("no seal"));
-        assert!(key(1).check("}").unwrap_err().contains("no seal"));
+        assert!(check(&[key(1)], plain).unwrap_err().contains("no seal"));
+        assert!(check(&[key(1)], "}").unwrap_err().contains("no seal"));
     }
 
     #[test]

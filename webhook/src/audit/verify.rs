@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use super::log::Line;
-use super::seal::Key;
+use super::seal::{self, Key};
 
 /// An intact chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,14 +41,14 @@ impl fmt::Display for Broken {
     }
 }
 
-/// Checks the chain through `files`, oldest first, and with `key` every
+/// Checks the chain through `files`, oldest first, and with `keys` every
 /// line's seal. A file given alone that has rotated files beside it
 /// (`FILE.1`, `FILE.2`, …) is checked after them.
 ///
 /// # Errors
 ///
 /// The first break, or an unreadable file.
-pub fn verify(files: &[PathBuf], key: Option<&Key>) -> Result<Intact, Broken> {
+pub fn verify(files: &[PathBuf], keys: &[Key]) -> Result<Intact, Broken> {
     let files: Vec<PathBuf> = match files {
         [only] => {
             let mut all = super::log::rotated(only);
@@ -57,7 +57,7 @@ pub fn verify(files: &[PathBuf], key: Option<&Key>) -> Result<Intact, Broken> {
         }
         many => many.to_vec(),
     };
-    let lines = read(&files, key)?;
+    let lines = read(&files, keys)?;
     // Every seq and how often it occurs, to tell a removed line from a moved
     // or inserted one.
     let mut occurrences: HashMap<u64, u32> = HashMap::new();
@@ -93,11 +93,11 @@ struct Read {
     prev: String,
     hash: String,
     sealed: bool,
-    /// The seal's check, when a key was given.
+    /// The seal's check, when keys were given.
     seal: Result<(), String>,
 }
 
-fn read(files: &[PathBuf], key: Option<&Key>) -> Result<Vec<Read>, Broken> {
+fn read(files: &[PathBuf], keys: &[Key]) -> Result<Vec<Read>, Broken> {
     let mut lines = Vec::new();
     for file in files {
         let opened = std::fs::File::open(file).map_err(|e| Broken {
@@ -125,7 +125,11 @@ fn read(files: &[PathBuf], key: Option<&Key>) -> Result<Vec<Read>, Broken> {
                 prev: line.prev,
                 hash: super::log::hash(text.as_bytes()),
                 sealed: line.mac.is_some(),
-                seal: key.map_or(Ok(()), |key| key.check(&text)),
+                seal: if keys.is_empty() {
+                    Ok(())
+                } else {
+                    seal::check(keys, &text)
+                },
             });
         }
     }
@@ -222,9 +226,9 @@ mod tests {
     fn broken(f: impl FnOnce(&mut Vec<String>)) -> Broken {
         let dir = tempfile::tempdir().unwrap();
         let path = write_log(dir.path(), 8, None);
-        assert_eq!(verify(std::slice::from_ref(&path), None).unwrap().lines, 8);
+        assert_eq!(verify(std::slice::from_ref(&path), &[]).unwrap().lines, 8);
         tamper(&path, f);
-        verify(&[path], None).unwrap_err()
+        verify(&[path], &[]).unwrap_err()
     }
 
     fn key(path: &Path, byte: char) -> Key {
@@ -291,12 +295,13 @@ mod tests {
         let right = key(&dir.path().join("right"), 'r');
         let wrong = key(&dir.path().join("wrong"), 'w');
         let path = write_log(dir.path(), 8, Some(right.clone()));
-        let intact = verify(std::slice::from_ref(&path), Some(&right)).unwrap();
+        let intact = verify(std::slice::from_ref(&path), std::slice::from_ref(&right)).unwrap();
         assert_eq!((intact.lines, intact.sealed), (8, 8));
-        assert_eq!(verify(std::slice::from_ref(&path), None).unwrap().sealed, 8);
-        let b = verify(&[path], Some(&wrong)).unwrap_err();
+        assert_eq!(verify(std::slice::from_ref(&path), &[]).unwrap().sealed, 8);
+        verify(std::slice::from_ref(&path), &[wrong.clone(), right]).unwrap();
+        let b = verify(&[path], &[wrong]).unwrap_err();
         assert_eq!(b.line, 1);
-        assert!(b.reason.contains("another key"), "{b}");
+        assert!(b.reason.contains("a key not given"), "{b}");
     }
 
     #[test]
@@ -306,8 +311,8 @@ mod tests {
         let path = write_log(dir.path(), 8, Some(key.clone()));
         forge_last(&path);
         // No line follows the last to record its hash: the chain passes.
-        verify(std::slice::from_ref(&path), None).unwrap();
-        let b = verify(&[path], Some(&key)).unwrap_err();
+        verify(std::slice::from_ref(&path), &[]).unwrap();
+        let b = verify(&[path], &[key]).unwrap_err();
         assert_eq!(b.line, 8);
         assert!(b.reason.contains("this line was edited"), "{b}");
     }
@@ -317,7 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = key(&dir.path().join("key"), 'k');
         let path = write_log(dir.path(), 3, None);
-        let b = verify(&[path], Some(&key)).unwrap_err();
+        let b = verify(&[path], &[key]).unwrap_err();
         assert_eq!(b.line, 1);
         assert!(b.reason.contains("carries no seal"), "{b}");
     }

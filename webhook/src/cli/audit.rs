@@ -2,7 +2,7 @@
 //! decision log.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,9 +35,10 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// The key the log was written with (`serve --decision-log-key`):
-        /// every line's seal must match it.
-        #[arg(long, value_name = "FILE")]
-        key: Option<PathBuf>,
+        /// every line's seal must match it. May repeat, when the key was
+        /// rotated during the log's life.
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
     },
 }
 
@@ -81,21 +82,25 @@ pub struct ScanArgs {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Scan(args) => scan_command(args),
-        Command::Verify { files, key } => verify_command(&files, key.as_deref()),
+        Command::Verify { files, keys } => verify_command(&files, &keys),
     }
 }
 
-fn verify_command(files: &[PathBuf], key: Option<&Path>) -> anyhow::Result<()> {
-    let key = key.map(Key::read).transpose()?;
-    let intact = verify::verify(files, key.as_ref())
+fn verify_command(files: &[PathBuf], keys: &[PathBuf]) -> anyhow::Result<()> {
+    let keys = keys
+        .iter()
+        .map(|k| Key::read(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let intact = verify::verify(files, &keys)
         .map_err(|broken| anyhow::anyhow!("the decision log was tampered with: {broken}"))?;
     let range = intact.seq.map_or_else(String::new, |(first, last)| {
         format!(", seq {first} to {last}")
     });
-    let seals = match (&key, intact.sealed) {
-        (Some(_), _) => " and every line's seal matches the key",
-        (None, 0) => "",
-        (None, _) => "; its lines are sealed: pass --key to check the seals",
+    let seals = match (keys.len(), intact.sealed) {
+        (1, _) => " and every line's seal matches the key",
+        (2.., _) => " and every line's seal matches one of the keys",
+        (0, 0) => "",
+        (0, _) => "; its lines are sealed: pass --key to check the seals",
     };
     println!(
         "ok: {} lines in {} file(s){range}: the hash chain is intact{seals}",
