@@ -234,7 +234,7 @@ impl Report {
         }
     }
 
-    /// The counts of the policy named `name`.
+    /// The counts of the policy named `policy`.
     pub fn counts(&self, policy: &str) -> Counts {
         self.summary
             .by_policy
