@@ -17,6 +17,11 @@ use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::PolicySet;
 use tollgate::server::review;
 
+/// A request's deadline as the server gives it (the default maximum).
+fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(10)
+}
+
 fn standard_request() -> Vec<u8> {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
@@ -61,21 +66,21 @@ fn admission(c: &mut Criterion) {
     group.bench_function("validate (decode, image-registries, encode)", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
-            let outcome = set.validate(&request);
+            let outcome = set.validate(&request, deadline());
             black_box(review::encode(&request.uid, &outcome))
         })
     });
     group.bench_function("mutate (decode, resource-defaults, encode)", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
-            let outcome = set.mutate(&request);
+            let outcome = set.mutate(&request, deadline());
             black_box(review::encode(&request.uid, &outcome))
         })
     });
     group.bench_function("two-policy chain (decode, mutate, validate, encode)", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
-            let outcome = set.review(&request);
+            let outcome = set.review(&request, deadline());
             assert!(outcome.allowed);
             black_box(review::encode(&request.uid, &outcome))
         })
@@ -83,7 +88,7 @@ fn admission(c: &mut Criterion) {
     group.bench_function("two-policy chain with a patch", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&needing_defaults)).unwrap();
-            let outcome = set.review(&request);
+            let outcome = set.review(&request, deadline());
             assert!(outcome.patch.is_some());
             black_box(review::encode(&request.uid, &outcome))
         })
@@ -93,7 +98,7 @@ fn admission(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let request = review::decode(black_box(&standard)).unwrap();
-                let outcome = default.review(&request);
+                let outcome = default.review(&request, deadline());
                 assert!(outcome.allowed && outcome.warnings.is_empty() && outcome.patch.is_some());
                 black_box(review::encode(&request.uid, &outcome))
             })
@@ -160,7 +165,13 @@ fn engine(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 misbehave
-                    .evaluate(r#"{"uid":"u"}"#, r#"{"behaviour":"count"}"#, &limits, None)
+                    .evaluate(
+                        r#"{"uid":"u"}"#,
+                        r#"{"behaviour":"count"}"#,
+                        &limits,
+                        Some(deadline()),
+                        None,
+                    )
                     .unwrap(),
             )
         })
@@ -173,6 +184,7 @@ fn engine(c: &mut Criterion) {
                         &request,
                         r#"{"allowedRegistries":["nvcr.io/"],"denyLatest":true}"#,
                         &limits,
+                        Some(deadline()),
                         None,
                     )
                     .unwrap(),
@@ -187,6 +199,7 @@ fn engine(c: &mut Criterion) {
                         &request,
                         r#"{"requests":{"cpu":"100m","memory":"128Mi"}}"#,
                         &limits,
+                        Some(deadline()),
                         None,
                     )
                     .unwrap(),
@@ -199,7 +212,9 @@ fn engine(c: &mut Criterion) {
     ] {
         group.bench_function(format!("gpu-placement on {name}"), |b| {
             b.iter(|| {
-                let verdict = placement.evaluate(request, "{}", &limits, None).unwrap();
+                let verdict = placement
+                    .evaluate(request, "{}", &limits, Some(deadline()), None)
+                    .unwrap();
                 assert!(verdict.allowed && verdict.mutated_object.is_some());
                 black_box(verdict)
             })
@@ -212,7 +227,7 @@ fn engine(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     let verdict = pod_security
-                        .evaluate(&request, &settings, &limits, None)
+                        .evaluate(&request, &settings, &limits, Some(deadline()), None)
                         .unwrap();
                     assert!(verdict.allowed);
                     black_box(verdict)

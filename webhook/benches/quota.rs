@@ -22,6 +22,11 @@ use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::{Config, PolicySet};
 use tollgate::server::review;
 
+/// A request's deadline as the server gives it (the default maximum).
+fn deadline() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(10)
+}
+
 const NAMESPACES: usize = 200;
 const PODS: usize = 10_000;
 const TEAM_SIZE: usize = 10;
@@ -108,7 +113,7 @@ fn standard_request() -> Vec<u8> {
 
 fn admit(set: &PolicySet, body: &[u8]) -> Vec<u8> {
     let request = review::decode(body).unwrap();
-    let outcome = set.validate(&request);
+    let outcome = set.validate(&request, deadline());
     assert!(outcome.allowed, "{:?}", outcome.message);
     review::encode(&request.uid, &outcome)
 }

@@ -10,20 +10,41 @@
 //!
 //! Lines are written by one thread, off the request path: the server hands a
 //! [`Decision`] over a bounded queue. When the queue is full the server either
-//! waits (`block`, nothing is lost) or drops the line and counts it (`drop`).
+//! waits (`block`, nothing is lost; the wait is asynchronous, so no async
+//! worker is held) or drops the line and counts it (`drop`).
 //! [`DecisionLog::close`] drains the queue and flushes, so on SIGTERM every
 //! answered request's line is written before the process exits.
+//!
+//! # Durability
+//!
+//! A crash of the process, or of the machine, can lose what is not on disk
+//! yet. [`Fsync`] chooses what that can be:
+//!
+//! - `batch` (the default): the writer `fdatasync`s after every batch it
+//!   writes (a batch is what queued while it wrote the last one, a few
+//!   milliseconds' worth). Answers do not wait for it: a machine crash
+//!   loses at most the lines of the last few milliseconds, including some
+//!   of requests already answered.
+//! - `answer`: each answer waits until its line is written and synced (the
+//!   writer still syncs once per batch, so waiting requests share one
+//!   sync). Nothing answered is lost, at the cost of a sync's latency on
+//!   every request.
+//! - `never`: lines go to the OS as they are written; a process crash loses
+//!   only what was queued, a machine crash what the OS had not flushed.
+//!
+//! Files are created readable by their owner only (0600): decisions name
+//! users, objects and denial reasons.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 
 use super::seal::Key;
 
@@ -153,6 +174,18 @@ pub struct Line {
     pub mac: Option<String>,
 }
 
+/// When lines are synced to disk (see the module's "Durability").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fsync {
+    /// After every batch; answers do not wait.
+    #[default]
+    Batch,
+    /// After every batch; each answer waits for its line's sync.
+    Answer,
+    /// Never; the OS flushes when it will.
+    Never,
+}
+
 /// What to do when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WhenFull {
@@ -184,20 +217,29 @@ pub struct Options {
     pub max_bytes: u64,
     /// Seal every line with this key.
     pub key: Option<Key>,
+    /// When lines are synced to disk.
+    pub fsync: Fsync,
 }
 
 /// Pause between batches of the writer.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 enum Message {
-    Decision(Box<Decision>),
+    /// A decision, and (with `--decision-log-fsync answer`) who waits for
+    /// it to be on disk.
+    Decision(Box<Decision>, Option<oneshot::Sender<()>>),
     Close,
 }
 
 /// The log's handle, shared by the server's workers.
 pub struct DecisionLog {
-    sender: SyncSender<Message>,
+    /// The queue to the writer thread. A Tokio channel: senders wait for
+    /// room asynchronously; the thread receives with `blocking_recv`.
+    sender: mpsc::Sender<Message>,
     when_full: WhenFull,
+    fsync: Fsync,
+    /// The writer thread, joined by `close`. A `std::sync::Mutex`: taken
+    /// once, at shutdown.
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -234,7 +276,7 @@ impl DecisionLog {
     /// When the file cannot be opened or its last line cannot be read.
     pub fn open(options: Options) -> Result<Self, Error> {
         let mut sink = Sink::open(&options)?;
-        let (sender, queue) = mpsc::sync_channel(options.queue.max(1));
+        let (sender, queue) = mpsc::channel(options.queue.max(1));
         let writer = std::thread::Builder::new()
             .name("tollgate-decision-log".into())
             .spawn(move || sink.run(queue))
@@ -245,26 +287,36 @@ impl DecisionLog {
         Ok(DecisionLog {
             sender,
             when_full: options.when_full,
+            fsync: options.fsync,
             writer: Mutex::new(Some(writer)),
         })
     }
 
-    /// Queues one decision; `false` when it was dropped (queue full, with
-    /// `drop`).
-    pub fn record(&self, decision: Decision) -> bool {
-        let message = Message::Decision(Box::new(decision));
-        match self.when_full {
-            WhenFull::Block => {
-                let _ = self.sender.send(message);
-                true
+    /// Queues one decision, and with `--decision-log-fsync answer` waits
+    /// until it is on disk; `false` when it was dropped (queue full, with
+    /// `drop`) or could not be written.
+    pub async fn record(&self, decision: Decision) -> bool {
+        let (synced, on_disk) = match self.fsync {
+            Fsync::Answer => {
+                let (sender, receiver) = oneshot::channel();
+                (Some(sender), Some(receiver))
             }
-            WhenFull::Drop => !matches!(self.sender.try_send(message), Err(TrySendError::Full(_))),
+            Fsync::Batch | Fsync::Never => (None, None),
+        };
+        let message = Message::Decision(Box::new(decision), synced);
+        let queued = match self.when_full {
+            WhenFull::Block => self.sender.send(message).await.is_ok(),
+            WhenFull::Drop => self.sender.try_send(message).is_ok(),
+        };
+        match on_disk {
+            Some(on_disk) if queued => on_disk.await.is_ok(),
+            _ => queued,
         }
     }
 
     /// Writes every queued decision, flushes and stops the writer. Later
     /// decisions are not written.
-    pub fn close(&self) {
+    pub async fn close(&self) {
         let Some(writer) = self
             .writer
             .lock()
@@ -273,20 +325,47 @@ impl DecisionLog {
         else {
             return;
         };
-        let _ = self.sender.send(Message::Close);
-        let _ = writer.join();
+        let _ = self.sender.send(Message::Close).await;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
 }
 
 /// The writer thread's side: the open file and the chain's state.
 struct Sink {
     target: Target,
-    out: Box<dyn Write + Send>,
+    out: Output,
     written: u64,
     max_bytes: u64,
     seq: u64,
     prev: String,
     key: Option<Key>,
+    fsync: Fsync,
+    /// Who waits for the current batch to be on disk.
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+/// Where the writer writes.
+enum Output {
+    Stdout(std::io::Stdout),
+    File(BufWriter<File>),
+}
+
+impl Output {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Output::Stdout(out) => out,
+            Output::File(out) => out,
+        }
+    }
+
+    /// Flushes, and syncs a file's data to disk when `sync`.
+    fn flush(&mut self, sync: bool) -> std::io::Result<()> {
+        self.writer().flush()?;
+        match self {
+            Output::File(file) if sync => file.get_ref().sync_data(),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// SHA-256 of a line, as lowercase hex.
@@ -309,21 +388,40 @@ fn seed() -> String {
     hex::encode(bytes)
 }
 
-/// The last line of a file, if it has one.
-fn last_line(path: &Path) -> std::io::Result<Option<String>> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
-    // Lines are a few KiB; read a tail large enough for the longest.
-    let start = size.saturating_sub(1 << 20);
-    file.seek(SeekFrom::Start(start))?;
-    let mut last = None;
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        if !line.is_empty() {
-            last = Some(line);
+/// The last non-empty line of a file, if it has one.
+fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    last_line_of(File::open(path)?)
+}
+
+/// Bytes read at a time from the end.
+const TAIL_CHUNK: u64 = 64 << 10;
+
+/// The last non-empty line of `file` (without its newline), reading back
+/// from the end a chunk at a time, so a line of any length is found whole
+/// and no read splits a character.
+pub fn last_line_of(mut file: impl Read + Seek) -> std::io::Result<Option<Vec<u8>>> {
+    let size = file.seek(SeekFrom::End(0))?;
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = size;
+    loop {
+        // Trailing newlines belong to no line.
+        while tail.last() == Some(&b'\n') {
+            tail.pop();
         }
+        if let Some(newline) = tail.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(tail.split_off(newline + 1)));
+        }
+        if start == 0 {
+            return Ok((!tail.is_empty()).then_some(tail));
+        }
+        let read_from = start.saturating_sub(TAIL_CHUNK);
+        let mut chunk = vec![0; (start - read_from) as usize];
+        file.seek(SeekFrom::Start(read_from))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        start = read_from;
     }
-    Ok(last)
 }
 
 /// Rotated files of `path`: `path.1`, `path.2`, … (oldest first).
@@ -354,46 +452,50 @@ pub fn rotated(path: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Opens `path` for appending, creating it readable by its owner only.
+fn append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 impl Sink {
     fn open(options: &Options) -> Result<Self, Error> {
-        let (out, written, seq, prev): (Box<dyn Write + Send>, u64, u64, String) =
-            match &options.target {
-                Target::Stdout => (Box::new(std::io::stdout()), 0, 0, seed()),
-                Target::File(path) => {
-                    let io = |source| Error::Io {
-                        path: path.clone(),
-                        source,
-                    };
-                    // Continue the chain from the newest line there is.
-                    let newest = if path.exists() {
-                        Some(path.clone())
-                    } else {
-                        rotated(path).pop()
-                    };
-                    let last = match &newest {
-                        Some(file) => last_line(file).map_err(io)?,
-                        None => None,
-                    };
-                    let (seq, prev) = match last {
-                        Some(line) => {
-                            let parsed: Line =
-                                serde_json::from_str(&line).map_err(|e| Error::Corrupt {
-                                    path: newest.clone().unwrap_or_default(),
-                                    message: e.to_string(),
-                                })?;
-                            (parsed.seq + 1, hash(line.as_bytes()))
-                        }
-                        None => (0, seed()),
-                    };
-                    let file = OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(path)
-                        .map_err(io)?;
-                    let written = file.metadata().map_err(io)?.len();
-                    (Box::new(BufWriter::new(file)), written, seq, prev)
-                }
-            };
+        let (out, written, seq, prev): (Output, u64, u64, String) = match &options.target {
+            Target::Stdout => (Output::Stdout(std::io::stdout()), 0, 0, seed()),
+            Target::File(path) => {
+                let io = |source| Error::Io {
+                    path: path.clone(),
+                    source,
+                };
+                // Continue the chain from the newest line there is.
+                let newest = if path.exists() {
+                    Some(path.clone())
+                } else {
+                    rotated(path).pop()
+                };
+                let last = match &newest {
+                    Some(file) => last_line(file).map_err(io)?,
+                    None => None,
+                };
+                let (seq, prev) = match last {
+                    Some(line) => {
+                        let parsed: Line =
+                            serde_json::from_slice(&line).map_err(|e| Error::Corrupt {
+                                path: newest.clone().unwrap_or_default(),
+                                message: e.to_string(),
+                            })?;
+                        (parsed.seq + 1, hash(&line))
+                    }
+                    None => (0, seed()),
+                };
+                let file = append(path).map_err(io)?;
+                let written = file.metadata().map_err(io)?.len();
+                (Output::File(BufWriter::new(file)), written, seq, prev)
+            }
+        };
         Ok(Sink {
             target: options.target.clone(),
             out,
@@ -402,18 +504,28 @@ impl Sink {
             seq,
             prev,
             key: options.key.clone(),
+            fsync: options.fsync,
+            waiting: Vec::new(),
         })
     }
 
-    fn run(&mut self, queue: Receiver<Message>) {
-        while let Ok(message) = queue.recv() {
+    fn run(&mut self, mut queue: mpsc::Receiver<Message>) {
+        while let Some(message) = queue.blocking_recv() {
             let mut close = self.handle(message);
             // Write what else is waiting before one flush.
             while !close && let Ok(message) = queue.try_recv() {
                 close = self.handle(message);
             }
-            if let Err(error) = self.out.flush() {
-                tracing::error!("decision log: flush failed: {error}");
+            match self.out.flush(self.fsync != Fsync::Never) {
+                // The batch is on disk: its waiting answers may leave.
+                Ok(()) => self.waiting.drain(..).for_each(|w| {
+                    let _ = w.send(());
+                }),
+                Err(error) => {
+                    // Waiting answers learn that their line may be lost.
+                    self.waiting.clear();
+                    tracing::error!("decision log: flush failed: {error}");
+                }
             }
             if close {
                 return;
@@ -429,9 +541,10 @@ impl Sink {
     fn handle(&mut self, message: Message) -> bool {
         match message {
             Message::Close => true,
-            Message::Decision(decision) => {
-                if let Err(error) = self.write(*decision) {
-                    tracing::error!("decision log: write failed: {error}");
+            Message::Decision(decision, waiting) => {
+                match self.write(*decision) {
+                    Ok(()) => self.waiting.extend(waiting),
+                    Err(error) => tracing::error!("decision log: write failed: {error}"),
                 }
                 false
             }
@@ -456,7 +569,7 @@ impl Sink {
         if self.written > 0 && self.written + text.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
-        self.out.write_all(&text)?;
+        self.out.writer().write_all(&text)?;
         self.written += text.len() as u64;
         Ok(())
     }
@@ -465,7 +578,7 @@ impl Sink {
         let Target::File(path) = &self.target else {
             return Ok(());
         };
-        self.out.flush()?;
+        self.out.flush(self.fsync != Fsync::Never)?;
         let next = rotated(path)
             .last()
             .and_then(|p| p.extension()?.to_str()?.parse::<u64>().ok())
@@ -473,8 +586,7 @@ impl Sink {
         let mut name = path.as_os_str().to_owned();
         name.push(format!(".{next}"));
         std::fs::rename(path, PathBuf::from(name))?;
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        self.out = Box::new(BufWriter::new(file));
+        self.out = Output::File(BufWriter::new(append(path)?));
         self.written = 0;
         Ok(())
     }
@@ -521,6 +633,7 @@ pub(crate) mod tests {
             when_full: WhenFull::Block,
             max_bytes,
             key: None,
+            fsync: Fsync::Batch,
         }
     }
 
@@ -532,19 +645,19 @@ pub(crate) mod tests {
             .collect()
     }
 
-    #[test]
-    fn lines_carry_the_decision_and_chain_across_rotation_and_restarts() {
+    #[tokio::test]
+    async fn lines_carry_the_decision_and_chain_across_rotation_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("decisions.log");
         let log = DecisionLog::open(options(&path, 1500)).unwrap();
         for i in 0..10 {
-            assert!(log.record(decision(&format!("u{i}"))));
+            assert!(log.record(decision(&format!("u{i}"))).await);
         }
-        log.close();
+        log.close().await;
         // A restart continues the chain.
         let log = DecisionLog::open(options(&path, 1500)).unwrap();
-        log.record(decision("after-restart"));
-        log.close();
+        log.record(decision("after-restart")).await;
+        log.close().await;
         let rotated = rotated(&path);
         assert!(rotated.len() >= 3, "{rotated:?}");
         let mut files = rotated.clone();
@@ -562,6 +675,61 @@ pub(crate) mod tests {
         let intact = crate::audit::verify::verify(std::slice::from_ref(&path), &[]).unwrap();
         assert_eq!(intact.lines, 11);
         assert_eq!(intact.seq, Some((0, 10)));
+        #[cfg(unix)]
+        for file in &files {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_continues_after_a_last_line_longer_than_any_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let log = DecisionLog::open(options(&path, 64 << 20)).unwrap();
+        let mut long = decision("long");
+        // Over 1 MiB, of 2-byte characters: any fixed-size read from the
+        // end would split the line or a character.
+        long.policies[0].message = Some("é".repeat(700_000));
+        assert!(log.record(decision("short")).await);
+        assert!(log.record(long).await);
+        log.close().await;
+        let log = DecisionLog::open(options(&path, 64 << 20)).unwrap();
+        assert!(log.record(decision("after")).await);
+        log.close().await;
+        let intact = crate::audit::verify::verify(std::slice::from_ref(&path), &[]).unwrap();
+        assert_eq!(intact.seq, Some((0, 2)));
+    }
+
+    #[test]
+    fn the_last_line_is_found_whatever_its_length() {
+        use std::io::Cursor;
+        let last = |text: &[u8]| last_line_of(Cursor::new(text.to_vec())).unwrap();
+        assert_eq!(last(b""), None);
+        assert_eq!(last(b"\n\n"), None);
+        assert_eq!(last(b"one"), Some(b"one".to_vec()));
+        assert_eq!(last(b"one\ntwo\n\n"), Some(b"two".to_vec()));
+        let long = vec![b'x'; 3 * TAIL_CHUNK as usize + 17];
+        let mut text = b"first\n".to_vec();
+        text.extend_from_slice(&long);
+        text.push(b'\n');
+        assert_eq!(last(&text), Some(long));
+    }
+
+    #[tokio::test]
+    async fn with_fsync_answer_a_record_returns_once_its_line_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.log");
+        let mut options = options(&path, 1 << 20);
+        options.fsync = Fsync::Answer;
+        let log = DecisionLog::open(options).unwrap();
+        for i in 0..3 {
+            assert!(log.record(decision(&i.to_string())).await);
+            // Already written (and synced) when record returns.
+            assert_eq!(lines(&path).len(), i + 1);
+        }
+        log.close().await;
     }
 
     #[test]
@@ -585,17 +753,20 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn a_full_queue_drops_with_drop_and_waits_with_block() {
+    #[tokio::test]
+    async fn a_full_queue_drops_with_drop_and_waits_with_block() {
         let dir = tempfile::tempdir().unwrap();
         let mut options = options(&dir.path().join("d.log"), 1 << 20);
         options.queue = 1;
         options.when_full = WhenFull::Drop;
         let log = DecisionLog::open(options).unwrap();
-        let recorded = (0..5_000)
-            .filter(|i| log.record(decision(&i.to_string())))
-            .count();
-        log.close();
+        let mut recorded = 0;
+        for i in 0..5_000 {
+            if log.record(decision(&i.to_string())).await {
+                recorded += 1;
+            }
+        }
+        log.close().await;
         let written = lines(&dir.path().join("d.log")).len();
         assert_eq!(written, recorded, "every queued line is written");
         assert!(

@@ -192,7 +192,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::audit::log::{DecisionLog, Options, Target, WhenFull};
+    use crate::audit::log::{DecisionLog, Fsync, Options, Target, WhenFull};
 
     fn write_log(dir: &Path, count: usize, key: Option<Key>) -> PathBuf {
         let path = dir.join("decisions.log");
@@ -202,14 +202,20 @@ mod tests {
             when_full: WhenFull::Block,
             max_bytes: 1 << 20,
             key,
+            fsync: Fsync::Never,
         })
         .unwrap();
-        for i in 0..count {
-            let mut decision = crate::audit::log::tests::decision(&format!("u{i}"));
-            decision.allowed = i % 2 == 0;
-            log.record(decision);
-        }
-        log.close();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for i in 0..count {
+                let mut decision = crate::audit::log::tests::decision(&format!("u{i}"));
+                decision.allowed = i % 2 == 0;
+                assert!(log.record(decision).await);
+            }
+            log.close().await;
+        });
         path
     }
 

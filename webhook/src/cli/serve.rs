@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::audit::log::{self, DecisionLog, WhenFull};
+use crate::audit::log::{self, DecisionLog, Fsync, WhenFull};
 use crate::audit::seal::Key;
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
-use crate::server::{self, AppState, certs, tls};
+use crate::server::{self, AppState, Limits, certs, tls};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,22 +64,60 @@ pub struct Args {
     /// verify --key` detects rewrites by anyone without it.
     #[arg(long, value_name = "FILE", requires = "decision_log")]
     decision_log_key: Option<PathBuf>,
+    /// When decision lines are synced to disk: after every batch (`batch`),
+    /// after every batch with each answer waiting for its line (`answer`:
+    /// nothing answered is lost in a crash), or never (`never`).
+    #[arg(long, value_enum, default_value = "batch")]
+    decision_log_fsync: Fsync,
+    /// The longest any admission request may take; the apiserver's own
+    /// `?timeout=` (less --timeout-margin) is used when shorter.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Taken off the apiserver's `?timeout=` so the answer arrives in time.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    timeout_margin: Duration,
+    /// Threads that evaluate policies (default: one per core).
+    #[arg(long)]
+    evaluation_threads: Option<usize>,
+    /// Time a client has to finish its TLS handshake and send a request's
+    /// headers; idle keep-alive connections close after it too.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Time a client has to send a request's body.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
+    /// Connections served at once (more wait in the listen queue).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// MiB of request bodies buffered at once, across all connections.
+    #[arg(long, default_value_t = 256)]
+    max_buffered_mb: usize,
+    /// HTTP/2 streams one connection may have open.
+    #[arg(long, default_value_t = 128)]
+    max_concurrent_streams: u32,
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
+            max_buffered_bytes: self.max_buffered_mb << 20,
+            max_request_timeout: self.request_timeout,
+            timeout_margin: self.timeout_margin,
+            evaluation_threads: self
+                .evaluation_threads
+                .unwrap_or(defaults.evaluation_threads),
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = text.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        return Err(format!("{text:?}: write a duration like 5s or 500ms"));
-    };
-    number
-        .parse::<f64>()
-        .ok()
-        .filter(|n| *n >= 0.0)
-        .map(|n| Duration::from_secs_f64(n * scale))
-        .ok_or_else(|| format!("{text:?}: write a duration like 5s or 500ms"))
+    server::limits::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?}: write a duration like 5s, 500ms or 1m30s"))
 }
 
 fn init_tracing(format: &str) {
@@ -137,8 +175,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .as_deref()
                 .map(Key::read)
                 .transpose()?,
+            fsync: args.decision_log_fsync,
         })?),
     };
+    let limits = args.limits();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -152,10 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The bound address, so that `--addr 127.0.0.1:0` says its port.
         let addr = listener.local_addr().unwrap_or(args.addr);
         tracing::info!(%addr, "listening (HTTPS)");
-        let state = Arc::new(match decisions {
-            Some(log) => AppState::with_decision_log(log),
-            None => AppState::new(),
-        });
+        let state = Arc::new(AppState::new(limits, decisions));
         tokio::spawn(resolver.watch());
         let loading = state.clone();
         let keep_mutations = state.decisions.is_some();
@@ -193,7 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .await;
         // Every answered request's line is queued: write them all.
         if let Some(log) = &decisions.decisions {
-            log.close();
+            log.close().await;
             tracing::info!("decision log flushed");
         }
         Ok(())

@@ -8,33 +8,38 @@
 //! generation is at most the call's oldest read), and lapses after a TTL
 //! (the object never came: another webhook refused it, or the apiserver
 //! failed). Dry runs are checked and never reserve.
+//!
+//! Claims and decisions are the SDK's types ([`Claim`], [`Decision`]): the
+//! same shapes the policy builds and reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use tollgate_sdk::quota::{Claim, Decision, Held};
+
 use super::{Store, Subject};
 
-/// One scope to check.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claim {
-    /// The scope, prefixed with the policy's name by the host.
-    pub scope: String,
-    /// What the object asks.
-    pub asks: Vec<(String, u64)>,
-    /// The limits (resources without one are not checked).
-    pub limits: Vec<(String, u64)>,
-    /// Usage the policy computed from the cache.
-    pub usage: Vec<(String, u64)>,
-}
-
-/// The ledger's answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Decision {
-    /// Every claim fits.
-    pub admitted: bool,
-    /// Held by other admissions: (scope, resource, amount).
-    pub held: Vec<(String, String, u64)>,
+/// Why the ledger could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The ledger's backing store could not be read or written.
+    #[error("quota ledger unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Other admissions kept changing the scope.
+    #[error(
+        "quota scope {scope:?}: gave up after {attempts} conflicting updates (too many admissions at once; retry)"
+    )]
+    Contended {
+        /// The scope.
+        scope: String,
+        /// Attempts made.
+        attempts: usize,
+    },
+    /// The call's deadline passed before the ledger answered; what was
+    /// taken is given back.
+    #[error("the deadline passed while reserving quota")]
+    DeadlinePassed,
 }
 
 /// A reserve call.
@@ -49,6 +54,8 @@ pub struct Request<'a> {
     pub seen: u64,
     /// The cache, to tell whether a reservation's object was counted.
     pub store: &'a Store,
+    /// When the answer is no longer wanted: I/O stops there.
+    pub deadline: Instant,
 }
 
 impl Request<'_> {
@@ -65,10 +72,11 @@ pub trait Ledger: Send + Sync {
     ///
     /// # Errors
     ///
-    /// When the ledger's backing store cannot be reached.
-    fn reserve(&self, request: &Request<'_>) -> Result<Decision, String>;
+    /// When the ledger's backing store cannot be reached in time.
+    fn reserve(&self, request: &Request<'_>) -> Result<Decision, Error>;
 
-    /// Releases what request `uid` reserved (its admission was denied).
+    /// Releases what request `uid` reserved (its admission was denied),
+    /// without waiting for I/O.
     fn release(&self, uid: &str);
 }
 
@@ -94,14 +102,17 @@ pub fn check(request: &Request<'_>, held_in: impl Fn(&str, &str) -> u64) -> Deci
         for (resource, ask) in &claim.asks {
             let held = held_in(&scope, resource);
             if held > 0 {
-                decision
-                    .held
-                    .push((claim.scope.clone(), resource.clone(), held));
+                decision.held.push(Held {
+                    scope: claim.scope.clone(),
+                    resource: resource.clone(),
+                    amount: held,
+                });
             }
             let used = amount(&claim.usage, resource);
-            let limit = claim.limits.iter().find(|(r, _)| r == resource);
-            if limit
-                .is_some_and(|(_, limit)| used.saturating_add(held).saturating_add(*ask) > *limit)
+            if claim
+                .limits
+                .get(resource)
+                .is_some_and(|limit| used.saturating_add(held).saturating_add(*ask) > *limit)
             {
                 decision.admitted = false;
             }
@@ -110,12 +121,8 @@ pub fn check(request: &Request<'_>, held_in: impl Fn(&str, &str) -> u64) -> Deci
     decision
 }
 
-fn amount(amounts: &[(String, u64)], resource: &str) -> u64 {
-    amounts
-        .iter()
-        .filter(|(r, _)| r == resource)
-        .map(|(_, a)| a)
-        .sum()
+fn amount(amounts: &BTreeMap<String, u64>, resource: &str) -> u64 {
+    amounts.get(resource).copied().unwrap_or(0)
 }
 
 /// How long a reservation whose object appeared is kept: no policy call
@@ -123,10 +130,10 @@ fn amount(amounts: &[(String, u64)], resource: &str) -> u64 {
 /// capped at 30 s).
 const APPEARED_GRACE: Duration = Duration::from_secs(30);
 
-struct Held {
+struct Hold {
     uid: String,
     object: Option<super::ObjectKey>,
-    asks: Vec<(String, u64)>,
+    asks: BTreeMap<String, u64>,
     expires: Instant,
     /// When a check first found its object in the cache.
     appeared: Option<Instant>,
@@ -135,7 +142,7 @@ struct Held {
 /// The ledger of one process (one replica, or `tollgate run`).
 pub struct Local {
     ttl: Duration,
-    scopes: Mutex<HashMap<String, Vec<Held>>>,
+    scopes: Mutex<HashMap<String, Vec<Hold>>>,
 }
 
 impl Default for Local {
@@ -176,7 +183,7 @@ impl Local {
 }
 
 impl Ledger for Local {
-    fn reserve(&self, request: &Request<'_>) -> Result<Decision, String> {
+    fn reserve(&self, request: &Request<'_>) -> Result<Decision, Error> {
         let now = Instant::now();
         let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
         for claim in request.claims {
@@ -192,7 +199,7 @@ impl Ledger for Local {
         let subject = request.subject;
         // Another call about the same object (a retry) replaces its own
         // reservation rather than adding to it.
-        let others = |h: &&Held| {
+        let others = |h: &&Hold| {
             h.uid != subject.uid && (subject.object.is_none() || h.object != subject.object)
         };
         let decision = check(request, |scope, resource| {
@@ -209,7 +216,7 @@ impl Ledger for Local {
             for claim in request.claims {
                 let held = scopes.entry(request.scope(claim)).or_default();
                 held.retain(|h| others(&h));
-                held.push(Held {
+                held.push(Hold {
                     uid: subject.uid.clone(),
                     object: subject.object.clone(),
                     asks: claim.asks.clone(),
@@ -255,12 +262,24 @@ mod tests {
         }
     }
 
+    fn gpus(amount: u64) -> BTreeMap<String, u64> {
+        BTreeMap::from([("nvidia.com/gpu".to_owned(), amount)])
+    }
+
     fn claim(used: u64) -> Vec<Claim> {
         vec![Claim {
             scope: "namespace/ml".into(),
-            asks: vec![("nvidia.com/gpu".into(), 1)],
-            limits: vec![("nvidia.com/gpu".into(), 2)],
-            usage: vec![("nvidia.com/gpu".into(), used)],
+            asks: gpus(1),
+            limits: gpus(2),
+            usage: gpus(used),
+        }]
+    }
+
+    fn held(amount: u64) -> Vec<Held> {
+        vec![Held {
+            scope: "namespace/ml".into(),
+            resource: "nvidia.com/gpu".into(),
+            amount,
         }]
     }
 
@@ -279,6 +298,7 @@ mod tests {
                 subject: &subject(name, dry_run),
                 seen,
                 store,
+                deadline: Instant::now() + Duration::from_secs(60),
             })
             .unwrap()
     }
@@ -291,10 +311,7 @@ mod tests {
         assert!(reserve(&ledger, &store, "b", 0, 0, false).admitted);
         let third = reserve(&ledger, &store, "c", 0, 0, false);
         assert!(!third.admitted);
-        assert_eq!(
-            third.held,
-            vec![("namespace/ml".into(), "nvidia.com/gpu".into(), 2)]
-        );
+        assert_eq!(third.held, held(2));
         // Pod a appears in the cache (generation 1).
         store.apply(Incoming {
             kind: Kind::new("v1", "Pod"),
@@ -305,10 +322,7 @@ mod tests {
         // One that read after counted it in its usage: a no longer counts twice.
         let after = reserve(&ledger, &store, "c", 1, 1, false);
         assert!(!after.admitted, "a (usage) + b (held) + c = 3 > 2");
-        assert_eq!(
-            after.held,
-            vec![("namespace/ml".into(), "nvidia.com/gpu".into(), 1)]
-        );
+        assert_eq!(after.held, held(1));
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl Provider for Live {
         "live cluster".into()
     }
 
-    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) -> Result<(), String> {
+    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) {
         let mut states = self.kinds.lock().expect("watchers lock poisoned");
         for kind in kinds {
             if states.contains_key(kind) {
@@ -67,10 +67,9 @@ impl Provider for Live {
             };
             self.runtime.spawn(watch.run());
         }
-        Ok(())
     }
 
-    fn synced(&self) -> Result<(), String> {
+    fn synced(&self) -> Result<(), super::Error> {
         let states = self.kinds.lock().expect("watchers lock poisoned");
         let pending: Vec<String> = states
             .iter()
@@ -83,7 +82,7 @@ impl Provider for Live {
         if pending.is_empty() {
             Ok(())
         } else {
-            Err(format!("cluster context not ready: {}", pending.join("; ")))
+            Err(super::Error::Syncing(pending))
         }
     }
 }
@@ -144,7 +143,10 @@ impl Watch {
                     synced = true;
                 }
                 Ok(watcher::Event::Apply(object)) => {
-                    self.store.apply(self.incoming(&resource, object))
+                    // Indexing runs policy code: off the async workers, in
+                    // event order.
+                    let (store, incoming) = (self.store.clone(), self.incoming(&resource, object));
+                    let _ = tokio::task::spawn_blocking(move || store.apply(incoming)).await;
                 }
                 Ok(watcher::Event::Delete(object)) => self.store.delete(&ObjectKey {
                     kind: self.kind.clone(),

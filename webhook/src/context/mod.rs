@@ -18,14 +18,55 @@ pub mod shared;
 pub mod snapshot;
 pub mod store;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Deserialize;
 
 pub use ledger::{Claim, Decision, Ledger};
 pub use store::{Entry, Indexer, ObjectKey, Store, Usage};
+
+/// Why a read or reservation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// There is no cluster context at all.
+    #[error(
+        "no cluster context: run tollgate with a kubeconfig or in-cluster service account, or give it manifests with --context PATH"
+    )]
+    NoContext,
+    /// The policy may not read this kind.
+    #[error(
+        "{kind} is not granted to policy {policy:?}: add {{apiVersion: {api_version}, kind: {kind_name}}} to its `context` in the configuration",
+        api_version = kind.api_version,
+        kind_name = kind.kind
+    )]
+    NotGranted {
+        /// The kind asked for.
+        kind: Kind,
+        /// The policy.
+        policy: Arc<str>,
+    },
+    /// The label selector does not parse.
+    #[error("{0}")]
+    Selector(String),
+    /// A list would not fit in the policy's memory.
+    #[error(
+        "listing {kind} gives more than {limit} bytes, more than the policy may read in one call: list one namespace or select by label"
+    )]
+    TooLarge {
+        /// The kind listed.
+        kind: Kind,
+        /// The bytes the policy could still take.
+        limit: usize,
+    },
+    /// The quota ledger could not answer.
+    #[error(transparent)]
+    Ledger(#[from] ledger::Error),
+    /// Kinds whose first list is not in yet, or failed.
+    #[error("cluster context not ready: {}", .0.join("; "))]
+    Syncing(Vec<String>),
+}
 
 /// A kind as policies name it: `apiVersion` and `kind`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -70,19 +111,14 @@ pub trait Provider: Send + Sync {
 
     /// Starts keeping these kinds in `store` (kinds already kept are left
     /// as they are).
-    ///
-    /// # Errors
-    ///
-    /// When a kind cannot be cached (unknown to the apiserver, say).
-    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) -> Result<(), String>;
+    fn cache(&self, kinds: &[Kind], store: &Arc<Store>);
 
-    /// `Ok` once every cached kind has its initial list; otherwise what is
-    /// still loading.
+    /// `Ok` once every cached kind has its initial list.
     ///
     /// # Errors
     ///
-    /// What is still loading or failed.
-    fn synced(&self) -> Result<(), String>;
+    /// [`Error::Syncing`]: what is still loading or failed.
+    fn synced(&self) -> Result<(), Error>;
 }
 
 /// The process's cluster context: the cache, its provider (if any) and the
@@ -92,10 +128,6 @@ pub struct Context {
     provider: Option<Box<dyn Provider>>,
     ledger: Box<dyn Ledger>,
 }
-
-/// What a call reads when there is no provider.
-const NO_CONTEXT: &str = "no cluster context: run tollgate with a kubeconfig or in-cluster \
-                          service account, or give it manifests with --context PATH";
 
 impl Context {
     /// A context filled by `provider` (none: reads fail with a message that
@@ -127,12 +159,11 @@ impl Context {
     ///
     /// # Errors
     ///
-    /// The provider's error, or that there is none.
-    pub fn cache(&self, kinds: &[Kind]) -> Result<(), String> {
-        match &self.provider {
-            Some(provider) => provider.cache(kinds, &self.store),
-            None => Err(NO_CONTEXT.into()),
-        }
+    /// [`Error::NoContext`] when there is no provider.
+    pub fn cache(&self, kinds: &[Kind]) -> Result<(), Error> {
+        let provider = self.provider.as_ref().ok_or(Error::NoContext)?;
+        provider.cache(kinds, &self.store);
+        Ok(())
     }
 
     /// One line for `/readyz`: the source and whether it is synced.
@@ -140,10 +171,8 @@ impl Context {
     /// # Errors
     ///
     /// What is missing or still loading.
-    pub fn status(&self) -> Result<String, String> {
-        let Some(provider) = &self.provider else {
-            return Err(NO_CONTEXT.into());
-        };
+    pub fn status(&self) -> Result<String, Error> {
+        let provider = self.provider.as_ref().ok_or(Error::NoContext)?;
         provider.synced()?;
         Ok(format!(
             "cluster context: {} ({} objects)",
@@ -155,13 +184,6 @@ impl Context {
     /// Releases what the request `uid` reserved (its admission was denied).
     pub fn release(&self, uid: &str) {
         self.ledger.release(uid);
-    }
-}
-
-/// The labels of cached Namespaces, for namespace selectors.
-impl crate::policy::matcher::NamespaceLabels for Context {
-    fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
-        self.store.labels(&Kind::namespace(), "", namespace)
     }
 }
 
@@ -205,19 +227,17 @@ impl Access {
         }
     }
 
-    fn granted(&self, api_version: &str, kind: &str) -> Result<Kind, String> {
+    fn granted(&self, api_version: &str, kind: &str) -> Result<Kind, Error> {
         if !self.context.available() {
-            return Err(NO_CONTEXT.into());
+            return Err(Error::NoContext);
         }
         self.grants
             .iter()
             .find(|k| k.api_version == api_version && k.kind == kind)
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "{api_version}/{kind} is not granted to policy {:?}: add {{apiVersion: {api_version}, kind: {kind}}} to its `context` in the configuration",
-                    self.policy
-                )
+            .ok_or_else(|| Error::NotGranted {
+                kind: Kind::new(api_version, kind),
+                policy: self.policy.clone(),
             })
     }
 
@@ -236,30 +256,39 @@ impl Access {
         kind: &str,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, Error> {
         let kind = self.granted(api_version, kind)?;
         let (object, generation) = self.context.store.get(&kind, namespace, name);
         self.saw(generation);
         Ok(object.map(|o| o.to_string()))
     }
 
-    /// `context.list`.
+    /// `context.list`: at most `max_bytes` of JSON text.
     ///
     /// # Errors
     ///
-    /// An ungranted kind, a malformed selector, or no context.
+    /// An ungranted kind, a malformed selector, a list over `max_bytes`, or
+    /// no context.
     pub fn list(
         &mut self,
         api_version: &str,
         kind: &str,
         namespace: &str,
         selector: &str,
-    ) -> Result<String, String> {
+        max_bytes: usize,
+    ) -> Result<String, Error> {
         let kind = self.granted(api_version, kind)?;
-        let selector = tollgate_sdk::selector::Selector::parse(selector)?;
-        let (list, generation) = self.context.store.list(&kind, namespace, &selector);
+        let selector =
+            tollgate_sdk::selector::Selector::parse(selector).map_err(Error::Selector)?;
+        let (list, generation) = self
+            .context
+            .store
+            .list(&kind, namespace, &selector, max_bytes);
         self.saw(generation);
-        Ok(list)
+        list.ok_or(Error::TooLarge {
+            kind,
+            limit: max_bytes,
+        })
     }
 
     /// `quota.usage`.
@@ -267,9 +296,9 @@ impl Access {
     /// # Errors
     ///
     /// No context.
-    pub fn usage(&mut self, keys: &[String]) -> Result<Vec<Usage>, String> {
+    pub fn usage(&mut self, keys: &[String]) -> Result<Vec<Usage>, Error> {
         if !self.context.available() {
-            return Err(NO_CONTEXT.into());
+            return Err(Error::NoContext);
         }
         let (usage, generation) =
             self.context
@@ -279,25 +308,27 @@ impl Access {
         Ok(usage)
     }
 
-    /// `quota.reserve`: scopes are the policy's own (prefixed with its name).
+    /// `quota.reserve`: scopes are the policy's own (prefixed with its
+    /// name); the ledger's I/O ends by `deadline`.
     ///
     /// # Errors
     ///
     /// No context, or the ledger's error.
-    pub fn reserve(&mut self, claims: Vec<Claim>) -> Result<Decision, String> {
+    pub fn reserve(&mut self, claims: &[Claim], deadline: Instant) -> Result<Decision, Error> {
         if !self.context.available() {
-            return Err(NO_CONTEXT.into());
+            return Err(Error::NoContext);
         }
         // A call that read nothing computed its usage from nothing: every
         // reservation counts.
         let seen = if self.seen == u64::MAX { 0 } else { self.seen };
-        self.context.ledger.reserve(&ledger::Request {
+        Ok(self.context.ledger.reserve(&ledger::Request {
             policy: &self.policy,
-            claims: &claims,
+            claims,
             subject: &self.subject,
             seen,
             store: &self.context.store,
-        })
+            deadline,
+        })?)
     }
 }
 
@@ -345,7 +376,10 @@ policies:
 
     fn admit(set: &PolicySet, object: &Value) -> crate::policy::Outcome {
         let body = review_of(object, false);
-        set.validate(&review::decode(&body).unwrap())
+        set.validate(
+            &review::decode(&body).unwrap(),
+            crate::policy::chain::no_deadline(),
+        )
     }
 
     fn set_over(objects: &[Value]) -> PolicySet {
@@ -441,14 +475,18 @@ policies:
             },
         );
         assert_eq!(
-            access.get("v1", "Secret", "ml", "token").unwrap_err(),
+            access
+                .get("v1", "Secret", "ml", "token")
+                .unwrap_err()
+                .to_string(),
             "v1/Secret is not granted to policy \"p\": add {apiVersion: v1, kind: Secret} to its `context` in the configuration"
         );
-        assert!(access.list("v1", "Pod", "", "team=").is_ok());
+        assert!(access.list("v1", "Pod", "", "team=", 1 << 20).is_ok());
         assert!(
             access
-                .list("v1", "Pod", "", "team in x")
+                .list("v1", "Pod", "", "team in x", 1 << 20)
                 .unwrap_err()
+                .to_string()
                 .contains("parentheses")
         );
     }

@@ -10,9 +10,15 @@
 //! expiry only: a replica whose cache already shows the object does not
 //! count it, but must not delete it, since another replica's cache may not
 //! show it yet.
+//!
+//! Every apiserver call is bounded by the reserving call's deadline. What a
+//! request gives back (it was denied, or its deadline passed after some
+//! scopes were taken) is given back by a background thread, so no answer
+//! waits for that I/O; if it fails, the reservation lapses at its expiry.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -21,6 +27,36 @@ use serde::{Deserialize, Serialize};
 
 use super::ledger::{self, Decision, Ledger, Request};
 use super::{Kind, ObjectKey};
+
+/// Errors of the ledger's storage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The apiserver could not be reached or refused the call.
+    #[error("{action} ConfigMap {name}: {source}")]
+    Api {
+        /// `reading` or `writing`.
+        action: &'static str,
+        /// The ConfigMap.
+        name: String,
+        /// kube-rs's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A ConfigMap's data is not reservations (edited by hand?).
+    #[error(
+        "ConfigMap {name}: {DATA_KEY} is not a list of reservations: {source} (delete it to reset the scope)"
+    )]
+    Corrupt {
+        /// The ConfigMap.
+        name: String,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The deadline passed before the apiserver answered.
+    #[error("the deadline passed before the apiserver answered")]
+    DeadlinePassed,
+}
 
 /// One reservation as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,39 +84,53 @@ pub struct Versioned {
 }
 
 /// Compare-and-swap storage of scopes: the apiserver, or a fake in tests.
-pub trait Backend: Send + Sync {
+/// Every call ends by `deadline`.
+pub trait Backend: Send + Sync + 'static {
     /// Reads a scope.
     ///
     /// # Errors
     ///
-    /// The apiserver could not be reached or refused.
-    fn load(&self, scope: &str) -> Result<Versioned, String>;
+    /// The apiserver could not be reached in time or refused.
+    fn load(&self, scope: &str, deadline: Instant) -> Result<Versioned, Error>;
 
     /// Writes a scope if it is still at `expected` version; `Ok(false)` when
     /// it changed (or was created) meanwhile.
     ///
     /// # Errors
     ///
-    /// The apiserver could not be reached or refused.
+    /// The apiserver could not be reached in time or refused.
     fn store(
         &self,
         scope: &str,
         expected: Option<&str>,
         reservations: &[Reservation],
-    ) -> Result<bool, String>;
+        deadline: Instant,
+    ) -> Result<bool, Error>;
 }
 
 /// Retries per scope before giving up: each lost race means another replica
 /// made progress.
 const MAX_ATTEMPTS: usize = 16;
 
+/// How long the background thread may take to give one request's
+/// reservations back.
+const GIVE_BACK_TIME: Duration = Duration::from_secs(5);
+
+/// Requests whose reservations may wait to be given back; beyond that they
+/// lapse at their expiry instead.
+const GIVE_BACK_QUEUE: usize = 1024;
+
 /// The shared ledger.
 pub struct Shared<B> {
-    backend: B,
+    backend: Arc<B>,
     ttl: Duration,
     /// Scopes each recent request reserved in, so that a denied request's
-    /// reservations can be given back without reading every scope.
+    /// reservations can be given back without reading every scope. A
+    /// `std::sync::Mutex`: held only to insert or remove, never across I/O.
     taken: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// (uid, scopes) to give back, for the background thread; it ends when
+    /// the ledger drops this sender.
+    give_back: SyncSender<(String, Vec<String>)>,
 }
 
 fn now_ms() -> u64 {
@@ -109,10 +159,36 @@ fn object_key(name: &str) -> Option<ObjectKey> {
 impl<B: Backend> Shared<B> {
     /// A ledger over `backend` whose reservations lapse after `ttl`.
     pub fn new(backend: B, ttl: Duration) -> Self {
+        let backend = Arc::new(backend);
+        let (give_back, queue) = mpsc::sync_channel::<(String, Vec<String>)>(GIVE_BACK_QUEUE);
+        let worker = backend.clone();
+        std::thread::Builder::new()
+            .name("tollgate-quota-release".into())
+            .spawn(move || {
+                for (uid, scopes) in queue {
+                    let deadline = Instant::now() + GIVE_BACK_TIME;
+                    for scope in scopes {
+                        if let Err(error) = remove(&*worker, &scope, &uid, deadline) {
+                            tracing::warn!(
+                                "releasing a reservation (it lapses at its expiry instead): {error}"
+                            );
+                        }
+                    }
+                }
+            })
+            .expect("spawning the quota release thread");
         Shared {
             backend,
             ttl,
             taken: Mutex::default(),
+            give_back,
+        }
+    }
+
+    /// Queues `uid`'s reservations in `scopes` for the background thread.
+    fn release_later(&self, uid: &str, scopes: Vec<String>) {
+        if !scopes.is_empty() && self.give_back.try_send((uid.to_owned(), scopes)).is_err() {
+            tracing::warn!("quota release queue full: a reservation lapses at its expiry instead");
         }
     }
 
@@ -122,13 +198,13 @@ impl<B: Backend> Shared<B> {
         request: &Request<'_>,
         claim: &ledger::Claim,
         decision: &mut Decision,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ledger::Error> {
         let scope = request.scope(claim);
         let subject = request.subject;
         let mine = subject.object.as_ref().map(object_name);
         for _ in 0..MAX_ATTEMPTS {
             let now = now_ms();
-            let mut current = self.backend.load(&scope)?;
+            let mut current = self.backend.load(&scope, request.deadline)?;
             current.reservations.retain(|r| {
                 r.expires_ms > now && r.uid != subject.uid && (mine.is_none() || r.object != mine)
             });
@@ -160,44 +236,65 @@ impl<B: Backend> Shared<B> {
             current.reservations.push(Reservation {
                 uid: subject.uid.clone(),
                 object: mine.clone(),
-                asks: claim.asks.iter().cloned().collect(),
+                asks: claim.asks.clone(),
                 expires_ms: now + self.ttl.as_millis() as u64,
             });
-            if self
-                .backend
-                .store(&scope, current.version.as_deref(), &current.reservations)?
-            {
+            if self.backend.store(
+                &scope,
+                current.version.as_deref(),
+                &current.reservations,
+                request.deadline,
+            )? {
                 return Ok(true);
             }
             decision.held.clear();
         }
-        Err(format!(
-            "quota scope {scope:?}: gave up after {MAX_ATTEMPTS} conflicting updates"
-        ))
-    }
-
-    /// Removes request `uid`'s reservations from `scope`.
-    fn give_back(&self, scope: &str, uid: &str) -> Result<(), String> {
-        for _ in 0..MAX_ATTEMPTS {
-            let mut current = self.backend.load(scope)?;
-            let before = current.reservations.len();
-            current.reservations.retain(|r| r.uid != uid);
-            if current.reservations.len() == before
-                || self
-                    .backend
-                    .store(scope, current.version.as_deref(), &current.reservations)?
-            {
-                return Ok(());
-            }
-        }
-        Err(format!(
-            "quota scope {scope:?}: could not release after {MAX_ATTEMPTS} conflicts"
-        ))
+        Err(ledger::Error::Contended {
+            scope,
+            attempts: MAX_ATTEMPTS,
+        })
     }
 }
 
+impl From<Error> for ledger::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::DeadlinePassed => ledger::Error::DeadlinePassed,
+            other => ledger::Error::Unavailable(Box::new(other)),
+        }
+    }
+}
+
+/// Removes request `uid`'s reservations from `scope`.
+fn remove<B: Backend>(
+    backend: &B,
+    scope: &str,
+    uid: &str,
+    deadline: Instant,
+) -> Result<(), ledger::Error> {
+    for _ in 0..MAX_ATTEMPTS {
+        let mut current = backend.load(scope, deadline)?;
+        let before = current.reservations.len();
+        current.reservations.retain(|r| r.uid != uid);
+        if current.reservations.len() == before
+            || backend.store(
+                scope,
+                current.version.as_deref(),
+                &current.reservations,
+                deadline,
+            )?
+        {
+            return Ok(());
+        }
+    }
+    Err(ledger::Error::Contended {
+        scope: scope.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
 impl<B: Backend> Ledger for Shared<B> {
-    fn reserve(&self, request: &Request<'_>) -> Result<Decision, String> {
+    fn reserve(&self, request: &Request<'_>) -> Result<Decision, ledger::Error> {
         let mut claims: Vec<&ledger::Claim> = request.claims.iter().collect();
         // One order for every replica, so two admissions never each hold
         // the scope the other needs.
@@ -213,9 +310,7 @@ impl<B: Backend> Ledger for Shared<B> {
                 outcome => {
                     decision.admitted = false;
                     if !request.subject.dry_run {
-                        for scope in &taken {
-                            self.give_back(scope, &request.subject.uid)?;
-                        }
+                        self.release_later(&request.subject.uid, taken);
                     }
                     outcome?;
                     return Ok(decision);
@@ -234,11 +329,8 @@ impl<B: Backend> Ledger for Shared<B> {
 
     fn release(&self, uid: &str) {
         let taken = self.taken.lock().expect("ledger lock poisoned").remove(uid);
-        for scope in taken.map(|(_, scopes)| scopes).unwrap_or_default() {
-            if let Err(error) = self.give_back(&scope, uid) {
-                // It lapses at its expiry instead.
-                tracing::warn!("releasing a denied request's reservation: {error}");
-            }
+        if let Some((_, scopes)) = taken {
+            self.release_later(uid, scopes);
         }
     }
 }
@@ -268,17 +360,25 @@ impl ConfigMaps {
         format!("tollgate-quota-{digest}")
     }
 
-    fn block<T>(&self, future: impl Future<Output = T>) -> T {
-        tokio::task::block_in_place(|| self.runtime.block_on(future))
+    /// Runs `future` on the runtime from this (synchronous) thread, until
+    /// `deadline` at most.
+    fn block<T>(&self, deadline: Instant, future: impl Future<Output = T>) -> Result<T, Error> {
+        let bounded = tokio::time::timeout_at(deadline.into(), future);
+        tokio::task::block_in_place(|| self.runtime.block_on(bounded))
+            .map_err(|_| Error::DeadlinePassed)
     }
 }
 
 impl Backend for ConfigMaps {
-    fn load(&self, scope: &str) -> Result<Versioned, String> {
+    fn load(&self, scope: &str, deadline: Instant) -> Result<Versioned, Error> {
         let name = Self::name(scope);
         let found = self
-            .block(self.api.get_opt(&name))
-            .map_err(|e| format!("reading ConfigMap {name}: {e}"))?;
+            .block(deadline, self.api.get_opt(&name))?
+            .map_err(|source| Error::Api {
+                action: "reading",
+                name: name.clone(),
+                source,
+            })?;
         let Some(map) = found else {
             return Ok(Versioned::default());
         };
@@ -290,7 +390,7 @@ impl Backend for ConfigMaps {
         Ok(Versioned {
             version: map.metadata.resource_version.clone(),
             reservations: serde_json::from_str(text)
-                .map_err(|e| format!("ConfigMap {name}: {DATA_KEY} is not reservations: {e}"))?,
+                .map_err(|source| Error::Corrupt { name, source })?,
         })
     }
 
@@ -299,7 +399,8 @@ impl Backend for ConfigMaps {
         scope: &str,
         expected: Option<&str>,
         reservations: &[Reservation],
-    ) -> Result<bool, String> {
+        deadline: Instant,
+    ) -> Result<bool, Error> {
         let name = Self::name(scope);
         let map = ConfigMap {
             metadata: ObjectMeta {
@@ -323,35 +424,51 @@ impl Backend for ConfigMaps {
         };
         let params = PostParams::default();
         let result = match expected {
-            None => self.block(self.api.create(&params, &map)),
-            Some(_) => self.block(self.api.replace(&name, &params, &map)),
+            None => self.block(deadline, self.api.create(&params, &map))?,
+            Some(_) => self.block(deadline, self.api.replace(&name, &params, &map))?,
         };
         match result {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(e) => Err(format!("writing ConfigMap {name}: {e}")),
+            Err(source) => Err(Error::Api {
+                action: "writing",
+                name,
+                source,
+            }),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::context::{Store, Subject};
 
     /// The apiserver's compare-and-swap, in memory: versions count writes,
-    /// and a write at a stale version fails as a 409 would.
+    /// and a write at a stale version fails as a 409 would. Writes to the
+    /// `slow` scope take its delay, and give up at the deadline as a
+    /// bounded call would.
     #[derive(Default)]
     struct FakeApiserver {
         scopes: Mutex<BTreeMap<String, (u64, Vec<Reservation>)>>,
         conflicts: AtomicUsize,
+        slow: Mutex<Option<(String, Duration)>>,
+    }
+
+    impl FakeApiserver {
+        fn reservations(&self, scope: &str) -> usize {
+            self.scopes
+                .lock()
+                .unwrap()
+                .get(scope)
+                .map_or(0, |(_, r)| r.len())
+        }
     }
 
     impl Backend for Arc<FakeApiserver> {
-        fn load(&self, scope: &str) -> Result<Versioned, String> {
+        fn load(&self, scope: &str, _deadline: Instant) -> Result<Versioned, Error> {
             let scopes = self.scopes.lock().unwrap();
             Ok(scopes
                 .get(scope)
@@ -366,7 +483,17 @@ mod tests {
             scope: &str,
             expected: Option<&str>,
             reservations: &[Reservation],
-        ) -> Result<bool, String> {
+            deadline: Instant,
+        ) -> Result<bool, Error> {
+            let delay = match &*self.slow.lock().unwrap() {
+                Some((slow, delay)) if slow == scope => *delay,
+                _ => Duration::ZERO,
+            };
+            if Instant::now() + delay > deadline {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                return Err(Error::DeadlinePassed);
+            }
+            std::thread::sleep(delay);
             // Widen the window between load and store, as a network would.
             std::thread::yield_now();
             let mut scopes = self.scopes.lock().unwrap();
@@ -386,20 +513,21 @@ mod tests {
             .iter()
             .map(|(scope, limit)| ledger::Claim {
                 scope: (*scope).into(),
-                asks: vec![("nvidia.com/gpu".into(), 1)],
-                limits: vec![("nvidia.com/gpu".into(), *limit)],
-                usage: vec![],
+                asks: BTreeMap::from([("nvidia.com/gpu".into(), 1)]),
+                limits: BTreeMap::from([("nvidia.com/gpu".into(), *limit)]),
+                usage: BTreeMap::new(),
             })
             .collect()
     }
 
-    fn reserve(
+    fn reserve_by(
         ledger: &dyn Ledger,
         store: &Store,
         name: &str,
         claims: &[ledger::Claim],
         dry_run: bool,
-    ) -> Decision {
+        deadline: Instant,
+    ) -> Result<Decision, ledger::Error> {
         let subject = Subject {
             uid: format!("uid-{name}"),
             object: Some(ObjectKey {
@@ -409,15 +537,35 @@ mod tests {
             }),
             dry_run,
         };
-        ledger
-            .reserve(&Request {
-                policy: "quota",
-                claims,
-                subject: &subject,
-                seen: 0,
-                store,
-            })
-            .unwrap()
+        ledger.reserve(&Request {
+            policy: "quota",
+            claims,
+            subject: &subject,
+            seen: 0,
+            store,
+            deadline,
+        })
+    }
+
+    fn reserve(
+        ledger: &dyn Ledger,
+        store: &Store,
+        name: &str,
+        claims: &[ledger::Claim],
+        dry_run: bool,
+    ) -> Decision {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        reserve_by(ledger, store, name, claims, dry_run, deadline).unwrap()
+    }
+
+    /// Waits (a few seconds at most) for the background thread to give
+    /// reservations back.
+    fn eventually(condition: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(Instant::now() < until, "never happened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -446,10 +594,7 @@ mod tests {
             .map(|h| h.join().unwrap())
             .sum();
         assert_eq!(admitted, 25);
-        let stored = apiserver.scopes.lock().unwrap()["quota/team/vision"]
-            .1
-            .len();
-        assert_eq!(stored, 25);
+        assert_eq!(apiserver.reservations("quota/team/vision"), 25);
     }
 
     #[test]
@@ -467,9 +612,43 @@ mod tests {
             false,
         );
         assert!(!refused.admitted);
-        let scopes = apiserver.scopes.lock().unwrap();
-        assert!(scopes["quota/ns/a"].1.is_empty());
-        assert_eq!(scopes["quota/ns/b"].1.len(), 1);
+        eventually(|| apiserver.reservations("quota/ns/a") == 0);
+        assert_eq!(apiserver.reservations("quota/ns/b"), 1);
+    }
+
+    #[test]
+    fn a_slow_apiserver_is_bounded_by_the_deadline_and_what_was_taken_is_given_back() {
+        let apiserver = Arc::new(FakeApiserver::default());
+        let ledger = Shared::new(apiserver.clone(), Duration::from_secs(60));
+        let store = Store::default();
+        // The first scope is taken at once; writing the second takes longer
+        // than the time left.
+        *apiserver.slow.lock().unwrap() = Some(("quota/ns/b".into(), Duration::from_secs(10)));
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let two = claims(&[("ns/a", 5), ("ns/b", 5)]);
+        let slow = reserve_by(&ledger, &store, "p", &two, false, deadline);
+        assert!(
+            matches!(slow, Err(ledger::Error::DeadlinePassed)),
+            "{slow:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        eventually(|| apiserver.reservations("quota/ns/a") == 0);
+        assert_eq!(apiserver.reservations("quota/ns/b"), 0);
+    }
+
+    #[test]
+    fn denied_requests_are_released_in_the_background() {
+        let apiserver = Arc::new(FakeApiserver::default());
+        let ledger = Shared::new(apiserver.clone(), Duration::from_secs(60));
+        let store = Store::default();
+        assert!(reserve(&ledger, &store, "a", &claims(&[("ns/a", 1)]), false).admitted);
+        ledger.release("uid-a");
+        eventually(|| apiserver.reservations("quota/ns/a") == 0);
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl Provider for Snapshot {
         format!("snapshot of {}", self.origin)
     }
 
-    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) -> Result<(), String> {
+    fn cache(&self, kinds: &[Kind], store: &Arc<Store>) {
         let mut objects = self.objects.lock().expect("snapshot lock poisoned");
         let (wanted, rest): (Vec<Incoming>, Vec<Incoming>) = std::mem::take(&mut *objects)
             .into_iter()
@@ -181,10 +181,9 @@ impl Provider for Snapshot {
         for (kind, objects) in by_kind {
             store.replace(&kind, objects);
         }
-        Ok(())
     }
 
-    fn synced(&self) -> Result<(), String> {
+    fn synced(&self) -> Result<(), super::Error> {
         Ok(())
     }
 }
@@ -214,12 +213,10 @@ mod tests {
         let snapshot = Snapshot::load(&[dir.path().to_owned()]).unwrap();
         let store = Arc::new(Store::default());
         let pods = Kind::new("v1", "Pod");
-        snapshot
-            .cache(&[pods.clone(), Kind::namespace()], &store)
-            .unwrap();
+        snapshot.cache(&[pods.clone(), Kind::namespace()], &store);
         assert_eq!(store.len(), 4);
-        let (list, _) = store.list(&pods, "vision-a", &Selector::default());
-        let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&list)
+        let (list, _) = store.list(&pods, "vision-a", &Selector::default(), usize::MAX);
+        let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&list.unwrap())
             .unwrap()
             .iter()
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
@@ -234,8 +231,10 @@ mod tests {
             "managedFields and the last-applied annotation are stripped"
         );
         let team = Selector::parse("team=vision").unwrap();
-        let (namespaces, _) = store.list(&Kind::namespace(), "", &team);
-        assert!(namespaces.contains("vision-a"));
+        let (namespaces, _) = store.list(&Kind::namespace(), "", &team, usize::MAX);
+        assert!(namespaces.unwrap().contains("vision-a"));
+        let (too_long, _) = store.list(&pods, "", &Selector::default(), 100);
+        assert_eq!(too_long, None, "a list over the limit is not built");
     }
 
     #[test]

@@ -406,8 +406,16 @@ impl Store {
     }
 
     /// The objects of `kind` in `namespace` (all namespaces when empty) that
-    /// `selector` selects, as a JSON array text, and the generation read.
-    pub fn list(&self, kind: &Kind, namespace: &str, selector: &Selector) -> (String, u64) {
+    /// `selector` selects, as a JSON array text, and the generation read;
+    /// `None` instead of a text longer than `max_bytes` (the building stops
+    /// there).
+    pub fn list(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        selector: &Selector,
+        max_bytes: usize,
+    ) -> (Option<String>, u64) {
         let state = self.read();
         let mut text = String::from("[");
         if let Some(objects) = state.kinds.get(kind) {
@@ -424,6 +432,9 @@ impl Store {
                 .flat_map(BTreeMap::values)
                 .filter(|o| selector.matches(|k| o.label(k)))
             {
+                if text.len() + object.json.len() + 2 > max_bytes {
+                    return (None, state.generation);
+                }
                 if text.len() > 1 {
                     text.push(',');
                 }
@@ -431,7 +442,7 @@ impl Store {
             }
         }
         text.push(']');
-        (text, state.generation)
+        (Some(text), state.generation)
     }
 
     /// Index totals of `index` for `keys`, and the generation read; what

@@ -1,55 +1,89 @@
-//! Host side of the `tollgate:policy` world: the generated bindings and the
-//! imports the host provides.
+//! Host side of the `tollgate:policy` world's imports: the generated
+//! bindings, and each import metered ([`super::host::Meter`]) before it
+//! reaches the call's [`Host`]. Every import may trap: that is how the meter
+//! stops a call that ran out of time or budget inside a host call.
 
+use std::collections::BTreeMap;
+
+use super::host::{Abort, Claim, Host, Refusal, sanitize};
 use super::limits::StoreState;
 
 wasmtime::component::bindgen!({
     world: "policy",
     path: "../sdk/wit",
+    imports: { default: trappable },
 });
 
-/// Longest log line a policy may write; longer ones are cut, so a policy
-/// cannot flood the host's log with one call.
-const MAX_LOG_LINE: usize = 4096;
+use self::tollgate::policy::{context, log, quota, types};
 
-impl self::tollgate::policy::types::Host for StoreState {}
-
-impl self::tollgate::policy::log::Host for StoreState {
-    fn log(&mut self, level: self::tollgate::policy::log::Level, message: String) {
-        use self::tollgate::policy::log::Level;
-        let message = match message.char_indices().nth(MAX_LOG_LINE) {
-            Some((cut, _)) => &message[..cut],
-            None => &message[..],
-        };
-        let policy = &*self.policy;
-        match level {
-            Level::Trace => tracing::trace!(policy, "{message}"),
-            Level::Debug => tracing::debug!(policy, "{message}"),
-            Level::Info => tracing::info!(policy, "{message}"),
-            Level::Warn => tracing::warn!(policy, "{message}"),
-            Level::Error => tracing::error!(policy, "{message}"),
-        }
-    }
-}
+/// Claims one `quota.reserve` may carry, and keys one `quota.usage` may ask
+/// for: a policy checks a handful of scopes; thousands would hold the ledger.
+const MAX_CLAIMS: usize = 64;
+const MAX_KEYS: usize = 1024;
 
 /// Why a policy without granted context cannot read it.
 const NOT_GRANTED: &str = "this policy is granted no cluster context: list the kinds it reads under `context` in its configuration";
 
+impl types::Host for StoreState {}
+
 impl StoreState {
-    fn access(&mut self) -> Result<&mut crate::context::Access, String> {
-        self.access.as_mut().ok_or_else(|| NOT_GRANTED.to_owned())
+    /// Runs one import against the call's host: metered on entry, a refusal
+    /// answered to the policy (and remembered), a passed deadline a trap.
+    fn with_host<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Host, &mut super::host::Meter) -> Result<T, Refusal>,
+    ) -> wasmtime::Result<Result<T, String>> {
+        self.meter.enter()?;
+        let Some(host) = self.host.as_deref_mut() else {
+            self.refused = Some(NOT_GRANTED.to_owned());
+            return Ok(Err(NOT_GRANTED.to_owned()));
+        };
+        match f(host, &mut self.meter) {
+            Ok(value) => Ok(Ok(value)),
+            Err(Refusal::DeadlinePassed) => Err(Abort::DeadlinePassed.into()),
+            Err(Refusal::Refused(error)) => {
+                let message = error.to_string();
+                self.refused = Some(message.clone());
+                Ok(Err(message))
+            }
+        }
     }
 }
 
-impl self::tollgate::policy::context::Host for StoreState {
+impl log::Host for StoreState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        self.meter.enter()?;
+        if !self.meter.log_line(&self.log_rate) {
+            return Ok(());
+        }
+        let message = sanitize(&message);
+        let policy = &*self.policy;
+        match level {
+            log::Level::Trace => tracing::trace!(policy, "{message}"),
+            log::Level::Debug => tracing::debug!(policy, "{message}"),
+            log::Level::Info => tracing::info!(policy, "{message}"),
+            log::Level::Warn => tracing::warn!(policy, "{message}"),
+            log::Level::Error => tracing::error!(policy, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl context::Host for StoreState {
     fn get(
         &mut self,
         api_version: String,
         kind: String,
         namespace: String,
         name: String,
-    ) -> Result<Option<String>, String> {
-        self.access()?.get(&api_version, &kind, &namespace, &name)
+    ) -> wasmtime::Result<Result<Option<String>, String>> {
+        let result = self.with_host(|host, meter| {
+            host.get(&api_version, &kind, &namespace, &name, meter.deadline())
+        })?;
+        if let Ok(Some(object)) = &result {
+            self.meter.hand_over(object.len())?;
+        }
+        Ok(result)
     }
 
     fn list(
@@ -58,57 +92,90 @@ impl self::tollgate::policy::context::Host for StoreState {
         kind: String,
         namespace: String,
         label_selector: String,
-    ) -> Result<String, String> {
-        self.access()?
-            .list(&api_version, &kind, &namespace, &label_selector)
+    ) -> wasmtime::Result<Result<String, String>> {
+        let result = self.with_host(|host, meter| {
+            host.list(
+                &api_version,
+                &kind,
+                &namespace,
+                &label_selector,
+                meter.room(),
+                meter.deadline(),
+            )
+        })?;
+        if let Ok(list) = &result {
+            self.meter.hand_over(list.len())?;
+        }
+        Ok(result)
     }
 }
 
-impl self::tollgate::policy::quota::Host for StoreState {
-    fn usage(
-        &mut self,
-        keys: Vec<String>,
-    ) -> Result<Vec<self::tollgate::policy::quota::Total>, String> {
-        Ok(self
-            .access()?
-            .usage(&keys)?
-            .into_iter()
-            .map(|u| self::tollgate::policy::quota::Total {
-                key: u.key,
-                resource: u.resource,
-                amount: u.amount,
-                objects: u.objects,
-            })
-            .collect())
+/// Adds up repeated resources (a claim that names one twice asks for both).
+fn amounts(pairs: Vec<(String, u64)>, merge: fn(u64, u64) -> u64) -> BTreeMap<String, u64> {
+    let mut map = BTreeMap::new();
+    for (resource, amount) in pairs {
+        map.entry(resource)
+            .and_modify(|a| *a = merge(*a, amount))
+            .or_insert(amount);
+    }
+    map
+}
+
+impl quota::Host for StoreState {
+    fn usage(&mut self, keys: Vec<String>) -> wasmtime::Result<Result<Vec<quota::Total>, String>> {
+        if keys.len() > MAX_KEYS {
+            self.meter.enter()?;
+            return Ok(Err(format!(
+                "quota.usage asked for {} keys; at most {MAX_KEYS} per call",
+                keys.len()
+            )));
+        }
+        let result = self.with_host(|host, _| host.usage(&keys))?;
+        Ok(result.map(|usage| {
+            usage
+                .into_iter()
+                .map(|u| quota::Total {
+                    key: u.key,
+                    resource: u.resource,
+                    amount: u.amount,
+                    objects: u.objects,
+                })
+                .collect()
+        }))
     }
 
     fn reserve(
         &mut self,
-        claims: Vec<self::tollgate::policy::quota::Claim>,
-    ) -> Result<self::tollgate::policy::quota::Decision, String> {
-        let claims = claims
+        claims: Vec<quota::Claim>,
+    ) -> wasmtime::Result<Result<quota::Decision, String>> {
+        if claims.len() > MAX_CLAIMS {
+            self.meter.enter()?;
+            return Ok(Err(format!(
+                "quota.reserve got {} claims; at most {MAX_CLAIMS} per call",
+                claims.len()
+            )));
+        }
+        let claims: Vec<Claim> = claims
             .into_iter()
-            .map(|c| crate::context::Claim {
+            .map(|c| Claim {
                 scope: c.scope,
-                asks: c.asks,
-                limits: c.limits,
-                usage: c.usage,
+                asks: amounts(c.asks, u64::saturating_add),
+                limits: amounts(c.limits, u64::min),
+                usage: amounts(c.usage, u64::saturating_add),
             })
             .collect();
-        let decision = self.access()?.reserve(claims)?;
-        Ok(self::tollgate::policy::quota::Decision {
+        let result = self.with_host(|host, meter| host.reserve(&claims, meter.deadline()))?;
+        Ok(result.map(|decision| quota::Decision {
             admitted: decision.admitted,
             held: decision
                 .held
                 .into_iter()
-                .map(
-                    |(scope, resource, amount)| self::tollgate::policy::quota::Held {
-                        scope,
-                        resource,
-                        amount,
-                    },
-                )
+                .map(|h| quota::Held {
+                    scope: h.scope,
+                    resource: h.resource,
+                    amount: h.amount,
+                })
                 .collect(),
-        })
+        }))
     }
 }

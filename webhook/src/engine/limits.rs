@@ -1,24 +1,31 @@
-//! Per-call bounds and the store state that enforces the memory cap.
+//! Per-call bounds and the store state that enforces them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::context::Access;
+use super::host::{Host, LogRate, Meter};
 
 /// Bounds on one policy call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock deadline. Enforced with epoch interruption at a 1 ms tick,
-    /// so a call is stopped between `timeout` and `timeout` + 1 ms; host
-    /// calls (logging) are not interrupted, but they are short.
+    /// Wall-clock deadline of one call, instantiation included. Enforced
+    /// with epoch interruption at a 1 ms tick, so a call is stopped between
+    /// `timeout` and `timeout` + 1 ms of Wasm execution; every host call
+    /// checks it on entry, and host calls that do I/O are bounded by it. A
+    /// request's own deadline may cut it shorter.
     pub timeout: Duration,
     /// Cap on the policy's linear memory, in bytes. Guarantees that
     /// `memory.grow` past it fails (the guest sees an allocation failure,
-    /// which for Rust guests is a trap). Does not count host-side copies of
-    /// the policy's output: those are bounded by `output_bytes`.
+    /// which for Rust guests is a trap), and bounds what host calls may hand
+    /// the policy in one call. Host-side copies of the policy's output are
+    /// bounded by `output_bytes` instead.
     pub memory_bytes: usize,
-    /// Cap on the total size of the strings the policy returns.
+    /// Cap on the total size of the strings a call returns, checked before
+    /// they are copied out of the sandbox.
     pub output_bytes: usize,
+    /// Cap on the number of warnings, annotations or index entries a call
+    /// returns, checked before any is copied out of the sandbox.
+    pub output_items: usize,
 }
 
 impl Default for Limits {
@@ -27,13 +34,15 @@ impl Default for Limits {
             timeout: Duration::from_millis(100),
             memory_bytes: 64 << 20,
             output_bytes: 4 << 20,
+            output_items: 256,
         }
     }
 }
 
 /// What a store carries: the policy's name for its log lines, the memory
 /// cap with a note of whether the policy hit it (so that the resulting trap
-/// can be reported as what it is), and the call's cluster access.
+/// can be reported as what it is), the call's host capabilities and the
+/// meter on them.
 pub struct StoreState {
     /// The policy's name, for log lines.
     pub policy: Arc<str>,
@@ -41,19 +50,36 @@ pub struct StoreState {
     /// Set when a growth was refused.
     pub memory_exceeded: bool,
     /// What the current call may read and reserve; `None` for policies
-    /// granted no context (their reads fail).
-    pub access: Option<Access>,
+    /// granted no context (their reads are refused).
+    pub host: Option<Box<dyn Host>>,
+    /// The current call's budget of host calls.
+    pub meter: Meter,
+    /// The policy's log rate, shared by all its calls.
+    pub log_rate: Arc<LogRate>,
+    /// The last refusal a host call answered, to tell a policy that failed
+    /// because of it from one that failed on its own.
+    pub refused: Option<String>,
 }
 
 impl StoreState {
-    /// State for one call of `policy` capped at `memory_bytes`.
-    pub fn new(policy: Arc<str>, memory_bytes: usize) -> Self {
+    /// State for calls of `policy` capped at `memory_bytes`.
+    pub fn new(policy: Arc<str>, memory_bytes: usize, log_rate: Arc<LogRate>) -> Self {
         StoreState {
             policy,
             memory_bytes,
             memory_exceeded: false,
-            access: None,
+            host: None,
+            meter: Meter::new(Instant::now(), memory_bytes),
+            log_rate,
+            refused: None,
         }
+    }
+
+    /// Prepares the state for a call ending at `deadline`.
+    pub fn start_call(&mut self, deadline: Instant, host: Option<Box<dyn Host>>) {
+        self.host = host;
+        self.meter = Meter::new(deadline, self.memory_bytes);
+        self.refused = None;
     }
 }
 

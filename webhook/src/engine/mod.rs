@@ -20,7 +20,9 @@
 
 mod bindings;
 pub mod cache;
+pub mod host;
 mod limits;
+mod output;
 mod pre;
 mod spare;
 mod ticker;
@@ -28,19 +30,21 @@ mod ticker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use host::Host;
 pub use limits::Limits;
-pub use pre::{PolicyPre, Verdict};
+pub use output::{IndexEntry, Verdict};
+pub use pre::PolicyPre;
 
 use limits::StoreState;
 use spare::Maker;
 use ticker::Ticker;
 
 /// How many instances may be alive at once across all policies. Evaluations
-/// run on the server's worker threads, so a handful are alive at a time; the
-/// rest of the pool is address space only.
+/// run on a few threads, so a handful are alive at a time; the rest of the
+/// pool is address space only.
 const POOL_INSTANCES: u32 = 256;
 
 /// The largest linear memory any policy may have; a policy's own
@@ -87,15 +91,24 @@ pub enum Error {
     #[error(transparent)]
     Cache(#[from] cache::Error),
     /// The component imports something the host does not provide, or lacks
-    /// an export.
+    /// an export, or an export has the wrong type.
     #[error("cannot link the policy: {0:#} (it must target the tollgate:policy world)")]
     Link(wasmtime::Error),
     /// Instantiation failed (pool exhausted, memory minimum above the cap).
     #[error("cannot instantiate the policy: {0:#}")]
     Instantiate(wasmtime::Error),
-    /// The policy ran past its deadline.
+    /// The policy ran past its own deadline.
     #[error("policy exceeded its deadline of {0} ms")]
     Timeout(u64),
+    /// The component's start function ran past the policy's deadline.
+    #[error("policy's start function exceeded its deadline of {0} ms")]
+    StartTimeout(u64),
+    /// The request's deadline came before the policy's own (of this many
+    /// ms) and the policy had not finished.
+    #[error(
+        "the request's deadline passed before the policy finished (its own deadline is {0} ms)"
+    )]
+    RequestDeadline(u64),
     /// The policy tried to grow its memory past the cap.
     #[error("policy exceeded its memory limit of {0} MiB")]
     MemoryLimit(usize),
@@ -105,14 +118,77 @@ pub enum Error {
     /// The policy's output was larger than allowed.
     #[error("policy output of {size} bytes exceeds the limit of {limit} bytes")]
     OutputTooLarge {
-        /// Bytes the policy returned.
+        /// Bytes counted when the cap was passed.
         size: usize,
         /// The cap.
         limit: usize,
     },
+    /// The policy returned more warnings, annotations or index entries than
+    /// allowed.
+    #[error("policy returned {items} warnings, annotations or entries; the limit is {limit}")]
+    OutputTooManyItems {
+        /// Items returned.
+        items: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// The policy's output could not be read (a string not UTF-8, say).
+    #[error("policy output is invalid: {0}")]
+    InvalidOutput(String),
+    /// The host-call meter stopped the policy.
+    #[error("{0}")]
+    HostCalls(host::Abort),
     /// The policy ran but reported that it could not reach a verdict.
     #[error("policy error: {0}")]
     Policy(String),
+    /// The policy reported an error after a host call refused it (context
+    /// not granted, ledger unreachable).
+    #[error("policy error: {message}")]
+    Refused {
+        /// The policy's message.
+        message: String,
+        /// What the host refused.
+        refusal: String,
+    },
+}
+
+impl Error {
+    /// A short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Configure(_)
+            | Error::Compile(_)
+            | Error::Cache(_)
+            | Error::Link(_)
+            | Error::Instantiate(_) => "load",
+            Error::Timeout(_) | Error::StartTimeout(_) => "timeout",
+            Error::RequestDeadline(_) => "request-deadline",
+            Error::MemoryLimit(_) => "memory",
+            Error::Trap(_) => "trap",
+            Error::OutputTooLarge { .. }
+            | Error::OutputTooManyItems { .. }
+            | Error::InvalidOutput(_) => "output",
+            Error::HostCalls(_) => "host-calls",
+            Error::Policy(_) => "policy",
+            Error::Refused { .. } => "refused",
+        }
+    }
+
+    /// Whether the policy itself misbehaved (rather than the request's
+    /// deadline or the host), so that repeated ones may suspend it.
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout(_)
+                | Error::StartTimeout(_)
+                | Error::MemoryLimit(_)
+                | Error::Trap(_)
+                | Error::OutputTooLarge { .. }
+                | Error::OutputTooManyItems { .. }
+                | Error::InvalidOutput(_)
+                | Error::HostCalls(_)
+        )
+    }
 }
 
 /// The process-wide Wasm engine. Cheap to clone.
@@ -123,10 +199,11 @@ pub struct Engine {
 
 struct Inner {
     wasmtime: wasmtime::Engine,
-    /// Links the host's imports (`log`) into every policy; built once.
+    /// Links the host's imports into every policy; built once.
     linker: Linker<StoreState>,
-    /// Advances the epoch while evaluations run; shared by every store.
-    ticker: Ticker,
+    /// Advances the epoch while evaluations and start functions run;
+    /// shared by every store and the spares thread.
+    ticker: Arc<Ticker>,
     /// Makes spare instances and tears down used ones, off the request path.
     maker: Maker,
     cache: cache::Cache,
@@ -170,7 +247,7 @@ impl Engine {
         bindings::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(Error::Link)?;
         let cache = cache::Cache::new(config.cache_dir, config.compiler, &wasmtime)?;
-        let ticker = Ticker::start(wasmtime.clone());
+        let ticker = Arc::new(Ticker::start(wasmtime.clone()));
         Ok(Engine {
             inner: Arc::new(Inner {
                 wasmtime,
@@ -190,7 +267,7 @@ impl Engine {
     /// When the bytes are not a component of the policy world, or the cache
     /// cannot be written.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
-        let component: Component = self.inner.cache.component(&self.inner.wasmtime, bytes)?;
+        let component = self.inner.cache.component(&self.inner.wasmtime, bytes)?;
         let pre = self
             .inner
             .linker
@@ -230,6 +307,7 @@ mod tests {
             &format!(r#"{{"behaviour":"{behaviour}"}}"#),
             limits,
             None,
+            None,
         )
     }
 
@@ -243,12 +321,24 @@ mod tests {
             .unwrap();
         let limits = Limits::default();
         let verdict = pre
-            .evaluate(POD, r#"{"allowedRegistries":["nvcr.io/"]}"#, &limits, None)
+            .evaluate(
+                POD,
+                r#"{"allowedRegistries":["nvcr.io/"]}"#,
+                &limits,
+                None,
+                None,
+            )
             .unwrap();
         assert!(!verdict.allowed);
         assert!(verdict.message.unwrap().contains("\"quay.io/x:1\""));
         let verdict = pre
-            .evaluate(POD, r#"{"allowedRegistries":["quay.io/"]}"#, &limits, None)
+            .evaluate(
+                POD,
+                r#"{"allowedRegistries":["quay.io/"]}"#,
+                &limits,
+                None,
+                None,
+            )
             .unwrap();
         assert!(verdict.allowed);
     }
@@ -285,7 +375,13 @@ mod tests {
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
         for _ in 0..(POOL_INSTANCES * 3) {
             let verdict = pre
-                .evaluate(POD, r#"{"behaviour":"count"}"#, &Limits::default(), None)
+                .evaluate(
+                    POD,
+                    r#"{"behaviour":"count"}"#,
+                    &Limits::default(),
+                    None,
+                    None,
+                )
                 .unwrap();
             assert_eq!(
                 verdict.audit_annotations,
@@ -303,7 +399,7 @@ mod tests {
         // Load (and compile) first: only the call is timed.
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
         let started = std::time::Instant::now();
-        let result = pre.evaluate(POD, r#"{"behaviour":"loop"}"#, &limits, None);
+        let result = pre.evaluate(POD, r#"{"behaviour":"loop"}"#, &limits, None, None);
         assert!(matches!(result, Err(Error::Timeout(20))), "{result:?}");
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -362,7 +458,9 @@ mod tests {
         // imports `log` only and exports no `index`.
         let pre = engine().load("v0", crate::test_support::WORLD_V0).unwrap();
         assert!(!pre.indexes());
-        let verdict = pre.evaluate(POD, "{}", &Limits::default(), None).unwrap();
+        let verdict = pre
+            .evaluate(POD, "{}", &Limits::default(), None, None)
+            .unwrap();
         assert!(verdict.allowed);
         assert_eq!(
             verdict.audit_annotations,

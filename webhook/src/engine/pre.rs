@@ -1,62 +1,25 @@
 //! A policy prepared for fast instantiation, and one call of it.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use wasmtime::component::InstancePre;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
 use wasmtime::{Store, Trap};
 
-use super::bindings::{self, Policy};
+use super::host::{Abort, Host, LogRate};
 use super::limits::{Limits, StoreState};
+use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
 use super::spare::{Instance, Recipe, Spares};
-use super::ticker::TICK;
+use super::ticker::ticks;
 use super::{Engine, Error};
-use crate::context::Access;
 
-/// What a policy returned, in host types.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Verdict {
-    /// Whether the request may proceed.
-    pub allowed: bool,
-    /// The denial's reason.
-    pub message: Option<String>,
-    /// HTTP status code of a denial.
-    pub code: Option<u16>,
-    /// Warnings for the user.
-    pub warnings: Vec<String>,
-    /// Audit annotations.
-    pub audit_annotations: Vec<(String, String)>,
-    /// The mutated object as JSON text.
-    pub mutated_object: Option<String>,
+/// The exports the host calls, looked up once per component.
+struct Exports {
+    validate_settings: ComponentExportIndex,
+    evaluate: ComponentExportIndex,
+    /// `None` for components of the plain `policy` world.
+    index: Option<ComponentExportIndex>,
 }
-
-impl Verdict {
-    fn output_bytes(&self) -> usize {
-        self.message.as_ref().map_or(0, String::len)
-            + self.warnings.iter().map(String::len).sum::<usize>()
-            + self
-                .audit_annotations
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-            + self.mutated_object.as_ref().map_or(0, String::len)
-    }
-}
-
-impl From<bindings::tollgate::policy::types::Verdict> for Verdict {
-    fn from(v: bindings::tollgate::policy::types::Verdict) -> Self {
-        Verdict {
-            allowed: v.allowed,
-            message: v.message,
-            code: v.code,
-            warnings: v.warnings,
-            audit_annotations: v.audit_annotations,
-            mutated_object: v.mutated_object,
-        }
-    }
-}
-
-/// One entry of a policy's `index` export: (key, resource, amount).
-pub type IndexEntry = (String, String, u64);
 
 /// A compiled, linked policy: type-checked once, instantiated per call.
 ///
@@ -65,10 +28,60 @@ pub type IndexEntry = (String, String, u64);
 #[derive(Clone)]
 pub struct PolicyPre {
     name: Arc<str>,
-    pre: bindings::PolicyPre<StoreState>,
+    pre: InstancePre<StoreState>,
+    exports: Arc<Exports>,
     /// Fresh instances made ahead of time; shared by clones of this handle.
     spares: Arc<Spares>,
+    /// The policy's log rate, shared by every call.
+    log_rate: Arc<LogRate>,
     engine: Engine,
+}
+
+/// When one call must end: its own timeout from now, or the request's
+/// deadline when that comes first.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    end: Instant,
+    /// The policy's own timeout.
+    timeout: Duration,
+    /// Whether the request's deadline cut the window short.
+    cut: bool,
+}
+
+impl Window {
+    fn new(limits: &Limits, deadline: Option<Instant>) -> Self {
+        let own = Instant::now() + limits.timeout;
+        match deadline {
+            Some(deadline) if deadline < own => Window {
+                end: deadline,
+                timeout: limits.timeout,
+                cut: true,
+            },
+            _ => Window {
+                end: own,
+                timeout: limits.timeout,
+                cut: false,
+            },
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    /// What running out of this window is called.
+    fn out_of_time(&self, starting: bool) -> Error {
+        let ms = self.timeout.as_millis() as u64;
+        match (self.cut, starting) {
+            (true, _) => Error::RequestDeadline(ms),
+            (false, true) => Error::StartTimeout(ms),
+            (false, false) => Error::Timeout(ms),
+        }
+    }
+}
+
+fn export(pre: &InstancePre<StoreState>, name: &str) -> Option<ComponentExportIndex> {
+    pre.component().get_export_index(None, name)
 }
 
 impl PolicyPre {
@@ -77,18 +90,29 @@ impl PolicyPre {
         pre: InstancePre<StoreState>,
         engine: Engine,
     ) -> Result<Self, Error> {
-        let pre = bindings::PolicyPre::new(pre).map_err(Error::Link)?;
+        let missing = |export: &str| {
+            Error::Link(wasmtime::format_err!("the component exports no `{export}`"))
+        };
+        let exports = Exports {
+            validate_settings: export(&pre, "validate-settings")
+                .ok_or_else(|| missing("validate-settings"))?,
+            evaluate: export(&pre, "evaluate").ok_or_else(|| missing("evaluate"))?,
+            index: export(&pre, "index"),
+        };
         Ok(PolicyPre {
             name: name.into(),
             pre,
+            exports: Arc::new(exports),
             spares: Arc::default(),
+            log_rate: Arc::default(),
             engine,
         })
     }
 
-    /// Runs the policy's `validate-settings` on settings JSON text. The outer
-    /// error is the sandbox's (trap, timeout); the inner one is the policy's
-    /// verdict on the settings.
+    /// Runs the policy's `validate-settings` on settings JSON text, and
+    /// checks that its other exports have the world's types. The outer
+    /// error is the sandbox's (trap, timeout, bad exports); the inner one is
+    /// the policy's verdict on the settings.
     ///
     /// # Errors
     ///
@@ -98,23 +122,27 @@ impl PolicyPre {
         settings: &str,
         limits: &Limits,
     ) -> Result<Result<(), String>, Error> {
-        let result = self.call(limits, |policy, store| {
-            policy.call_validate_settings(store, settings)
-        })?;
-        if let Err(message) = &result
-            && message.len() > limits.output_bytes
-        {
-            return Err(Error::OutputTooLarge {
-                size: message.len(),
-                limit: limits.output_bytes,
-            });
-        }
-        Ok(result)
+        self.call(limits, None, None, |store, instance, exports| {
+            let validate = instance
+                .get_typed_func::<(&str,), (RawSettings,)>(&mut *store, &exports.validate_settings)
+                .map_err(Error::Link)?;
+            instance
+                .get_typed_func::<(&str, &str), (RawEvaluation,)>(&mut *store, &exports.evaluate)
+                .map_err(Error::Link)?;
+            if let Some(index) = &exports.index {
+                instance
+                    .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, index)
+                    .map_err(Error::Link)?;
+            }
+            let (raw,) = validate.call(&mut *store, (settings,)).map_err(Raw)?;
+            Ok(output::settings(store, raw, limits)?)
+        })
     }
 
     /// Evaluates one AdmissionRequest (JSON text) with settings (JSON text)
-    /// in a fresh instance; `access` is what its context and quota imports
-    /// may reach.
+    /// in a fresh instance. The call ends at its own timeout or at
+    /// `deadline`, whichever comes first; `host` is what its context and
+    /// quota imports reach.
     ///
     /// # Errors
     ///
@@ -124,43 +152,57 @@ impl PolicyPre {
         request: &str,
         settings: &str,
         limits: &Limits,
-        access: Option<Access>,
+        deadline: Option<Instant>,
+        host: Option<Box<dyn Host>>,
     ) -> Result<Verdict, Error> {
-        let verdict: Verdict = self
-            .call(limits, |policy, store| {
-                store.data_mut().access = access;
-                policy.call_evaluate(store, request, settings)
-            })?
-            .map_err(Error::Policy)?
-            .into();
-        let size = verdict.output_bytes();
-        if size > limits.output_bytes {
-            return Err(Error::OutputTooLarge {
-                size,
-                limit: limits.output_bytes,
-            });
-        }
-        Ok(verdict)
+        self.call(limits, deadline, host, |store, instance, exports| {
+            let evaluate = instance
+                .get_typed_func::<(&str, &str), (RawEvaluation,)>(&mut *store, &exports.evaluate)
+                .map_err(Error::Link)?;
+            let (raw,) = evaluate
+                .call(&mut *store, (request, settings))
+                .map_err(Raw)?;
+            Ok(output::verdict(store, raw, limits)?)
+        })
     }
 
+    /// One call in a fresh instance: a spare, or one made inline within
+    /// the call's window. `f` calls an export and reads its output; wasmtime
+    /// errors it returns as [`Raw`] are classified here.
     fn call<R>(
         &self,
         limits: &Limits,
-        f: impl FnOnce(&Policy, &mut Store<StoreState>) -> wasmtime::Result<R>,
+        deadline: Option<Instant>,
+        host: Option<Box<dyn Host>>,
+        f: impl FnOnce(
+            &mut Store<StoreState>,
+            &wasmtime::component::Instance,
+            &Exports,
+        ) -> Result<R, Failed>,
     ) -> Result<R, Error> {
+        let window = Window::new(limits, deadline);
+        if window.left().is_zero() {
+            return Err(window.out_of_time(false));
+        }
         let recipe = self.recipe(limits);
         let maker = &self.engine.inner.maker;
-        let Instance { mut store, policy } = match self.spares.take(limits.memory_bytes) {
+        let Instance {
+            mut store,
+            instance,
+        } = match self.spares.take(limits.memory_bytes) {
             Some(instance) => instance,
-            None => match recipe.instantiate() {
-                Ok(instance) => instance,
-                Err((store, error)) => {
-                    let error =
-                        if error.downcast_ref::<Trap>().is_some() || store.data().memory_exceeded {
-                            classify(&store, error, limits)
-                        } else {
-                            Error::Instantiate(error)
-                        };
+            None => match recipe.instantiate(window.left()) {
+                Ok(instance) => {
+                    self.spares.repaired();
+                    instance
+                }
+                Err(failed) => {
+                    let (store, error) = *failed;
+                    let error = if is_stopped(&store, &error) {
+                        classify(&store, error, limits, &window, true)
+                    } else {
+                        Error::Instantiate(error)
+                    };
                     maker.recycle(&self.spares, &recipe, Some(store));
                     return Err(error);
                 }
@@ -168,28 +210,38 @@ impl PolicyPre {
         };
         let result = {
             let _active = self.engine.inner.ticker.active();
-            // One tick more than the timeout, so that a call gets at least
-            // the full timeout.
-            let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
-            store.set_epoch_deadline(ticks);
-            f(&policy, &mut store).map_err(|error| classify(&store, error, limits))
+            store.data_mut().start_call(window.end, host);
+            store.set_epoch_deadline(ticks(window.left()));
+            f(&mut store, &instance, &self.exports)
         };
+        let result = result.map_err(|failed| match failed {
+            Failed::Raw(error) => classify(&store, error, limits, &window, false),
+            Failed::Output(error) => error,
+        });
+        let dropped = store.data().meter.dropped_lines;
+        if dropped > 0 {
+            tracing::warn!(
+                policy = &*self.name,
+                dropped,
+                "log lines dropped: a call may write {} and a policy {} per second",
+                super::host::LOG_LINES_PER_CALL,
+                super::host::LOG_LINES_PER_SECOND
+            );
+        }
+        // The host capabilities belong to the request: drop them now, not
+        // when the spares thread gets to the store.
+        store.data_mut().host = None;
         maker.recycle(&self.spares, &recipe, Some(store));
         result
     }
 
     /// Whether the component exports `index` (the `indexed-policy` world).
     pub fn indexes(&self) -> bool {
-        self.pre
-            .instance_pre()
-            .component()
-            .get_export_index(None, "index")
-            .is_some()
+        self.exports.index.is_some()
     }
 
     /// Runs the policy's `index` export on one cluster object in a fresh
-    /// instance (not a spare: indexing runs on cache updates, off the
-    /// request path). `Ok(None)` when the component has no `index`.
+    /// instance. `Ok(None)` when the component has no `index`.
     ///
     /// # Errors
     ///
@@ -200,32 +252,17 @@ impl PolicyPre {
         settings: &str,
         limits: &Limits,
     ) -> Result<Option<Vec<IndexEntry>>, Error> {
-        let mut store = self.recipe(limits).store();
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(Error::Instantiate)?;
-        type Entries = Result<Vec<IndexEntry>, String>;
-        let Ok(index) = instance.get_typed_func::<(&str, &str), (Entries,)>(&mut store, "index")
-        else {
+        let Some(export) = &self.exports.index else {
             return Ok(None);
         };
-        let _active = self.engine.inner.ticker.active();
-        let ticks = limits.timeout.as_millis().div_ceil(TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        let (result,) = index
-            .call(&mut store, (object, settings))
-            .map_err(|error| classify(&store, error, limits))?;
-        let entries = result.map_err(Error::Policy)?;
-        let size: usize = entries.iter().map(|(k, r, _)| k.len() + r.len() + 8).sum();
-        if size > limits.output_bytes {
-            return Err(Error::OutputTooLarge {
-                size,
-                limit: limits.output_bytes,
-            });
-        }
-        Ok(Some(entries))
+        self.call(limits, None, None, |store, instance, _| {
+            let index = instance
+                .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, export)
+                .map_err(Error::Link)?;
+            let (raw,) = index.call(&mut *store, (object, settings)).map_err(Raw)?;
+            Ok(output::index(store, raw, limits)?)
+        })
+        .map(Some)
     }
 
     fn recipe(&self, limits: &Limits) -> Recipe {
@@ -233,6 +270,9 @@ impl PolicyPre {
             name: self.name.clone(),
             pre: self.pre.clone(),
             memory_bytes: limits.memory_bytes,
+            timeout: limits.timeout,
+            log_rate: self.log_rate.clone(),
+            ticker: self.engine.inner.ticker.clone(),
         }
     }
 
@@ -244,13 +284,49 @@ impl PolicyPre {
     }
 }
 
-/// Names what stopped a call: the memory cap, the deadline, or a trap.
-fn classify(store: &Store<StoreState>, error: wasmtime::Error, limits: &Limits) -> Error {
+/// How a call's closure failed: wasmtime stopped it (classified by the
+/// caller, which holds the store), or its output was refused.
+enum Failed {
+    Raw(wasmtime::Error),
+    Output(Error),
+}
+
+use Failed::Raw;
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed::Output(error)
+    }
+}
+
+/// Whether an instantiation error is the policy's start function being
+/// stopped (rather than a linking or pool problem).
+fn is_stopped(store: &Store<StoreState>, error: &wasmtime::Error) -> bool {
+    store.data().memory_exceeded
+        || error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<Abort>().is_some()
+}
+
+/// Names what stopped a call: the memory cap, the deadline, the host-call
+/// meter, or a trap.
+fn classify(
+    store: &Store<StoreState>,
+    error: wasmtime::Error,
+    limits: &Limits,
+    window: &Window,
+    starting: bool,
+) -> Error {
     if store.data().memory_exceeded {
         return Error::MemoryLimit(limits.memory_bytes >> 20);
     }
+    if let Some(abort) = error.downcast_ref::<Abort>() {
+        return match abort {
+            Abort::DeadlinePassed => window.out_of_time(starting),
+            other => Error::HostCalls(other.clone()),
+        };
+    }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Error::Timeout(limits.timeout.as_millis() as u64),
+        Some(Trap::Interrupt) => window.out_of_time(starting),
         Some(trap) => Error::Trap(trap.to_string()),
         None => Error::Trap(format!("{error:#}")),
     }

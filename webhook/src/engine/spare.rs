@@ -4,16 +4,25 @@
 //! and hands it back for teardown, so instantiation and teardown stay off
 //! the request's latency. Each instance still serves exactly one call: no
 //! state crosses from one request to the next.
+//!
+//! Instantiation runs the component's start function, which is policy code:
+//! it runs under the policy's deadline like a call, here and inline. A
+//! policy whose spares cannot be made (its start function traps or loops)
+//! gets none until a call instantiates it successfully, so the thread does
+//! not spend a deadline on it after every call.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
+use wasmtime::component::InstancePre;
 
-use super::bindings;
+use super::host::LogRate;
 use super::limits::StoreState;
+use super::ticker::{Ticker, ticks};
 
 /// Spares kept per policy: enough for the two worker threads of a 2-core
 /// server; a deeper queue only holds pool slots.
@@ -28,8 +37,8 @@ const MAX_PENDING: usize = 8;
 pub struct Instance {
     /// The store, with its state and limits.
     pub store: Store<StoreState>,
-    /// The instance's exports.
-    pub policy: bindings::Policy,
+    /// The instance.
+    pub instance: wasmtime::component::Instance,
 }
 
 /// How to make one policy's instances.
@@ -38,25 +47,15 @@ pub struct Recipe {
     /// The policy's name, for its log lines.
     pub name: Arc<str>,
     /// The pre-instantiated component.
-    pub pre: bindings::PolicyPre<StoreState>,
+    pub pre: InstancePre<StoreState>,
     /// Memory cap its instances are made with.
     pub memory_bytes: usize,
-}
-
-impl Recipe {
-    /// Instantiates one fresh instance.
-    ///
-    /// # Errors
-    ///
-    /// Whatever instantiation reports (the store is returned for
-    /// classifying the error).
-    pub fn instantiate(&self) -> Result<Instance, (Store<StoreState>, wasmtime::Error)> {
-        let mut store = self.store();
-        match self.pre.instantiate(&mut store) {
-            Ok(policy) => Ok(Instance { store, policy }),
-            Err(error) => Err((store, error)),
-        }
-    }
+    /// How long a spare's start function may run.
+    pub timeout: Duration,
+    /// The policy's log rate, shared by its stores.
+    pub log_rate: Arc<LogRate>,
+    /// Advances the epoch while start functions run.
+    pub ticker: Arc<Ticker>,
 }
 
 impl Recipe {
@@ -64,13 +63,32 @@ impl Recipe {
     pub fn store(&self) -> Store<StoreState> {
         let mut store = Store::new(
             self.pre.engine(),
-            StoreState::new(self.name.clone(), self.memory_bytes),
+            StoreState::new(self.name.clone(), self.memory_bytes, self.log_rate.clone()),
         );
         store.limiter(|state| state);
-        // Instantiation runs no policy code; the call sets the real deadline.
-        store.set_epoch_deadline(u64::MAX / 2);
         store.epoch_deadline_trap();
         store
+    }
+
+    /// Instantiates one fresh instance; its start function (if any) may run
+    /// for `budget`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever instantiation reports (the store is returned for
+    /// classifying the error).
+    pub fn instantiate(
+        &self,
+        budget: Duration,
+    ) -> Result<Instance, Box<(Store<StoreState>, wasmtime::Error)>> {
+        let mut store = self.store();
+        store.data_mut().start_call(Instant::now() + budget, None);
+        let _active = self.ticker.active();
+        store.set_epoch_deadline(ticks(budget));
+        match self.pre.instantiate(&mut store) {
+            Ok(instance) => Ok(Instance { store, instance }),
+            Err(error) => Err(Box::new((store, error))),
+        }
     }
 }
 
@@ -79,6 +97,9 @@ impl Recipe {
 #[derive(Default)]
 pub struct Spares {
     ready: Mutex<Vec<(usize, Instance)>>,
+    /// Set when the thread failed to make a spare; cleared when a call
+    /// instantiates the policy inline.
+    broken: AtomicBool,
 }
 
 impl Spares {
@@ -91,6 +112,12 @@ impl Spares {
             }
         }
         None
+    }
+
+    /// Notes that a call instantiated the policy inline: spares may be
+    /// made again.
+    pub fn repaired(&self) {
+        self.broken.store(false, Ordering::Relaxed);
     }
 }
 
@@ -122,14 +149,25 @@ impl Maker {
                 for job in queue {
                     done.fetch_sub(1, Ordering::AcqRel);
                     drop(job.used);
-                    let short =
-                        job.spares.ready.lock().expect("spares lock poisoned").len() < DEPTH;
-                    if short && let Ok(instance) = job.recipe.instantiate() {
-                        job.spares
+                    let spares = &job.spares;
+                    let short = spares.ready.lock().expect("spares lock poisoned").len() < DEPTH;
+                    if !short || spares.broken.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    match job.recipe.instantiate(job.recipe.timeout) {
+                        Ok(instance) => spares
                             .ready
                             .lock()
                             .expect("spares lock poisoned")
-                            .push((job.recipe.memory_bytes, instance));
+                            .push((job.recipe.memory_bytes, instance)),
+                        Err(failed) => {
+                            spares.broken.store(true, Ordering::Relaxed);
+                            tracing::warn!(
+                                policy = &*job.recipe.name,
+                                "cannot make spare instances: {:#}",
+                                failed.1
+                            );
+                        }
                     }
                 }
             })

@@ -9,16 +9,22 @@
 //!   on the object as it arrived (after the apiserver applied mutations);
 //!   all denials are reported together.
 //! - [`PolicySet::review`]: both, as the apiserver's two calls would.
+//!
+//! Every request has one deadline. Each policy's own deadline is cut to
+//! what is left of it, and a policy reached after it passed is not run: its
+//! `failurePolicy` applies, as to any other [`Failure`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::breaker::Suspended;
 use super::config::{FailurePolicy, Mode};
+use super::output::{self, Identity, Invalid};
 use super::request::Request;
-use super::set::{LoadedPolicy, PolicySet};
+use super::set::{LoadError, LoadedPolicy, PolicySet};
 use super::{matcher, patch};
 use crate::context::{Access, Kind, ObjectKey, Subject};
-use crate::engine;
+use crate::engine::{self, Host};
 
 /// What one policy did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +51,39 @@ impl Result {
     }
 }
 
+/// Why a policy reached no verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// It failed to load.
+    #[error("the policy failed to load: {0}")]
+    Load(Arc<LoadError>),
+    /// The sandbox stopped it, or it reported an error.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    /// Its verdict says something the apiserver cannot take.
+    #[error(transparent)]
+    Output(#[from] Invalid),
+    /// It is suspended after repeated misbehaviour.
+    #[error(transparent)]
+    Suspended(#[from] Suspended),
+    /// The request's deadline had passed before its turn.
+    #[error("the request's deadline passed before the policy ran")]
+    NotRun,
+}
+
+impl Failure {
+    /// A short label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Load(_) => "load",
+            Failure::Engine(error) => error.reason(),
+            Failure::Output(_) => "output",
+            Failure::Suspended(_) => "suspended",
+            Failure::NotRun => "request-deadline",
+        }
+    }
+}
+
 /// One policy evaluation, for metrics and the decision log.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
@@ -56,6 +95,8 @@ pub struct Evaluation {
     pub result: Result,
     /// Its message (denial reason or failure).
     pub message: Option<String>,
+    /// Why it failed ([`Failure::reason`]), when it did.
+    pub reason: Option<&'static str>,
     /// Wall time of the call.
     pub duration: Duration,
 }
@@ -112,32 +153,46 @@ enum Step {
         verdict: engine::Verdict,
         mutated: bool,
     },
-    Failed(String),
+    Failed(Failure),
 }
 
 impl PolicySet {
-    /// Runs the mutating chain.
-    pub fn mutate(&self, request: &Request<'_>) -> Outcome {
+    /// Runs the mutating chain; it ends by `deadline`.
+    pub fn mutate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
         let mut outcome = Outcome::allowed();
         let mut current: Option<String> = None;
+        // What the original object is, read once, for checking mutations.
+        let mut original: Option<std::result::Result<Identity<'_>, Invalid>> = None;
         for position in self.mutating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
             if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
                 continue;
             }
             let text = current.as_ref().map(|object| request.with_object(object));
-            let (step, duration) =
-                self.run(policy, request, text.as_deref().unwrap_or(request.text));
+            let (step, duration) = self.run(
+                policy,
+                request,
+                text.as_deref().unwrap_or(request.text),
+                deadline,
+            );
             let step = match step {
                 Step::Verdict {
                     mut verdict,
                     mutated: true,
                 } if verdict.allowed => {
                     let object = verdict.mutated_object.take().unwrap_or_default();
-                    // Checked as JSON without building a `Value`: the patch is
-                    // computed on the text at the end.
-                    match serde_json::from_str::<&serde_json::value::RawValue>(&object) {
-                        Ok(raw) if raw.get().starts_with('{') => {
+                    let original = original.get_or_insert_with(|| match request.object_text() {
+                        Some(text) => Identity::of(text),
+                        None => Err(Invalid::NotAnObject(
+                            "the request carries no object to mutate".into(),
+                        )),
+                    });
+                    let checked = match original {
+                        Ok(original) => output::check_mutation(original, &object),
+                        Err(invalid) => Err(invalid.clone()),
+                    };
+                    match checked {
+                        Ok(()) => {
                             if policy.config.mode == Mode::Enforce {
                                 if self.keep_mutations {
                                     outcome
@@ -151,7 +206,7 @@ impl PolicySet {
                                 mutated: true,
                             }
                         }
-                        _ => Step::Failed("the mutated object is not a JSON object".into()),
+                        Err(invalid) => Step::Failed(invalid.into()),
                     }
                 }
                 step => step,
@@ -178,15 +233,15 @@ impl PolicySet {
         outcome
     }
 
-    /// Runs every matching validating policy.
-    pub fn validate(&self, request: &Request<'_>) -> Outcome {
+    /// Runs every matching validating policy; they end by `deadline`.
+    pub fn validate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
         let mut outcome = Outcome::allowed();
         for position in self.validating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
             if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
                 continue;
             }
-            let (step, duration) = self.run(policy, request, request.text);
+            let (step, duration) = self.run(policy, request, request.text, deadline);
             record(&mut outcome, policy, step, duration);
         }
         self.release_if_denied(&outcome, request);
@@ -194,18 +249,21 @@ impl PolicySet {
     }
 
     /// Both calls of the apiserver: the mutating chain, then the validating
-    /// policies on its result.
-    pub fn review(&self, request: &Request<'_>) -> Outcome {
-        let mut outcome = self.mutate(request);
+    /// policies on its result, all by `deadline`.
+    pub fn review(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
+        let mut outcome = self.mutate(request, deadline);
         if !outcome.allowed {
             return outcome;
         }
         let validated = match (outcome.final_object.as_deref(), &request.object) {
             (Some(object), Some(range)) => {
                 let text = request.with_object(object);
-                self.validate(&request.with_text(&text, range.start..range.start + object.len()))
+                self.validate(
+                    &request.with_text(&text, range.start..range.start + object.len()),
+                    deadline,
+                )
             }
-            _ => self.validate(request),
+            _ => self.validate(request, deadline),
         };
         outcome.allowed = validated.allowed;
         outcome.code = validated.code;
@@ -221,17 +279,43 @@ impl PolicySet {
     /// Evaluates one policy on `text` (the request, or the request with the
     /// chain's current object) and turns every way it can go wrong into a
     /// [`Step::Failed`].
-    fn run(&self, policy: &LoadedPolicy, request: &Request<'_>, text: &str) -> (Step, Duration) {
+    fn run(
+        &self,
+        policy: &LoadedPolicy,
+        request: &Request<'_>,
+        text: &str,
+        deadline: Instant,
+    ) -> (Step, Duration) {
         let started = Instant::now();
         let step = match &policy.module {
-            Err(error) => Step::Failed(format!("the policy failed to load: {error}")),
-            Ok(module) => {
-                let access = self.access(policy, request);
-                evaluated(
-                    policy,
-                    module.evaluate(text, &policy.settings, &policy.limits, access),
-                )
-            }
+            Err(error) => Step::Failed(Failure::Load(error.clone())),
+            Ok(_) if started >= deadline => Step::Failed(Failure::NotRun),
+            Ok(module) => match policy.breaker.admit() {
+                Err(suspended) => Step::Failed(suspended.into()),
+                Ok(pass) => {
+                    let host = self
+                        .access(policy, request)
+                        .map(|access| Box::new(access) as Box<dyn Host>);
+                    let result = module.evaluate(
+                        text,
+                        &policy.settings,
+                        &policy.limits,
+                        Some(deadline),
+                        host,
+                    );
+                    let misbehaviour = match &result {
+                        Err(error) if error.is_misbehaviour() => Some(error.to_string()),
+                        _ => None,
+                    };
+                    if policy.breaker.record(pass, misbehaviour) {
+                        tracing::warn!(
+                            policy = &*policy.name,
+                            "policy suspended after repeated failures; its failurePolicy applies until a trial call succeeds"
+                        );
+                    }
+                    evaluated(policy, result)
+                }
+            },
         };
         (step, started.elapsed())
     }
@@ -269,6 +353,12 @@ impl PolicySet {
     }
 }
 
+/// A deadline for offline evaluation (`tollgate run`, scans, tests), where
+/// no apiserver waits: far enough that only each policy's own applies.
+pub fn no_deadline() -> Instant {
+    Instant::now() + Duration::from_secs(24 * 3600)
+}
+
 /// `apiVersion` from group and version.
 fn api_version(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -278,20 +368,22 @@ fn api_version(group: &str, version: &str) -> String {
     }
 }
 
-/// A policy's result as a [`Step`].
+/// A policy's result as a [`Step`], its verdict checked.
 fn evaluated(
     policy: &LoadedPolicy,
     result: std::result::Result<engine::Verdict, engine::Error>,
 ) -> Step {
-    match result {
-        Ok(verdict) if verdict.mutated_object.is_some() && !policy.config.mutating => Step::Failed(
-            "the policy returned a mutation but is not configured with mutating: true".into(),
-        ),
-        Ok(verdict) => {
-            let mutated = verdict.mutated_object.is_some();
-            Step::Verdict { verdict, mutated }
-        }
-        Err(error) => Step::Failed(error.to_string()),
+    let verdict = match result {
+        Ok(verdict) => verdict,
+        Err(error) => return Step::Failed(error.into()),
+    };
+    let mutated = verdict.mutated_object.is_some();
+    if mutated && !policy.config.mutating {
+        return Step::Failed(Invalid::NotMutating.into());
+    }
+    match output::check(&policy.name, &verdict) {
+        Ok(()) => Step::Verdict { verdict, mutated },
+        Err(invalid) => Step::Failed(invalid.into()),
     }
 }
 
@@ -300,8 +392,9 @@ fn evaluated(
 fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Duration) {
     let name = &policy.name;
     let mode = policy.config.mode;
-    let (result, message) = match step {
-        Step::Failed(error) => {
+    let (result, message, reason) = match step {
+        Step::Failed(failure) => {
+            let error = failure.to_string();
             match policy.config.failure_policy {
                 FailurePolicy::Fail => outcome.deny(
                     500,
@@ -313,7 +406,7 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
                         .push(format!("policy {name:?} failed and was ignored: {error}"));
                 }
             }
-            (Result::Failed, Some(error))
+            (Result::Failed, Some(error), Some(failure.reason()))
         }
         Step::Verdict { verdict, mutated } => {
             for warning in verdict.warnings {
@@ -336,14 +429,12 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
                     }
                     _ => {}
                 }
-                (
-                    if mutated {
-                        Result::Mutated
-                    } else {
-                        Result::Allowed
-                    },
-                    None,
-                )
+                let result = if mutated {
+                    Result::Mutated
+                } else {
+                    Result::Allowed
+                };
+                (result, None, None)
             } else {
                 let reason = verdict
                     .message
@@ -357,7 +448,7 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
                         .audit_annotations
                         .push((format!("{name}.violation"), reason.clone())),
                 }
-                (Result::Denied, Some(reason))
+                (Result::Denied, Some(reason), None)
             }
         }
     };
@@ -366,6 +457,7 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
         mode,
         result,
         message,
+        reason,
         duration,
     });
 }
@@ -434,7 +526,7 @@ policies:
         let set = policy_set(TWO_DEFAULTS);
         let object = pod("nvcr.io/x:1");
         let text = request_text(&object);
-        let outcome = set.mutate(&request(&text));
+        let outcome = set.mutate(&request(&text), no_deadline());
         assert!(outcome.allowed);
         // cpu-limits saw the 100m request that cpu-requests added, so it
         // refused to add a lower limit.
@@ -455,7 +547,7 @@ policies:
         );
         // The chain on its own output changes nothing.
         let again = request_text(&patched);
-        let outcome = set.mutate(&request(&again));
+        let outcome = set.mutate(&request(&again), no_deadline());
         assert!(outcome.allowed && outcome.patch.is_none(), "{outcome:?}");
     }
 
@@ -476,10 +568,10 @@ policies:
         );
         let text = request_text(&pod("quay.io/x:1"));
         assert!(
-            set.validate(&request(&text)).allowed,
+            set.validate(&request(&text), no_deadline()).allowed,
             "without the label the selector does not match"
         );
-        let outcome = set.review(&request(&text));
+        let outcome = set.review(&request(&text), no_deadline());
         assert!(!outcome.allowed);
         assert_eq!(outcome.code, 403);
         assert!(
@@ -507,7 +599,7 @@ policies:
 "#,
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.validate(&request(&text));
+        let outcome = set.validate(&request(&text), no_deadline());
         assert!(!outcome.allowed);
         assert_eq!(outcome.code, 500);
         let message = outcome.message.unwrap();
@@ -546,7 +638,7 @@ policies:
 "#,
         );
         let text = request_text(&pod("quay.io/x:1"));
-        let outcome = set.validate(&request(&text));
+        let outcome = set.validate(&request(&text), no_deadline());
         assert!(outcome.allowed);
         assert_eq!(outcome.warnings.len(), 1);
         assert!(outcome.warnings[0].starts_with("warned: container \"main\""));
@@ -560,7 +652,7 @@ policies:
             "policies:\n  - {name: m, module: builtin:resource-defaults, mutating: true, mode: warn, settings: {requests: {cpu: 1}}}\n",
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.mutate(&request(&text));
+        let outcome = set.mutate(&request(&text), no_deadline());
         assert!(outcome.allowed && outcome.patch.is_none());
         assert_eq!(
             outcome.warnings,
@@ -574,7 +666,7 @@ policies:
             "policies:\n  - {name: sneaky, module: \"{misbehave}\", settings: {behaviour: mutate}}\n",
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.validate(&request(&text));
+        let outcome = set.validate(&request(&text), no_deadline());
         assert!(!outcome.allowed);
         assert!(
             outcome
@@ -606,19 +698,21 @@ policies:
         assert!(
             failures[0]
                 .1
+                .to_string()
                 .starts_with("settings rejected: allowedRegistries entry \"nvcr.io\"")
         );
         assert_eq!(
-            failures[1].1,
+            failures[1].1.to_string(),
             "validate-settings failed: policy exceeded its deadline of 20 ms"
         );
         assert!(
             failures[2]
                 .1
+                .to_string()
                 .starts_with("cannot read module /nonexistent/policy.wasm")
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.validate(&request(&text));
+        let outcome = set.validate(&request(&text), no_deadline());
         assert!(!outcome.allowed);
         assert!(
             outcome

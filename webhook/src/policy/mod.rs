@@ -1,10 +1,16 @@
 //! Policies as configured: the configuration model ([`config`]), which
 //! policies apply to a request ([`matcher`]), the loaded set ([`set`]) and
-//! the evaluation chain with its modes and mutation composition ([`chain`]).
+//! the evaluation chain with its modes, deadline and mutation composition
+//! ([`chain`]), what a verdict may say ([`output`]), and the suspension of
+//! policies that keep misbehaving ([`breaker`]). The engine reaches the
+//! cluster context through `capabilities`.
 
+pub mod breaker;
+mod capabilities;
 pub mod chain;
 pub mod config;
 pub mod matcher;
+pub mod output;
 pub mod patch;
 pub mod request;
 pub mod set;

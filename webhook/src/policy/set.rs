@@ -2,13 +2,41 @@
 //! settings validated, plus the match indexes. Immutable once built; a reload
 //! builds a new set and swaps it in, so in-flight requests finish on the old.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::breaker::Breaker;
 use super::config::{Config, ModuleSource, PolicyConfig};
 use super::matcher::Index;
 use crate::context::{self, Context, Indexer, Kind};
 use crate::engine::{self, Engine, PolicyPre};
+
+/// Why a policy failed to load.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `builtin:<name>` names no built-in policy.
+    #[error("no built-in policy {0:?}")]
+    NoBuiltin(String),
+    /// The module file could not be read.
+    #[error("cannot read module {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine refused the component.
+    #[error(transparent)]
+    Engine(engine::Error),
+    /// `validate-settings` refused the settings.
+    #[error("settings rejected: {0}")]
+    SettingsRejected(String),
+    /// `validate-settings` could not run to completion.
+    #[error("validate-settings failed: {0}")]
+    SettingsFailed(engine::Error),
+}
 
 /// One policy of a set, ready to evaluate (or failed to load).
 pub struct LoadedPolicy {
@@ -20,10 +48,13 @@ pub struct LoadedPolicy {
     pub settings: String,
     /// Bounds per call.
     pub limits: engine::Limits,
-    /// The prepared module, or why it failed to load.
-    pub module: Result<PolicyPre, String>,
+    /// The prepared module, or why it failed to load (shared with every
+    /// failure it causes).
+    pub module: Result<PolicyPre, Arc<LoadError>>,
     /// The kinds it may read (shared with each call's access).
     pub grants: Arc<[Kind]>,
+    /// Suspends it after repeated misbehaviour.
+    pub breaker: Breaker,
 }
 
 /// Every policy of a configuration, loaded.
@@ -39,6 +70,10 @@ pub struct PolicySet {
 
 /// Output cap per call: the apiserver refuses objects over 3 MiB anyway.
 const OUTPUT_BYTES: usize = 4 << 20;
+
+/// Warnings plus audit annotations per call (or index entries per object):
+/// far more than a policy has to say, far fewer than would cost the host.
+const OUTPUT_ITEMS: usize = 256;
 
 impl PolicySet {
     /// Loads every policy of `config`, in parallel. A policy that fails to
@@ -125,10 +160,10 @@ impl PolicySet {
     }
 
     /// Policies that failed to load, with why.
-    pub fn failures(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &LoadError)> {
         self.policies
             .iter()
-            .filter_map(|p| p.module.as_ref().err().map(|e| (&*p.name, e.as_str())))
+            .filter_map(|p| p.module.as_ref().err().map(|e| (&*p.name, &**e)))
     }
 
     /// Every policy, in configuration order.
@@ -142,13 +177,14 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
         timeout: Duration::from_millis(policy.timeout_ms),
         memory_bytes: policy.memory_limit_mb << 20,
         output_bytes: OUTPUT_BYTES,
+        output_items: OUTPUT_ITEMS,
     };
     let settings = if policy.settings.is_null() {
         "{}".to_owned()
     } else {
         policy.settings.to_string()
     };
-    let module = prepare(config, policy, engine, &settings, &limits);
+    let module = prepare(config, policy, engine, &settings, &limits).map_err(Arc::new);
     LoadedPolicy {
         config: policy.clone(),
         name: policy.name.as_str().into(),
@@ -156,6 +192,7 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
         limits,
         module,
         grants: policy.context.clone().into(),
+        breaker: Breaker::default(),
     }
 }
 
@@ -203,25 +240,23 @@ fn prepare(
     engine: &Engine,
     settings: &str,
     limits: &engine::Limits,
-) -> Result<PolicyPre, String> {
+) -> Result<PolicyPre, LoadError> {
     let started = std::time::Instant::now();
     let pre = match config.module_source(policy) {
         ModuleSource::Builtin(name) => {
-            let bytes = crate::builtin::module(&name)
-                .ok_or_else(|| format!("no built-in policy {name:?}"))?;
+            let bytes = crate::builtin::module(&name).ok_or(LoadError::NoBuiltin(name))?;
             engine.load(&policy.name, bytes)
         }
         ModuleSource::File(path) => {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| format!("cannot read module {}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
             engine.load(&policy.name, &bytes)
         }
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(LoadError::Engine)?;
     match pre.validate_settings(settings, limits) {
         Ok(Ok(())) => pre.warm(limits),
-        Ok(Err(message)) => return Err(format!("settings rejected: {message}")),
-        Err(error) => return Err(format!("validate-settings failed: {error}")),
+        Ok(Err(message)) => return Err(LoadError::SettingsRejected(message)),
+        Err(error) => return Err(LoadError::SettingsFailed(error)),
     }
     tracing::info!(
         policy = policy.name,

@@ -1,13 +1,22 @@
 //! The HTTPS server: TLS ([`tls`], [`certs`]), the routes ([`routes`]), the
-//! AdmissionReview codec ([`review`]) and metrics ([`metrics`]).
+//! AdmissionReview codec ([`review`]), what a client may cost ([`limits`],
+//! [`body`]), where policies run ([`pool`]) and metrics ([`metrics`]).
 //!
 //! The accept loop is hyper's connection builder over rustls streams:
 //! HTTP/2 or HTTP/1.1 by ALPN, `TCP_NODELAY` (admission answers are small and
 //! latency-bound), and graceful shutdown that marks the server unready,
-//! stops accepting, and lets in-flight requests finish.
+//! stops accepting, and lets in-flight requests finish. Each connection
+//! holds one of `max_connections` permits (further clients wait in the
+//! listen queue), has the header-read timeout to finish its TLS handshake
+//! and each HTTP/1.1 request's headers (idle keep-alive connections close
+//! after it too), and HTTP/2 connections are bounded in streams, header
+//! size and resets.
 
+pub mod body;
 pub mod certs;
+pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod review;
 pub mod routes;
 pub mod tls;
@@ -17,20 +26,46 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+pub use limits::Limits;
 pub use routes::AppState;
-
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long in-flight requests may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Largest HTTP/2 header block: the apiserver sends a few short headers.
+const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
+
+/// HTTP/2 streams a client may reset before the connection is closed
+/// (CVE-2023-44487, "rapid reset").
+const MAX_PENDING_RESETS: usize = 32;
+
+/// The connection builder with the server's limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_PENDING_RESETS)
+        // Dead peers are found and their connections (and permits) freed.
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
 
 /// Serves HTTPS on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
@@ -41,14 +76,20 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let service = TowerToHyperService::new(routes::router(state.clone()));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = builder(&state.limits);
+    let handshake_timeout = state.limits.header_read_timeout;
+    // One permit per connection being served; dropped when it closes.
+    let connections = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
+        let (permit, (stream, peer)) = tokio::select! {
+            accepted = async {
+                let permit = connections.clone().acquire_owned().await.expect("never closed");
+                (permit, listener.accept().await)
+            } => match accepted {
+                (permit, Ok(accepted)) => (permit, accepted),
+                (_, Err(error)) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!("accept failed: {error}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -63,7 +104,8 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {error}");

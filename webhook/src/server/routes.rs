@@ -1,6 +1,7 @@
-//! HTTP routes. Handlers hold no policy logic: they decode, hand the request
-//! to the loaded [`PolicySet`], encode, and record metrics. Every error
-//! becomes an HTTP answer in one place, [`Error::into_response`].
+//! HTTP routes. Handlers hold no policy logic: they read the body, hand the
+//! request to the loaded [`PolicySet`] on an evaluation thread, encode, and
+//! record metrics and the decision. Every error becomes an HTTP answer in
+//! one place, [`Error::into_response`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,20 +10,19 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use super::body::{self, Budget};
+use super::limits::{BadTimeout, Limits, MAX_BODY_BYTES};
 use super::metrics::Metrics;
+use super::pool::Pool;
 use super::review;
 use crate::audit;
-use crate::audit::log::DecisionLog;
+use crate::audit::log::{Decision, DecisionLog};
 use crate::policy::PolicySet;
-
-/// Largest request body accepted. The apiserver's own limit for objects is
-/// 3 MiB; a review adds little around it.
-pub const MAX_BODY_BYTES: usize = 3 << 20;
 
 /// What the handlers share.
 pub struct AppState {
@@ -37,41 +37,37 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Where every decision is appended, if anywhere.
     pub decisions: Option<DecisionLog>,
+    /// What one client may cost.
+    pub limits: Limits,
+    /// The threads policies run on.
+    pool: Pool,
+    /// Request body bytes buffered at once.
+    budget: Budget,
 }
 
 impl AppState {
-    /// State with no policies loaded yet.
-    pub fn new() -> Self {
+    /// State with no policies loaded yet, serving within `limits`, and
+    /// appending every decision to `decisions`.
+    pub fn new(limits: Limits, decisions: Option<DecisionLog>) -> Self {
         AppState {
             policies: ArcSwapOption::empty(),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
-            decisions: None,
+            decisions,
+            pool: Pool::new(limits.evaluation_threads),
+            budget: Budget::new(limits.max_buffered_bytes),
+            limits,
         }
-    }
-
-    /// State that appends every decision to `log`.
-    pub fn with_decision_log(log: DecisionLog) -> Self {
-        AppState {
-            decisions: Some(log),
-            ..AppState::new()
-        }
-    }
-}
-
-impl Default for AppState {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
 /// Why a request got no admission answer.
 #[derive(Debug, thiserror::Error)]
 enum Error {
-    #[error("request body exceeds the {} MiB limit", MAX_BODY_BYTES >> 20)]
-    BodyTooLarge,
-    #[error("cannot read the request body: {0}")]
-    Body(String),
+    #[error(transparent)]
+    Timeout(#[from] BadTimeout),
+    #[error(transparent)]
+    Body(#[from] body::Error),
     #[error(transparent)]
     Review(#[from] review::Error),
     #[error("policies are still loading; retry shortly")]
@@ -80,8 +76,10 @@ enum Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let status = match self {
-            Error::Loading => StatusCode::SERVICE_UNAVAILABLE,
+        let status = match &self {
+            Error::Loading | Error::Body(body::Error::Busy) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Body(body::Error::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Body(body::Error::TimedOut) => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         };
         (
@@ -119,16 +117,30 @@ impl Endpoint {
     }
 }
 
-async fn validate(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    admit(&state, Endpoint::Validate, body).await
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    admit(state, Endpoint::Validate, query, body).await
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    admit(&state, Endpoint::Mutate, body).await
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    admit(state, Endpoint::Mutate, query, body).await
 }
 
-async fn admit(state: &AppState, endpoint: Endpoint, body: Body) -> Response {
-    match answer(state, endpoint, body).await {
+async fn admit(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    query: Option<String>,
+    body: Body,
+) -> Response {
+    let arrived = Instant::now();
+    match answer(&state, endpoint, arrived, query.as_deref(), body).await {
         Ok(response) => response,
         Err(error) => {
             state.metrics.record_invalid(endpoint.name());
@@ -138,38 +150,62 @@ async fn admit(state: &AppState, endpoint: Endpoint, body: Body) -> Response {
     }
 }
 
-async fn answer(state: &AppState, endpoint: Endpoint, body: Body) -> Result<Response, Error> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                Error::BodyTooLarge
-            } else {
-                Error::Body(e.to_string())
-            }
-        })?;
-    let started = Instant::now();
-    let request = review::decode(&bytes)?;
+/// The request path: deadline → body → policies → evaluation (on the pool)
+/// → decision log → answer.
+async fn answer(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    arrived: Instant,
+    query: Option<&str>,
+    body: Body,
+) -> Result<Response, Error> {
+    let deadline = state.limits.deadline(arrived, query)?;
+    let body_deadline = deadline.min(arrived + state.limits.body_read_timeout);
+    let body = body::read(body, MAX_BODY_BYTES, body_deadline, &state.budget).await?;
     let policies = state.policies.load_full().ok_or(Error::Loading)?;
-    // Evaluation runs inline on this worker: it is CPU-bound and short, and
-    // each policy's deadline bounds how long it can hold the thread.
-    let mut outcome = match endpoint {
-        Endpoint::Validate => policies.validate(&request),
-        Endpoint::Mutate => policies.mutate(&request),
+    let job = {
+        let state = state.clone();
+        move || evaluate(&state, &policies, endpoint, &body.bytes, deadline)
     };
-    let body = review::encode(&request.uid, &outcome);
-    state
-        .metrics
-        .record(endpoint.name(), &outcome, started.elapsed().as_secs_f64());
+    // When no thread was free in time, the job runs here: past its
+    // deadline it runs no policy, only their failure policies.
+    let (answer, decision) = match state.pool.run(deadline, job).await {
+        Ok(evaluated) => evaluated,
+        Err(expired) => expired(),
+    }?;
     // Queued before the answer leaves: a drained shutdown writes it.
     if let Some(log) = &state.decisions
-        && !log.record(audit::decision(endpoint.name(), &request, &mut outcome))
+        && let Some(decision) = decision
+        && !log.record(decision).await
     {
         state.metrics.record_dropped_decision();
     }
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
+}
+
+/// Decodes, evaluates and encodes one review; on an evaluation thread.
+fn evaluate(
+    state: &AppState,
+    policies: &PolicySet,
+    endpoint: Endpoint,
+    body: &[u8],
+    deadline: Instant,
+) -> Result<(Vec<u8>, Option<Decision>), review::Error> {
+    let started = Instant::now();
+    let request = review::decode(body)?;
+    let mut outcome = match endpoint {
+        Endpoint::Validate => policies.validate(&request, deadline),
+        Endpoint::Mutate => policies.mutate(&request, deadline),
+    };
+    let answer = review::encode(&request.uid, &outcome);
+    state
+        .metrics
+        .record(endpoint.name(), &outcome, started.elapsed().as_secs_f64());
+    let decision = state
+        .decisions
+        .is_some()
+        .then(|| audit::decision(endpoint.name(), &request, &mut outcome));
+    Ok((answer, decision))
 }
 
 async fn healthz() -> &'static str {
