@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures::executor::block_on;
 use tollgate::context::Context;
 use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::PolicySet;
@@ -66,21 +67,21 @@ fn admission(c: &mut Criterion) {
     group.bench_function("validate (decode, image-registries, encode)", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
-            let outcome = set.validate(&request, deadline());
+            let outcome = block_on(set.validate(&request, deadline()));
             black_box(review::encode(&request.uid, &outcome))
         })
     });
     group.bench_function("mutate (decode, resource-defaults, encode)", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
-            let outcome = set.mutate(&request, deadline());
+            let outcome = block_on(set.mutate(&request, deadline()));
             black_box(review::encode(&request.uid, &outcome))
         })
     });
     group.bench_function("two-policy chain (decode, mutate, validate, encode)", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&standard)).unwrap();
-            let outcome = set.review(&request, deadline());
+            let outcome = block_on(set.review(&request, deadline()));
             assert!(outcome.allowed);
             black_box(review::encode(&request.uid, &outcome))
         })
@@ -88,7 +89,7 @@ fn admission(c: &mut Criterion) {
     group.bench_function("two-policy chain with a patch", |b| {
         b.iter(|| {
             let request = review::decode(black_box(&needing_defaults)).unwrap();
-            let outcome = set.review(&request, deadline());
+            let outcome = block_on(set.review(&request, deadline()));
             assert!(outcome.patch.is_some());
             black_box(review::encode(&request.uid, &outcome))
         })
@@ -98,7 +99,7 @@ fn admission(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let request = review::decode(black_box(&standard)).unwrap();
-                let outcome = default.review(&request, deadline());
+                let outcome = block_on(default.review(&request, deadline()));
                 assert!(outcome.allowed && outcome.warnings.is_empty() && outcome.patch.is_some());
                 black_box(review::encode(&request.uid, &outcome))
             })
@@ -164,45 +165,42 @@ fn engine(c: &mut Criterion) {
     group.bench_function("fresh instance, trivial call", |b| {
         b.iter(|| {
             black_box(
-                misbehave
-                    .evaluate(
-                        r#"{"uid":"u"}"#,
-                        r#"{"behaviour":"count"}"#,
-                        &limits,
-                        Some(deadline()),
-                        None,
-                    )
-                    .unwrap(),
+                block_on(misbehave.evaluate(
+                    r#"{"uid":"u"}"#,
+                    r#"{"behaviour":"count"}"#,
+                    &limits,
+                    Some(deadline()),
+                    None,
+                ))
+                .unwrap(),
             )
         })
     });
     group.bench_function("image-registries on the standard request", |b| {
         b.iter(|| {
             black_box(
-                registries
-                    .evaluate(
-                        &request,
-                        r#"{"allowedRegistries":["nvcr.io/"],"denyLatest":true}"#,
-                        &limits,
-                        Some(deadline()),
-                        None,
-                    )
-                    .unwrap(),
+                block_on(registries.evaluate(
+                    &request,
+                    r#"{"allowedRegistries":["nvcr.io/"],"denyLatest":true}"#,
+                    &limits,
+                    Some(deadline()),
+                    None,
+                ))
+                .unwrap(),
             )
         })
     });
     group.bench_function("resource-defaults on the standard request", |b| {
         b.iter(|| {
             black_box(
-                defaults
-                    .evaluate(
-                        &request,
-                        r#"{"requests":{"cpu":"100m","memory":"128Mi"}}"#,
-                        &limits,
-                        Some(deadline()),
-                        None,
-                    )
-                    .unwrap(),
+                block_on(defaults.evaluate(
+                    &request,
+                    r#"{"requests":{"cpu":"100m","memory":"128Mi"}}"#,
+                    &limits,
+                    Some(deadline()),
+                    None,
+                ))
+                .unwrap(),
             )
         })
     });
@@ -212,9 +210,9 @@ fn engine(c: &mut Criterion) {
     ] {
         group.bench_function(format!("gpu-placement on {name}"), |b| {
             b.iter(|| {
-                let verdict = placement
-                    .evaluate(request, "{}", &limits, Some(deadline()), None)
-                    .unwrap();
+                let verdict =
+                    block_on(placement.evaluate(request, "{}", &limits, Some(deadline()), None))
+                        .unwrap();
                 assert!(verdict.allowed && verdict.mutated_object.is_some());
                 black_box(verdict)
             })
@@ -226,9 +224,14 @@ fn engine(c: &mut Criterion) {
             format!("pod-security {level} on the standard request"),
             |b| {
                 b.iter(|| {
-                    let verdict = pod_security
-                        .evaluate(&request, &settings, &limits, Some(deadline()), None)
-                        .unwrap();
+                    let verdict = block_on(pod_security.evaluate(
+                        &request,
+                        &settings,
+                        &limits,
+                        Some(deadline()),
+                        None,
+                    ))
+                    .unwrap();
                     assert!(verdict.allowed);
                     black_box(verdict)
                 })

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures::executor::block_on;
 use serde_json::{Value, json};
 use tollgate::context::snapshot::Snapshot;
 use tollgate::context::{Context, Kind, ledger};
@@ -113,7 +114,7 @@ fn standard_request() -> Vec<u8> {
 
 fn admit(set: &PolicySet, body: &[u8]) -> Vec<u8> {
     let request = review::decode(body).unwrap();
-    let outcome = set.validate(&request, deadline());
+    let outcome = block_on(set.validate(&request, deadline()));
     assert!(outcome.allowed, "{:?}", outcome.message);
     review::encode(&request.uid, &outcome)
 }

@@ -105,7 +105,9 @@ fn evaluate(set: &PolicySet, incoming: &Incoming, index: usize) -> Object {
     });
     let body = serde_json::to_vec(&body).expect("JSON values serialize");
     let findings = match review::decode(&body) {
-        Ok(request) => findings(&set.review(&request, crate::policy::chain::no_deadline())),
+        Ok(request) => findings(&futures::executor::block_on(
+            set.review(&request, crate::policy::chain::no_deadline()),
+        )),
         Err(error) => vec![Finding {
             policy: "(decode)".into(),
             result: Outcome::Error,

@@ -59,6 +59,9 @@ pub struct StoreState {
     /// The last refusal a host call answered, to tell a policy that failed
     /// because of it from one that failed on its own.
     pub refused: Option<String>,
+    /// Whether the current call runs as a future that yields to the async
+    /// executor at every epoch tick (rather than blocking its thread).
+    pub yielding: bool,
 }
 
 impl StoreState {
@@ -72,14 +75,17 @@ impl StoreState {
             meter: Meter::new(Instant::now(), memory_bytes),
             log_rate,
             refused: None,
+            yielding: false,
         }
     }
 
-    /// Prepares the state for a call ending at `deadline`.
-    pub fn start_call(&mut self, deadline: Instant, host: Option<Box<dyn Host>>) {
+    /// Prepares the state for a call ending at `deadline`; `yielding` when
+    /// it runs as a future.
+    pub fn start_call(&mut self, deadline: Instant, host: Option<Box<dyn Host>>, yielding: bool) {
         self.host = host;
         self.meter = Meter::new(deadline, self.memory_bytes);
         self.refused = None;
+        self.yielding = yielding;
     }
 }
 

@@ -293,6 +293,8 @@ pub fn precompile(bytes: &[u8]) -> Result<Vec<u8>, Error> {
 mod tests {
     use std::time::Duration;
 
+    use futures::executor::block_on;
+
     use super::*;
     use crate::test_support::{MISBEHAVE, engine};
 
@@ -302,13 +304,13 @@ mod tests {
 
     fn misbehave(behaviour: &str, limits: &Limits) -> Result<Verdict, Error> {
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
-        pre.evaluate(
+        block_on(pre.evaluate(
             POD,
             &format!(r#"{{"behaviour":"{behaviour}"}}"#),
             limits,
             None,
             None,
-        )
+        ))
     }
 
     #[test]
@@ -320,26 +322,24 @@ mod tests {
             )
             .unwrap();
         let limits = Limits::default();
-        let verdict = pre
-            .evaluate(
-                POD,
-                r#"{"allowedRegistries":["nvcr.io/"]}"#,
-                &limits,
-                None,
-                None,
-            )
-            .unwrap();
+        let verdict = block_on(pre.evaluate(
+            POD,
+            r#"{"allowedRegistries":["nvcr.io/"]}"#,
+            &limits,
+            None,
+            None,
+        ))
+        .unwrap();
         assert!(!verdict.allowed);
         assert!(verdict.message.unwrap().contains("\"quay.io/x:1\""));
-        let verdict = pre
-            .evaluate(
-                POD,
-                r#"{"allowedRegistries":["quay.io/"]}"#,
-                &limits,
-                None,
-                None,
-            )
-            .unwrap();
+        let verdict = block_on(pre.evaluate(
+            POD,
+            r#"{"allowedRegistries":["quay.io/"]}"#,
+            &limits,
+            None,
+            None,
+        ))
+        .unwrap();
         assert!(verdict.allowed);
     }
 
@@ -374,15 +374,14 @@ mod tests {
         // can tear down: used instances must not pile up.
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
         for _ in 0..(POOL_INSTANCES * 3) {
-            let verdict = pre
-                .evaluate(
-                    POD,
-                    r#"{"behaviour":"count"}"#,
-                    &Limits::default(),
-                    None,
-                    None,
-                )
-                .unwrap();
+            let verdict = block_on(pre.evaluate(
+                POD,
+                r#"{"behaviour":"count"}"#,
+                &Limits::default(),
+                None,
+                None,
+            ))
+            .unwrap();
             assert_eq!(
                 verdict.audit_annotations,
                 vec![("calls".to_string(), "1".to_string())]
@@ -399,7 +398,7 @@ mod tests {
         // Load (and compile) first: only the call is timed.
         let pre = engine().load("misbehave", MISBEHAVE).unwrap();
         let started = std::time::Instant::now();
-        let result = pre.evaluate(POD, r#"{"behaviour":"loop"}"#, &limits, None, None);
+        let result = block_on(pre.evaluate(POD, r#"{"behaviour":"loop"}"#, &limits, None, None));
         assert!(matches!(result, Err(Error::Timeout(20))), "{result:?}");
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -458,9 +457,7 @@ mod tests {
         // imports `log` only and exports no `index`.
         let pre = engine().load("v0", crate::test_support::WORLD_V0).unwrap();
         assert!(!pre.indexes());
-        let verdict = pre
-            .evaluate(POD, "{}", &Limits::default(), None, None)
-            .unwrap();
+        let verdict = block_on(pre.evaluate(POD, "{}", &Limits::default(), None, None)).unwrap();
         assert!(verdict.allowed);
         assert_eq!(
             verdict.audit_annotations,

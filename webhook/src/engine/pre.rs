@@ -9,8 +9,7 @@ use wasmtime::{Store, Trap};
 use super::host::{Abort, Host, LogRate};
 use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
-use super::spare::{Instance, Recipe, Spares};
-use super::ticker::ticks;
+use super::spare::{self, Instance, Recipe, Spares};
 use super::{Engine, Error};
 
 /// The exports the host calls, looked up once per component.
@@ -122,7 +121,7 @@ impl PolicyPre {
         settings: &str,
         limits: &Limits,
     ) -> Result<Result<(), String>, Error> {
-        self.call(limits, None, None, |store, instance, exports| {
+        self.call(limits, |store, instance, exports| {
             let validate = instance
                 .get_typed_func::<(&str,), (RawSettings,)>(&mut *store, &exports.validate_settings)
                 .map_err(Error::Link)?;
@@ -142,12 +141,14 @@ impl PolicyPre {
     /// Evaluates one AdmissionRequest (JSON text) with settings (JSON text)
     /// in a fresh instance. The call ends at its own timeout or at
     /// `deadline`, whichever comes first; `host` is what its context and
-    /// quota imports reach.
+    /// quota imports reach. It runs as a future that yields to the executor
+    /// at every epoch tick, so a long evaluation holds no thread for more
+    /// than a tick at a time.
     ///
     /// # Errors
     ///
     /// A trap, timeout, memory or output cap, or the policy's own error.
-    pub fn evaluate(
+    pub async fn evaluate(
         &self,
         request: &str,
         settings: &str,
@@ -155,67 +156,115 @@ impl PolicyPre {
         deadline: Option<Instant>,
         host: Option<Box<dyn Host>>,
     ) -> Result<Verdict, Error> {
-        self.call(limits, deadline, host, |store, instance, exports| {
-            let evaluate = instance
-                .get_typed_func::<(&str, &str), (RawEvaluation,)>(&mut *store, &exports.evaluate)
-                .map_err(Error::Link)?;
-            let (raw,) = evaluate
-                .call(&mut *store, (request, settings))
-                .map_err(Raw)?;
-            Ok(output::verdict(store, raw, limits)?)
-        })
+        let window = Window::new(limits, deadline);
+        if window.left().is_zero() {
+            return Err(window.out_of_time(false));
+        }
+        let recipe = self.recipe(limits);
+        let Instance {
+            mut store,
+            instance,
+        } = match self.spares.take(limits.memory_bytes) {
+            Some(instance) => instance,
+            None => match recipe.instantiate_async(window.left()).await {
+                Ok(instance) => self.repaired(instance),
+                Err(failed) => return Err(self.not_started(&recipe, failed, limits, &window)),
+            },
+        };
+        let result = {
+            let _active = self.engine.inner.ticker.active();
+            store.data_mut().start_call(window.end, host, true);
+            store.set_epoch_deadline(1);
+            let evaluated = async {
+                let evaluate = instance
+                    .get_typed_func::<(&str, &str), (RawEvaluation,)>(
+                        &mut store,
+                        &self.exports.evaluate,
+                    )
+                    .map_err(Error::Link)?;
+                let (raw,) = evaluate
+                    .call_async(&mut store, (request, settings))
+                    .await
+                    .map_err(Raw)?;
+                Ok(output::verdict(&mut store, raw, limits)?)
+            };
+            evaluated.await
+        };
+        self.finish(store, &recipe, result, limits, &window)
     }
 
-    /// One call in a fresh instance: a spare, or one made inline within
-    /// the call's window. `f` calls an export and reads its output; wasmtime
-    /// errors it returns as [`Raw`] are classified here.
+    /// One blocking call in a fresh instance (at load, and for indexing):
+    /// a spare, or one made inline within the call's window. `f` calls an
+    /// export and reads its output.
     fn call<R>(
         &self,
         limits: &Limits,
-        deadline: Option<Instant>,
-        host: Option<Box<dyn Host>>,
         f: impl FnOnce(
             &mut Store<StoreState>,
             &wasmtime::component::Instance,
             &Exports,
         ) -> Result<R, Failed>,
     ) -> Result<R, Error> {
-        let window = Window::new(limits, deadline);
-        if window.left().is_zero() {
-            return Err(window.out_of_time(false));
-        }
+        let window = Window::new(limits, None);
         let recipe = self.recipe(limits);
-        let maker = &self.engine.inner.maker;
         let Instance {
             mut store,
             instance,
         } = match self.spares.take(limits.memory_bytes) {
             Some(instance) => instance,
             None => match recipe.instantiate(window.left()) {
-                Ok(instance) => {
-                    self.spares.repaired();
-                    instance
-                }
-                Err(failed) => {
-                    let (store, error) = *failed;
-                    let error = if is_stopped(&store, &error) {
-                        classify(&store, error, limits, &window, true)
-                    } else {
-                        Error::Instantiate(error)
-                    };
-                    maker.recycle(&self.spares, &recipe, Some(store));
-                    return Err(error);
-                }
+                Ok(instance) => self.repaired(instance),
+                Err(failed) => return Err(self.not_started(&recipe, failed, limits, &window)),
             },
         };
         let result = {
             let _active = self.engine.inner.ticker.active();
-            store.data_mut().start_call(window.end, host);
-            store.set_epoch_deadline(ticks(window.left()));
+            store.data_mut().start_call(window.end, None, false);
+            store.set_epoch_deadline(1);
             f(&mut store, &instance, &self.exports)
         };
+        self.finish(store, &recipe, result, limits, &window)
+    }
+
+    /// Notes that the policy could be instantiated inline.
+    fn repaired(&self, instance: Instance) -> Instance {
+        self.spares.repaired();
+        instance
+    }
+
+    /// What a failed instantiation is called; its store is torn down.
+    fn not_started(
+        &self,
+        recipe: &Recipe,
+        failed: spare::Failed,
+        limits: &Limits,
+        window: &Window,
+    ) -> Error {
+        let (store, error) = *failed;
+        let error = if is_stopped(&store, &error) {
+            classify(&store, error, limits, window, true)
+        } else {
+            Error::Instantiate(error)
+        };
+        self.engine
+            .inner
+            .maker
+            .recycle(&self.spares, recipe, Some(store));
+        error
+    }
+
+    /// After a call: its errors classified, dropped log lines reported, the
+    /// store handed over for teardown.
+    fn finish<R>(
+        &self,
+        mut store: Store<StoreState>,
+        recipe: &Recipe,
+        result: Result<R, Failed>,
+        limits: &Limits,
+        window: &Window,
+    ) -> Result<R, Error> {
         let result = result.map_err(|failed| match failed {
-            Failed::Raw(error) => classify(&store, error, limits, &window, false),
+            Failed::Raw(error) => classify(&store, error, limits, window, false),
             Failed::Output(error) => error,
         });
         let dropped = store.data().meter.dropped_lines;
@@ -231,7 +280,10 @@ impl PolicyPre {
         // The host capabilities belong to the request: drop them now, not
         // when the spares thread gets to the store.
         store.data_mut().host = None;
-        maker.recycle(&self.spares, &recipe, Some(store));
+        self.engine
+            .inner
+            .maker
+            .recycle(&self.spares, recipe, Some(store));
         result
     }
 
@@ -255,7 +307,7 @@ impl PolicyPre {
         let Some(export) = &self.exports.index else {
             return Ok(None);
         };
-        self.call(limits, None, None, |store, instance, _| {
+        self.call(limits, |store, instance, _| {
             let index = instance
                 .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, export)
                 .map_err(Error::Link)?;

@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmtime::Store;
 use wasmtime::component::InstancePre;
+use wasmtime::{Store, UpdateDeadline};
 
 use super::host::LogRate;
 use super::limits::StoreState;
-use super::ticker::{Ticker, ticks};
+use super::ticker::Ticker;
 
 /// Spares kept per policy: enough for the two worker threads of a 2-core
 /// server; a deeper queue only holds pool slots.
@@ -58,6 +58,23 @@ pub struct Recipe {
     pub ticker: Arc<Ticker>,
 }
 
+/// What the epoch ticking into a store's code means: past the call's
+/// deadline it stops the call; before it, a call running as a future yields
+/// to the executor (other tasks run; the call resumes when polled again) and
+/// a blocking call goes on.
+fn on_tick(state: &StoreState) -> UpdateDeadline {
+    if Instant::now() >= state.meter.deadline() {
+        UpdateDeadline::Interrupt
+    } else if state.yielding {
+        UpdateDeadline::Yield(1)
+    } else {
+        UpdateDeadline::Continue(1)
+    }
+}
+
+/// An instantiation that failed, with its store (to classify the error).
+pub type Failed = Box<(Store<StoreState>, wasmtime::Error)>;
+
 impl Recipe {
     /// A store with this recipe's memory cap, ready to instantiate in.
     pub fn store(&self) -> Store<StoreState> {
@@ -66,26 +83,45 @@ impl Recipe {
             StoreState::new(self.name.clone(), self.memory_bytes, self.log_rate.clone()),
         );
         store.limiter(|state| state);
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|context| Ok(on_tick(context.data())));
         store
     }
 
-    /// Instantiates one fresh instance; its start function (if any) may run
-    /// for `budget`.
+    /// A store for one call of `budget`: every tick is checked against it.
+    fn store_for(&self, budget: Duration, yielding: bool) -> Store<StoreState> {
+        let mut store = self.store();
+        store
+            .data_mut()
+            .start_call(Instant::now() + budget, None, yielding);
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// Instantiates one fresh instance on this thread; its start function
+    /// (if any) may run for `budget`.
     ///
     /// # Errors
     ///
-    /// Whatever instantiation reports (the store is returned for
-    /// classifying the error).
-    pub fn instantiate(
-        &self,
-        budget: Duration,
-    ) -> Result<Instance, Box<(Store<StoreState>, wasmtime::Error)>> {
-        let mut store = self.store();
-        store.data_mut().start_call(Instant::now() + budget, None);
+    /// Whatever instantiation reports.
+    pub fn instantiate(&self, budget: Duration) -> Result<Instance, Failed> {
+        let mut store = self.store_for(budget, false);
         let _active = self.ticker.active();
-        store.set_epoch_deadline(ticks(budget));
         match self.pre.instantiate(&mut store) {
+            Ok(instance) => Ok(Instance { store, instance }),
+            Err(error) => Err(Box::new((store, error))),
+        }
+    }
+
+    /// Instantiates one fresh instance as a future that yields at every
+    /// tick; its start function (if any) may run for `budget`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever instantiation reports.
+    pub async fn instantiate_async(&self, budget: Duration) -> Result<Instance, Failed> {
+        let mut store = self.store_for(budget, true);
+        let _active = self.ticker.active();
+        match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => Ok(Instance { store, instance }),
             Err(error) => Err(Box::new((store, error))),
         }

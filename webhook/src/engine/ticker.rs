@@ -10,12 +10,6 @@ use std::time::Duration;
 /// One epoch tick; deadlines are counted in these.
 pub const TICK: Duration = Duration::from_millis(1);
 
-/// Epoch ticks for a deadline `budget` away: one more than the budget, so
-/// that a call gets at least all of it.
-pub fn ticks(budget: Duration) -> u64 {
-    budget.as_nanos().div_ceil(TICK.as_nanos()) as u64 + 1
-}
-
 /// Handle to the ticker thread; the thread stops when the handle drops.
 pub struct Ticker {
     shared: Arc<Shared>,

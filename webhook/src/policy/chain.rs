@@ -14,6 +14,7 @@
 //! what is left of it, and a policy reached after it passed is not run: its
 //! `failurePolicy` applies, as to any other [`Failure`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,38 +159,44 @@ enum Step {
 
 impl PolicySet {
     /// Runs the mutating chain; it ends by `deadline`.
-    pub fn mutate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
+    pub async fn mutate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
         let mut outcome = Outcome::allowed();
         let mut current: Option<String> = None;
-        // What the original object is, read once, for checking mutations.
-        let mut original: Option<std::result::Result<Identity<'_>, Invalid>> = None;
+        // What every mutation must still be.
+        let identity = Identity {
+            api_version: match request.group.as_ref() {
+                "" => Cow::Borrowed(request.version.as_ref()),
+                group => Cow::Owned(format!("{group}/{}", request.version)),
+            },
+            kind: &request.kind,
+            name: &request.name,
+            namespace: &request.namespace,
+        };
         for position in self.mutating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
             if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
                 continue;
             }
             let text = current.as_ref().map(|object| request.with_object(object));
-            let (step, duration) = self.run(
-                policy,
-                request,
-                text.as_deref().unwrap_or(request.text),
-                deadline,
-            );
+            let (step, duration) = self
+                .run(
+                    policy,
+                    request,
+                    text.as_deref().unwrap_or(request.text),
+                    deadline,
+                )
+                .await;
             let step = match step {
                 Step::Verdict {
                     mut verdict,
                     mutated: true,
                 } if verdict.allowed => {
                     let object = verdict.mutated_object.take().unwrap_or_default();
-                    let original = original.get_or_insert_with(|| match request.object_text() {
-                        Some(text) => Identity::of(text),
+                    let checked = match request.object {
+                        Some(_) => output::check_mutation(&identity, &object),
                         None => Err(Invalid::NotAnObject(
                             "the request carries no object to mutate".into(),
                         )),
-                    });
-                    let checked = match original {
-                        Ok(original) => output::check_mutation(original, &object),
-                        Err(invalid) => Err(invalid.clone()),
                     };
                     match checked {
                         Ok(()) => {
@@ -234,14 +241,14 @@ impl PolicySet {
     }
 
     /// Runs every matching validating policy; they end by `deadline`.
-    pub fn validate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
+    pub async fn validate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
         let mut outcome = Outcome::allowed();
         for position in self.validating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
             if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
                 continue;
             }
-            let (step, duration) = self.run(policy, request, request.text, deadline);
+            let (step, duration) = self.run(policy, request, request.text, deadline).await;
             record(&mut outcome, policy, step, duration);
         }
         self.release_if_denied(&outcome, request);
@@ -250,20 +257,19 @@ impl PolicySet {
 
     /// Both calls of the apiserver: the mutating chain, then the validating
     /// policies on its result, all by `deadline`.
-    pub fn review(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
-        let mut outcome = self.mutate(request, deadline);
+    pub async fn review(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
+        let mut outcome = self.mutate(request, deadline).await;
         if !outcome.allowed {
             return outcome;
         }
         let validated = match (outcome.final_object.as_deref(), &request.object) {
             (Some(object), Some(range)) => {
                 let text = request.with_object(object);
-                self.validate(
-                    &request.with_text(&text, range.start..range.start + object.len()),
-                    deadline,
-                )
+                let end = range.start + object.len();
+                self.validate(&request.with_text(&text, range.start..end), deadline)
+                    .await
             }
-            _ => self.validate(request, deadline),
+            _ => self.validate(request, deadline).await,
         };
         outcome.allowed = validated.allowed;
         outcome.code = validated.code;
@@ -279,7 +285,7 @@ impl PolicySet {
     /// Evaluates one policy on `text` (the request, or the request with the
     /// chain's current object) and turns every way it can go wrong into a
     /// [`Step::Failed`].
-    fn run(
+    async fn run(
         &self,
         policy: &LoadedPolicy,
         request: &Request<'_>,
@@ -296,13 +302,9 @@ impl PolicySet {
                     let host = self
                         .access(policy, request)
                         .map(|access| Box::new(access) as Box<dyn Host>);
-                    let result = module.evaluate(
-                        text,
-                        &policy.settings,
-                        &policy.limits,
-                        Some(deadline),
-                        host,
-                    );
+                    let result = module
+                        .evaluate(text, &policy.settings, &policy.limits, Some(deadline), host)
+                        .await;
                     let misbehaviour = match &result {
                         Err(error) if error.is_misbehaviour() => Some(error.to_string()),
                         _ => None,
@@ -466,6 +468,7 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
 mod tests {
     use std::borrow::Cow;
 
+    use futures::executor::block_on;
     use serde_json::{Value, json};
 
     use super::*;
@@ -526,7 +529,7 @@ policies:
         let set = policy_set(TWO_DEFAULTS);
         let object = pod("nvcr.io/x:1");
         let text = request_text(&object);
-        let outcome = set.mutate(&request(&text), no_deadline());
+        let outcome = block_on(set.mutate(&request(&text), no_deadline()));
         assert!(outcome.allowed);
         // cpu-limits saw the 100m request that cpu-requests added, so it
         // refused to add a lower limit.
@@ -547,7 +550,7 @@ policies:
         );
         // The chain on its own output changes nothing.
         let again = request_text(&patched);
-        let outcome = set.mutate(&request(&again), no_deadline());
+        let outcome = block_on(set.mutate(&request(&again), no_deadline()));
         assert!(outcome.allowed && outcome.patch.is_none(), "{outcome:?}");
     }
 
@@ -568,10 +571,10 @@ policies:
         );
         let text = request_text(&pod("quay.io/x:1"));
         assert!(
-            set.validate(&request(&text), no_deadline()).allowed,
+            block_on(set.validate(&request(&text), no_deadline())).allowed,
             "without the label the selector does not match"
         );
-        let outcome = set.review(&request(&text), no_deadline());
+        let outcome = block_on(set.review(&request(&text), no_deadline()));
         assert!(!outcome.allowed);
         assert_eq!(outcome.code, 403);
         assert!(
@@ -599,7 +602,7 @@ policies:
 "#,
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.validate(&request(&text), no_deadline());
+        let outcome = block_on(set.validate(&request(&text), no_deadline()));
         assert!(!outcome.allowed);
         assert_eq!(outcome.code, 500);
         let message = outcome.message.unwrap();
@@ -638,7 +641,7 @@ policies:
 "#,
         );
         let text = request_text(&pod("quay.io/x:1"));
-        let outcome = set.validate(&request(&text), no_deadline());
+        let outcome = block_on(set.validate(&request(&text), no_deadline()));
         assert!(outcome.allowed);
         assert_eq!(outcome.warnings.len(), 1);
         assert!(outcome.warnings[0].starts_with("warned: container \"main\""));
@@ -652,7 +655,7 @@ policies:
             "policies:\n  - {name: m, module: builtin:resource-defaults, mutating: true, mode: warn, settings: {requests: {cpu: 1}}}\n",
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.mutate(&request(&text), no_deadline());
+        let outcome = block_on(set.mutate(&request(&text), no_deadline()));
         assert!(outcome.allowed && outcome.patch.is_none());
         assert_eq!(
             outcome.warnings,
@@ -666,7 +669,7 @@ policies:
             "policies:\n  - {name: sneaky, module: \"{misbehave}\", settings: {behaviour: mutate}}\n",
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.validate(&request(&text), no_deadline());
+        let outcome = block_on(set.validate(&request(&text), no_deadline()));
         assert!(!outcome.allowed);
         assert!(
             outcome
@@ -712,7 +715,7 @@ policies:
                 .starts_with("cannot read module /nonexistent/policy.wasm")
         );
         let text = request_text(&pod("nvcr.io/x:1"));
-        let outcome = set.validate(&request(&text), no_deadline());
+        let outcome = block_on(set.validate(&request(&text), no_deadline()));
         assert!(!outcome.allowed);
         assert!(
             outcome

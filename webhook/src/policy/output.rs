@@ -56,10 +56,24 @@ pub enum Invalid {
     Identity(&'static str),
 }
 
-/// The fields that say which object an object is.
-#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Which object a request is about, as its envelope says: what a mutated
+/// object must still be.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity<'a> {
+    /// `group/version`, or `version` for the core group.
+    pub api_version: Cow<'a, str>,
+    /// The kind.
+    pub kind: &'a str,
+    /// The name (empty on a CREATE with `generateName`).
+    pub name: &'a str,
+    /// The namespace (empty for cluster-scoped objects).
+    pub namespace: &'a str,
+}
+
+/// The identity fields of an object, as read from its JSON text.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Fields<'a> {
     #[serde(borrow, default)]
     api_version: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -68,7 +82,7 @@ pub struct Identity<'a> {
     metadata: Option<Names<'a>>,
 }
 
-#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct Names<'a> {
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
@@ -76,42 +90,32 @@ struct Names<'a> {
     namespace: Option<Cow<'a, str>>,
 }
 
-impl<'a> Identity<'a> {
-    /// Reads an object's identity, checking on the way that the text is one
-    /// JSON object.
-    ///
-    /// # Errors
-    ///
-    /// Not JSON, or not an object.
-    pub fn of(text: &'a str) -> Result<Self, Invalid> {
-        if !text.trim_start().starts_with('{') {
+impl Identity<'_> {
+    /// The first identity field `object` (JSON text) does not keep, checking
+    /// on the way that it is one JSON object.
+    fn changed_in(&self, object: &str) -> Result<Option<&'static str>, Invalid> {
+        if !object.trim_start().starts_with('{') {
             return Err(Invalid::NotAnObject("it does not start with '{'".into()));
         }
-        serde_json::from_str(text).map_err(|e| Invalid::NotAnObject(e.to_string()))
-    }
-
-    /// The first identity field that differs, by name.
-    fn changed(&self, other: &Identity<'_>) -> Option<&'static str> {
-        let names = |i: &Identity<'_>| {
-            let m = i.metadata.as_ref();
-            (
-                m.and_then(|m| m.name.as_deref().map(str::to_owned)),
-                m.and_then(|m| m.namespace.as_deref().map(str::to_owned)),
-            )
-        };
-        let (name, namespace) = names(self);
-        let (other_name, other_namespace) = names(other);
-        if self.api_version != other.api_version {
+        let fields: Fields<'_> =
+            serde_json::from_str(object).map_err(|e| Invalid::NotAnObject(e.to_string()))?;
+        let names = fields.metadata.unwrap_or_default();
+        let changed = if fields.api_version.as_deref() != Some(&*self.api_version) {
             Some("apiVersion")
-        } else if self.kind != other.kind {
+        } else if fields.kind.as_deref() != Some(self.kind) {
             Some("kind")
-        } else if name != other_name {
+        } else if names.name.as_deref().unwrap_or_default() != self.name {
             Some("metadata.name")
-        } else if namespace != other_namespace {
+        } else if names
+            .namespace
+            .as_deref()
+            .is_some_and(|namespace| !namespace.is_empty() && namespace != self.namespace)
+        {
             Some("metadata.namespace")
         } else {
             None
-        }
+        };
+        Ok(changed)
     }
 }
 
@@ -158,13 +162,14 @@ pub fn check(policy: &str, verdict: &Verdict) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks a mutated object against the identity of the object it replaces.
+/// Checks that a mutated object (JSON text) is a JSON object that is still
+/// the request's object.
 ///
 /// # Errors
 ///
 /// Not a JSON object, or a changed identity.
-pub fn check_mutation(original: &Identity<'_>, mutated: &str) -> Result<(), Invalid> {
-    match Identity::of(mutated)?.changed(original) {
+pub fn check_mutation(request: &Identity<'_>, mutated: &str) -> Result<(), Invalid> {
+    match request.changed_in(mutated)? {
         Some(field) => Err(Invalid::Identity(field)),
         None => Ok(()),
     }
@@ -223,9 +228,34 @@ mod tests {
 
     #[test]
     fn mutations_keep_the_objects_identity() {
-        let original =
-            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ml"}}"#;
-        let original = Identity::of(original).unwrap();
+        let original = Identity {
+            api_version: "v1".into(),
+            kind: "Pod",
+            name: "p",
+            namespace: "ml",
+        };
+        assert_eq!(
+            check_mutation(
+                &original,
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}"#
+            ),
+            Ok(()),
+            "the apiserver fills in a missing namespace"
+        );
+        assert_eq!(
+            check_mutation(
+                &original,
+                r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"other"}}"#
+            ),
+            Err(Invalid::Identity("metadata.namespace"))
+        );
+        assert_eq!(
+            check_mutation(
+                &original,
+                r#"{"apiVersion":"apps/v1","kind":"Pod","metadata":{"name":"p"}}"#
+            ),
+            Err(Invalid::Identity("apiVersion"))
+        );
         assert_eq!(
             check_mutation(
                 &original,

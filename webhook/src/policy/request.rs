@@ -2,9 +2,9 @@
 //! host needs, and the request's JSON text, handed to policies as it arrived.
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 
@@ -41,7 +41,7 @@ pub struct Request<'a> {
     pub old_object: Option<Range<usize>>,
     /// Labels of the object (or, without one, the old object); read only
     /// when a policy has an object selector.
-    labels: OnceCell<BTreeMap<String, String>>,
+    labels: OnceLock<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -91,7 +91,7 @@ impl<'a> Request<'a> {
             dry_run,
             object,
             old_object,
-            labels: OnceCell::new(),
+            labels: OnceLock::new(),
         }
     }
 
@@ -149,7 +149,7 @@ impl<'a> Request<'a> {
             dry_run: self.dry_run,
             object: Some(object),
             old_object: None,
-            labels: OnceCell::new(),
+            labels: OnceLock::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTPS server: TLS ([`tls`], [`certs`]), the routes ([`routes`]), the
 //! AdmissionReview codec ([`review`]), what a client may cost ([`limits`],
-//! [`body`]), where policies run ([`pool`]) and metrics ([`metrics`]).
+//! [`body`]), how many requests are evaluated at once ([`slots`]) and
+//! metrics ([`metrics`]).
 //!
 //! The accept loop is hyper's connection builder over rustls streams:
 //! HTTP/2 or HTTP/1.1 by ALPN, `TCP_NODELAY` (admission answers are small and
@@ -16,9 +17,9 @@ pub mod body;
 pub mod certs;
 pub mod limits;
 pub mod metrics;
-pub mod pool;
 pub mod review;
 pub mod routes;
+pub mod slots;
 pub mod tls;
 
 use std::future::Future;

@@ -1,7 +1,7 @@
-//! HTTP routes. Handlers hold no policy logic: they read the body, hand the
-//! request to the loaded [`PolicySet`] on an evaluation thread, encode, and
-//! record metrics and the decision. Every error becomes an HTTP answer in
-//! one place, [`Error::into_response`].
+//! HTTP routes. Handlers hold no policy logic: they read the body, take an
+//! evaluation slot, hand the request to the loaded [`PolicySet`], encode,
+//! and record metrics and the decision. Every error becomes an HTTP answer
+//! in one place, [`Error::into_response`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,8 @@ use axum::routing::{get, post};
 use super::body::{self, Budget};
 use super::limits::{BadTimeout, Limits, MAX_BODY_BYTES};
 use super::metrics::Metrics;
-use super::pool::Pool;
 use super::review;
+use super::slots::Slots;
 use crate::audit;
 use crate::audit::log::{Decision, DecisionLog};
 use crate::policy::PolicySet;
@@ -39,8 +39,8 @@ pub struct AppState {
     pub decisions: Option<DecisionLog>,
     /// What one client may cost.
     pub limits: Limits,
-    /// The threads policies run on.
-    pool: Pool,
+    /// How many requests are evaluated at once.
+    slots: Slots,
     /// Request body bytes buffered at once.
     budget: Budget,
 }
@@ -54,7 +54,7 @@ impl AppState {
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             decisions,
-            pool: Pool::new(limits.evaluation_threads),
+            slots: Slots::new(limits.evaluation_threads),
             budget: Budget::new(limits.max_buffered_bytes),
             limits,
         }
@@ -150,8 +150,8 @@ async fn admit(
     }
 }
 
-/// The request path: deadline → body → policies → evaluation (on the pool)
-/// → decision log → answer.
+/// The request path: deadline → body → policies → slot → evaluation →
+/// decision log → answer.
 async fn answer(
     state: &Arc<AppState>,
     endpoint: Endpoint,
@@ -163,16 +163,11 @@ async fn answer(
     let body_deadline = deadline.min(arrived + state.limits.body_read_timeout);
     let body = body::read(body, MAX_BODY_BYTES, body_deadline, &state.budget).await?;
     let policies = state.policies.load_full().ok_or(Error::Loading)?;
-    let job = {
-        let state = state.clone();
-        move || evaluate(&state, &policies, endpoint, &body.bytes, deadline)
-    };
-    // When no thread was free in time, the job runs here: past its
+    // Without a slot before the deadline, the chain still runs: past its
     // deadline it runs no policy, only their failure policies.
-    let (answer, decision) = match state.pool.run(deadline, job).await {
-        Ok(evaluated) => evaluated,
-        Err(expired) => expired(),
-    }?;
+    let slot = state.slots.take(deadline).await;
+    let (answer, decision) = evaluate(state, &policies, endpoint, &body.bytes, deadline).await?;
+    drop(slot);
     // Queued before the answer leaves: a drained shutdown writes it.
     if let Some(log) = &state.decisions
         && let Some(decision) = decision
@@ -183,8 +178,8 @@ async fn answer(
     Ok(([(header::CONTENT_TYPE, "application/json")], answer).into_response())
 }
 
-/// Decodes, evaluates and encodes one review; on an evaluation thread.
-fn evaluate(
+/// Decodes, evaluates and encodes one review.
+async fn evaluate(
     state: &AppState,
     policies: &PolicySet,
     endpoint: Endpoint,
@@ -194,8 +189,8 @@ fn evaluate(
     let started = Instant::now();
     let request = review::decode(body)?;
     let mut outcome = match endpoint {
-        Endpoint::Validate => policies.validate(&request, deadline),
-        Endpoint::Mutate => policies.mutate(&request, deadline),
+        Endpoint::Validate => policies.validate(&request, deadline).await,
+        Endpoint::Mutate => policies.mutate(&request, deadline).await,
     };
     let answer = review::encode(&request.uid, &outcome);
     state
