@@ -4,8 +4,8 @@
 //! the apiserver will read it: audit annotation keys become
 //! `<webhook>/<policy>.<key>` and must be a valid qualified name, unique
 //! within the answer; a denial's code is an HTTP error status; a mutated
-//! object is a JSON object with the same identity (apiVersion, kind, name,
-//! namespace) as the one it replaces. A verdict that fails a check is the
+//! object is a JSON object that is still the object the request names
+//! (apiVersion, kind, name, namespace). A verdict that fails a check is the
 //! policy's failure, and its `failurePolicy` applies.
 
 use std::borrow::Cow;
