@@ -374,18 +374,10 @@ pub fn hash(line: &[u8]) -> String {
 }
 
 /// A seed for a new chain: random bytes from the OS.
-fn seed() -> String {
+fn seed() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
-    let from_os = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if from_os.is_err() {
-        // No /dev/urandom: the time and process id are unique enough to
-        // start a chain (the seed is not a secret).
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        bytes = Sha256::digest(format!("{now:?}/{}", std::process::id())).into();
-    }
-    hex::encode(bytes)
+    getrandom::fill(&mut bytes)?;
+    Ok(hex::encode(bytes))
 }
 
 /// The last non-empty line of a file, if it has one.
@@ -464,7 +456,15 @@ fn append(path: &Path) -> std::io::Result<File> {
 impl Sink {
     fn open(options: &Options) -> Result<Self, Error> {
         let (out, written, seq, prev): (Output, u64, u64, String) = match &options.target {
-            Target::Stdout => (Output::Stdout(std::io::stdout()), 0, 0, seed()),
+            Target::Stdout => (
+                Output::Stdout(std::io::stdout()),
+                0,
+                0,
+                seed().map_err(|source| Error::Io {
+                    path: PathBuf::from("<random seed>"),
+                    source,
+                })?,
+            ),
             Target::File(path) => {
                 let io = |source| Error::Io {
                     path: path.clone(),
@@ -489,7 +489,7 @@ impl Sink {
                             })?;
                         (parsed.seq + 1, hash(&line))
                     }
-                    None => (0, seed()),
+                    None => (0, seed().map_err(io)?),
                 };
                 let file = append(path).map_err(io)?;
                 let written = file.metadata().map_err(io)?.len();

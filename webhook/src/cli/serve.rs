@@ -146,8 +146,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         _ => {
             let made = certs::ensure(&args.cert_dir, &args.tls_sans)?;
-            let verb = if made.created { "created" } else { "reusing" };
-            tracing::info!(ca = %made.ca.display(), "{verb} self-made certificate; trust it with: curl --cacert {}", made.ca.display());
+            let what = match &made.outcome {
+                certs::Outcome::Created => "created a self-made CA and certificate".to_owned(),
+                certs::Outcome::Reused => "reusing the self-made certificate".to_owned(),
+                certs::Outcome::Reissued(why) => {
+                    format!("issued a new self-made certificate with the same CA ({why})")
+                }
+            };
+            tracing::info!(ca = %made.ca.display(), "{what}; trust it with: curl --cacert {}", made.ca.display());
             made.files
         }
     };

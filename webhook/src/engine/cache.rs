@@ -4,6 +4,22 @@
 //! recompiling. Compilation itself can run in a child process
 //! ([`super::Compiler::Subprocess`]) so that Cranelift's memory never stays in
 //! the server.
+//!
+//! # Trust
+//!
+//! An artifact is native code that runs outside the sandbox: whoever can
+//! write one the server loads runs code as the server. So the cache is
+//! guarded three ways:
+//!
+//! - its directory is created `0700`, and one that is not owned by the
+//!   server's user or that its group or others can write is refused;
+//! - it holds a key (`key`, 32 random bytes, `0600`) made on first use;
+//! - every artifact ends with an HMAC-SHA256 under that key of its name
+//!   (which names the component's hash) and its bytes, checked before
+//!   wasmtime sees it. An artifact that fails the check is compiled again.
+//!
+//! This keeps out anyone who cannot read the key; it cannot keep out the
+//! server's own user, who could change the binary as well.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -11,10 +27,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::Compiler;
+
+/// Bytes of an artifact's seal (an HMAC-SHA256).
+const SEAL_BYTES: usize = 32;
+
+/// Bytes of the cache key.
+const KEY_BYTES: usize = 32;
 
 /// Errors of the module cache.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +52,16 @@ pub enum Error {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// The directory or key could be written by someone else.
+    #[error(
+        "module cache {path}: {reason}; artifacts there run as native code, so only this user may write it (chmod 700, or choose another --cache-dir)"
+    )]
+    Insecure {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The compile child process failed.
     #[error("compiling in a child process ({exe}) failed: {message}")]
@@ -46,28 +79,38 @@ pub struct Cache {
     compiler: Compiler,
     /// Distinguishes artifacts of different wasmtime versions and settings.
     engine_key: u64,
+    /// The key artifacts are sealed with.
+    key: Vec<u8>,
 }
 
 /// Gives temporary files unique names within this process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Cache {
-    /// Opens (creating) the cache directory.
+    /// Opens (creating) the cache directory and its key.
     ///
     /// # Errors
     ///
-    /// When the directory cannot be created.
+    /// When the directory cannot be created, or others could write it.
     pub fn new(dir: PathBuf, compiler: Compiler, engine: &wasmtime::Engine) -> Result<Self, Error> {
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&dir).map_err(io(&dir))?;
+        private(&dir)?;
+        let key = key(&dir.join("key"))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Cache {
             dir,
             compiler,
             engine_key: hasher.finish(),
+            key,
         })
     }
 
@@ -90,24 +133,62 @@ impl Cache {
         bytes: &[u8],
     ) -> Result<Component, super::Error> {
         let path = self.artifact_path(bytes);
-        if path.exists() {
-            match load(engine, &path) {
+        match std::fs::read(&path) {
+            Ok(sealed) => match self.load(engine, &path, &sealed) {
                 Ok(component) => return Ok(component),
-                Err(error) => {
-                    // A stale or damaged artifact: compile again.
-                    tracing::warn!(path = %path.display(), "discarding unusable cached artifact: {error:#}");
+                Err(why) => {
+                    // Stale, damaged or planted: compile again.
+                    tracing::warn!(path = %path.display(), "discarding a cached artifact: {why}");
                     let _ = std::fs::remove_file(&path);
                 }
-            }
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Io { path, source }.into()),
         }
-        let artifact = match &self.compiler {
+        let mut artifact = match &self.compiler {
             Compiler::InProcess => engine
                 .precompile_component(bytes)
                 .map_err(super::Error::Compile)?,
             Compiler::Subprocess(exe) => compile_in_child(exe, bytes)?,
         };
+        let seal = self.seal(&path, &artifact);
+        artifact.extend_from_slice(&seal);
         self.store(&path, &artifact)?;
-        load(engine, &path).map_err(super::Error::Compile)
+        self.load(engine, &path, &artifact)
+            .map_err(|why| super::Error::Compile(wasmtime::format_err!("{why}")))
+    }
+
+    /// The seal of an artifact stored under `path`: it binds the bytes to
+    /// the name, which names the component they were compiled from.
+    fn seal(&self, path: &Path, artifact: &[u8]) -> [u8; SEAL_BYTES] {
+        self.mac(path, artifact).finalize().into_bytes().into()
+    }
+
+    fn mac(&self, path: &Path, artifact: &[u8]) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let name = path.file_name().unwrap_or_default().as_encoded_bytes();
+        mac.update(&(name.len() as u64).to_le_bytes());
+        mac.update(name);
+        mac.update(artifact);
+        mac
+    }
+
+    /// Checks an artifact's seal, then hands it to wasmtime.
+    fn load(
+        &self,
+        engine: &wasmtime::Engine,
+        path: &Path,
+        sealed: &[u8],
+    ) -> Result<Component, String> {
+        let Some(split) = sealed.len().checked_sub(SEAL_BYTES) else {
+            return Err("too short to carry a seal".into());
+        };
+        let (artifact, seal) = sealed.split_at(split);
+        self.mac(path, artifact)
+            .verify_slice(seal)
+            .map_err(|_| "its seal does not match this cache's key".to_owned())?;
+        deserialize(engine, artifact).map_err(|e| format!("{e:#}"))
     }
 
     /// Writes an artifact atomically (temporary file, then rename), so a
@@ -118,7 +199,7 @@ impl Cache {
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&temp, artifact).map_err(|source| Error::Io {
+        write_new(&temp, artifact).map_err(|source| Error::Io {
             path: temp.clone(),
             source,
         })?;
@@ -131,14 +212,81 @@ impl Cache {
 
 #[allow(
     unsafe_code,
-    reason = "wasmtime trusts precompiled artifacts; ours are written only by this cache, under a name derived from the source's hash"
+    reason = "wasmtime trusts precompiled artifacts; ours carry a seal under a key only this user can read, checked before this call"
 )]
-fn load(engine: &wasmtime::Engine, path: &Path) -> wasmtime::Result<Component> {
-    // SAFETY: the file was produced by `precompile_component` of an engine
-    // with the same configuration (the name carries the compatibility hash),
-    // written atomically into a directory the server owns; wasmtime also
-    // checks the artifact's header and version before using it.
-    unsafe { Component::deserialize_file(engine, path) }
+fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: the bytes were produced by `precompile_component` of an engine
+    // with the same configuration (the name carries the compatibility
+    // hash), and their seal proves they were written by a holder of the
+    // cache's key; wasmtime also checks the header and version.
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+/// Creates `path` (which must not exist) readable by its owner only, with
+/// `contents`.
+fn write_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Refuses `path` unless it belongs to this user and no one else may
+/// write it.
+fn private(path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::symlink_metadata(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let insecure = |reason: String| Error::Insecure {
+            path: path.to_owned(),
+            reason,
+        };
+        let me = rustix::process::geteuid().as_raw();
+        if metadata.uid() != me {
+            return Err(insecure(format!(
+                "it belongs to user {}, not to this user ({me})",
+                metadata.uid()
+            )));
+        }
+        if metadata.mode() & 0o022 != 0 {
+            return Err(insecure(format!(
+                "its mode {:o} lets its group or others write it",
+                metadata.mode() & 0o777
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The cache's key: read, or made on first use.
+fn key(path: &Path) -> Result<Vec<u8>, Error> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut key = vec![0u8; KEY_BYTES];
+    getrandom::fill(&mut key).map_err(|e| io(e.into()))?;
+    match write_new(path, &key) {
+        Ok(()) => return Ok(key),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(io(error)),
+    }
+    private(path)?;
+    let key = std::fs::read(path).map_err(io)?;
+    if key.len() != KEY_BYTES {
+        return Err(Error::Insecure {
+            path: path.to_owned(),
+            reason: format!("it holds {} bytes, not a key of {KEY_BYTES}", key.len()),
+        });
+    }
+    Ok(key)
 }
 
 fn compile_in_child(exe: &Path, bytes: &[u8]) -> Result<Vec<u8>, Error> {

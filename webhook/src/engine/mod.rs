@@ -296,7 +296,7 @@ mod tests {
     use futures::executor::block_on;
 
     use super::*;
-    use crate::test_support::{MISBEHAVE, engine};
+    use crate::test_support::{MISBEHAVE, WORLD_V0 as WORLD_V0_BYTES, engine};
 
     const POD: &str = r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE",
         "namespace":"ml","object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
@@ -478,25 +478,31 @@ mod tests {
         ));
     }
 
+    fn cache_engine(dir: &std::path::Path) -> Engine {
+        Engine::new(Config {
+            cache_dir: dir.to_owned(),
+            compiler: Compiler::InProcess,
+        })
+        .unwrap()
+    }
+
+    fn artifacts(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    }
+
     #[test]
     fn a_second_engine_loads_artifacts_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let config = || Config {
-            cache_dir: dir.path().to_owned(),
-            compiler: Compiler::InProcess,
-        };
-        Engine::new(config()).unwrap().load("m", MISBEHAVE).unwrap();
-        let artifacts = || {
-            std::fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect::<Vec<_>>()
-        };
-        let first = artifacts();
+        cache_engine(dir.path()).load("m", MISBEHAVE).unwrap();
+        let first = artifacts(dir.path());
         assert_eq!(first.len(), 1);
         let modified = std::fs::metadata(&first[0]).unwrap().modified().unwrap();
-        Engine::new(config()).unwrap().load("m", MISBEHAVE).unwrap();
-        assert_eq!(artifacts(), first);
+        cache_engine(dir.path()).load("m", MISBEHAVE).unwrap();
+        assert_eq!(artifacts(dir.path()), first);
         assert_eq!(
             std::fs::metadata(&first[0]).unwrap().modified().unwrap(),
             modified
@@ -506,20 +512,60 @@ mod tests {
     #[test]
     fn a_damaged_artifact_is_recompiled() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(Config {
-            cache_dir: dir.path().to_owned(),
-            compiler: Compiler::InProcess,
-        })
-        .unwrap();
+        let engine = cache_engine(dir.path());
         engine.load("m", MISBEHAVE).unwrap();
-        let artifact = std::fs::read_dir(dir.path())
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
+        let artifact = artifacts(dir.path()).remove(0);
         std::fs::write(&artifact, b"garbage").unwrap();
         engine.load("m", MISBEHAVE).unwrap();
         assert!(std::fs::read(&artifact).unwrap().len() > 1000);
+    }
+
+    #[test]
+    fn an_artifact_sealed_under_another_key_is_not_loaded() {
+        // A valid artifact, compiled by wasmtime, but planted by someone
+        // without this cache's key: it is compiled again, not run.
+        let theirs = tempfile::tempdir().unwrap();
+        let ours = tempfile::tempdir().unwrap();
+        cache_engine(theirs.path()).load("m", MISBEHAVE).unwrap();
+        let engine = cache_engine(ours.path());
+        let planted = engine.inner.cache.artifact_path(MISBEHAVE);
+        std::fs::copy(artifacts(theirs.path()).remove(0), &planted).unwrap();
+        let before = std::fs::read(&planted).unwrap();
+        engine.load("m", MISBEHAVE).unwrap();
+        assert_ne!(std::fs::read(&planted).unwrap(), before, "recompiled");
+        // And the artifact of one component is not taken for another's.
+        let other = engine.inner.cache.artifact_path(WORLD_V0_BYTES);
+        std::fs::copy(&planted, &other).unwrap();
+        engine.load("v0", WORLD_V0_BYTES).unwrap();
+        assert_ne!(
+            std::fs::read(&other).unwrap(),
+            std::fs::read(&planted).unwrap()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_cache_is_private_and_a_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        cache_engine(&cache);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache), 0o700);
+        assert_eq!(mode(&cache.join("key")), 0o600);
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = Engine::new(Config {
+            cache_dir: cache.clone(),
+            compiler: Compiler::InProcess,
+        });
+        match refused {
+            Err(Error::Cache(cache::Error::Insecure { reason, .. })) => {
+                assert!(
+                    reason.contains("lets its group or others write it"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected an insecure cache, got {:?}", other.err()),
+        }
     }
 }

@@ -577,6 +577,18 @@ fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Resul
             ),
         ));
     }
+    for (field, values) in [
+        ("match.apiGroups", &policy.matches.api_groups),
+        ("match.kinds", &policy.matches.kinds),
+    ] {
+        if values.is_empty() {
+            return Err(error(
+                field,
+                "is empty, so the policy would never run: list them, or write [\"*\"] for all"
+                    .into(),
+            ));
+        }
+    }
     if policy.matches.operations.is_empty() {
         return Err(error(
             "match.operations",
@@ -677,6 +689,18 @@ mod tests {
     fn unknown_fields_and_out_of_range_limits_are_refused() {
         let err = parse("policies:\n- name: a\n  module: a.wasm\n  timeout: 5\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
+        for field in ["apiGroups", "kinds"] {
+            let err = parse(&format!(
+                "policies:\n- name: a\n  module: a.wasm\n  match: {{{field}: []}}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "test.yaml: policy \"a\": match.{field}: is empty, so the policy would never run: list them, or write [\"*\"] for all"
+                )
+            );
+        }
         let err = parse("policies:\n- name: a\n  module: a.wasm\n  timeoutMs: 0\n").unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -94,8 +94,10 @@ fn diff_values(
             }
         }
         _ => {
-            // Scalars, or a change of type: equal values written differently
-            // (`1.0` and `1`, escapes) need no operation.
+            // Scalars, or a change of type: the same value written
+            // differently (escapes, spacing) needs no operation; `1.0` and
+            // `1` are different values (an integer field refuses `1.0`), so
+            // they get one.
             let new_value = parsed(new)?;
             if parsed(old)? != new_value {
                 operations.push(PatchOperation::Replace(ReplaceOperation {
@@ -138,6 +140,13 @@ mod tests {
                 .0
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_number_that_changes_type_gets_an_operation() {
+        let patch = round_trip(r#"{"a":1.0,"b":2}"#, r#"{"a":1,"b":2.0}"#);
+        assert_eq!(patch.0.len(), 2, "{patch:?}");
+        assert!(round_trip(r#"{"a":1e2}"#, r#"{"a":100.0}"#).0.is_empty());
     }
 
     #[test]
