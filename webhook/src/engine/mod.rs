@@ -358,6 +358,22 @@ mod tests {
     }
 
     #[test]
+    fn freed_large_blocks_are_reused_within_a_call() {
+        // A thousand 1 MiB temporaries in turn fit in 16 MiB: the SDK's
+        // allocator reuses what was freed.
+        let limits = Limits {
+            memory_bytes: 16 << 20,
+            timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let verdict = misbehave("churn", &limits).unwrap();
+        assert_eq!(
+            verdict.audit_annotations,
+            vec![("churned-mib".to_string(), "1000".to_string())]
+        );
+    }
+
+    #[test]
     fn every_call_gets_a_fresh_instance() {
         for _ in 0..3 {
             let verdict = misbehave("count", &Limits::default()).unwrap();

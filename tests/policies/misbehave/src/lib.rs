@@ -32,6 +32,10 @@ pub enum Behaviour {
     Mutate,
     /// Loop forever in `validate-settings`.
     LoopInSettings,
+    /// Build and drop a 1 MiB buffer a thousand times, as a policy that
+    /// makes large temporaries in turn does: allowed, when freed memory is
+    /// reused.
+    Churn,
 }
 
 /// Settings.
@@ -91,6 +95,16 @@ impl Policy for Misbehave {
             }
             Behaviour::HugeOutput => Ok(Verdict::allow().warn("x".repeat(16 << 20))),
             Behaviour::Error => Err(Error("misbehave: no verdict on purpose".into())),
+            Behaviour::Churn => {
+                // Each round keeps a small note made after its buffer, so the
+                // freed buffer is never the latest block.
+                let mut notes = Vec::with_capacity(1000);
+                for round in 0..1000u32 {
+                    let buffer = std::hint::black_box(vec![round as u8; 1 << 20]);
+                    notes.push(format!("{}", buffer.len() >> 20));
+                }
+                Ok(Verdict::allow().annotate("churned-mib", notes.len().to_string()))
+            }
             Behaviour::Mutate => {
                 let mut object = request.object()?.clone();
                 object["metadata"]["labels"] = json!({"misbehave": "was-here"});
