@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::{Value, json};
 
 use super::report::{Finding, Object, Outcome};
+use crate::context::snapshot::Unreadable;
 use crate::context::store::Incoming;
 use crate::policy::chain::Result as Verdict;
 use crate::policy::config::Mode;
@@ -76,13 +77,20 @@ pub fn scan(
     results.into_iter().map(|(_, o)| o).collect()
 }
 
-/// One object, as a dry-run CREATE.
+/// One object, as a dry-run CREATE. An object written for `kubectl create`
+/// with `generateName` and no name is evaluated as the apiserver would send
+/// it (no name yet) and named `<generateName>*` in the report.
 fn evaluate(set: &PolicySet, incoming: &Incoming, index: usize) -> Object {
     let value = &incoming.value;
     let metadata = &value["metadata"];
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let kind = &incoming.kind;
     let name = text(&metadata["name"]);
+    let reported = if name.is_empty() {
+        format!("{}*", text(&metadata["generateName"]))
+    } else {
+        name.clone()
+    };
     let mut namespace = text(&metadata["namespace"]);
     if namespace.is_empty() && !CLUSTER_SCOPED.contains(&kind.kind.as_str()) {
         // Where `kubectl apply` would put it.
@@ -118,11 +126,35 @@ fn evaluate(set: &PolicySet, incoming: &Incoming, index: usize) -> Object {
         api_version: kind.api_version.clone(),
         kind: kind.kind.clone(),
         namespace,
-        name,
+        name: reported,
         uid: metadata["uid"].as_str().map(str::to_owned),
         findings,
     }
 }
+
+/// A document that could not be read, as a report entry: an error the scan
+/// reports and goes past.
+pub fn unreadable(document: &Unreadable) -> Object {
+    let name = match document.document {
+        Some(index) => format!("{} (document {index})", document.file.display()),
+        None => document.file.display().to_string(),
+    };
+    Object {
+        api_version: String::new(),
+        kind: UNREADABLE.into(),
+        namespace: String::new(),
+        name,
+        uid: None,
+        findings: vec![Finding {
+            policy: "(read)".into(),
+            result: Outcome::Error,
+            message: Some(document.error.clone()),
+        }],
+    }
+}
+
+/// The kind reports give a document that is not an object.
+pub const UNREADABLE: &str = "UnreadableDocument";
 
 /// Each evaluation as a finding.
 fn findings(outcome: &policy::Outcome) -> Vec<Finding> {

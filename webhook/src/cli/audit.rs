@@ -14,7 +14,7 @@ use crate::audit::format::{self, Format};
 use crate::audit::report::{self, Report};
 use crate::audit::seal::Key;
 use crate::audit::{scan, verify};
-use crate::context::snapshot::{self, Snapshot};
+use crate::context::snapshot::{self, Snapshot, Unreadable};
 use crate::context::store::Incoming;
 use crate::context::{Context, Provider, ledger};
 use crate::engine::{self, Compiler, Engine};
@@ -113,6 +113,8 @@ fn verify_command(files: &[PathBuf], keys: &[PathBuf]) -> anyhow::Result<()> {
 struct Source {
     description: String,
     objects: Vec<Incoming>,
+    /// Documents of the manifests that are not objects: reported as errors.
+    unreadable: Vec<Unreadable>,
     provider: Box<dyn Provider>,
     cluster: Option<Kube>,
 }
@@ -135,11 +137,18 @@ fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
         return Ok(Source {
             description: "cluster".into(),
             objects,
+            unreadable: Vec::new(),
             provider,
             cluster: Some(kube),
         });
     }
-    let objects = snapshot::read(&args.manifests).map_err(anyhow::Error::msg)?;
+    let snapshot::Documents {
+        objects,
+        unreadable,
+    } = snapshot::read(&args.manifests).map_err(anyhow::Error::msg)?;
+    for document in &unreadable {
+        eprintln!("warning: {document}");
+    }
     let description = format!("manifests: {}", snapshot::describe(&args.manifests));
     let provider: Box<dyn Provider> = if !args.policies.context.is_empty() {
         Box::new(Snapshot::load(&args.policies.context).map_err(anyhow::Error::msg)?)
@@ -152,6 +161,7 @@ fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
     Ok(Source {
         description,
         objects,
+        unreadable,
         provider,
         cluster: None,
     })
@@ -170,6 +180,7 @@ fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
     let Source {
         description,
         objects,
+        unreadable,
         provider,
         cluster,
     } = source(&args, &config)?;
@@ -195,12 +206,13 @@ fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let done = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
-    let scanned = std::thread::scope(|scope| {
+    let mut scanned = std::thread::scope(|scope| {
         scope.spawn(|| progress(&done, &finished, objects.len()));
         let scanned = scan::scan(&set, &objects, workers, &done);
         finished.store(true, Ordering::Release);
         scanned
     });
+    scanned.extend(unreadable.iter().map(scan::unreadable));
     let policies = config
         .policies
         .iter()

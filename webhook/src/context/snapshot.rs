@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::store::Incoming;
@@ -18,20 +17,70 @@ pub struct Snapshot {
     objects: Mutex<Vec<Incoming>>,
 }
 
+/// What a set of manifests holds: its objects, and the documents that could
+/// not be read as one.
+#[derive(Debug, Default)]
+pub struct Documents {
+    /// The objects, in file and document order.
+    pub objects: Vec<Incoming>,
+    /// Each document (or file) that is not an object, with why.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A document that is not a Kubernetes object, or a file that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The file.
+    pub file: PathBuf,
+    /// The document in it, from 1; `None` when the file itself could not be
+    /// read.
+    pub document: Option<usize>,
+    /// Why.
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.document {
+            Some(document) => write!(
+                f,
+                "{}: document {document}: {}",
+                self.file.display(),
+                self.error
+            ),
+            None => write!(f, "{}: {}", self.file.display(), self.error),
+        }
+    }
+}
+
 /// Reads every object under `paths` (files, or directories searched for
-/// `*.yaml`, `*.yml` and `*.json`, in name order).
+/// `*.yaml`, `*.yml` and `*.json`, in name order). An object needs
+/// `apiVersion`, `kind` and `metadata.name` or `metadata.generateName`; any
+/// other document, and any file that cannot be read, is listed as
+/// unreadable and the rest is read.
 ///
 /// # Errors
 ///
-/// An unreadable file, or a document that is not an object with
-/// `apiVersion`, `kind` and `metadata.name`, named with its file and index.
-pub fn read(paths: &[PathBuf]) -> Result<Vec<Incoming>, String> {
-    let mut objects = Vec::new();
+/// A path that does not exist.
+pub fn read(paths: &[PathBuf]) -> Result<Documents, String> {
+    let mut documents = Documents::default();
     for file in files(paths)? {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
-        // JSON parses an order of magnitude faster as JSON than as YAML.
-        let documents: Box<dyn Iterator<Item = Result<Value, String>>> =
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) => {
+                documents.unreadable.push(Unreadable {
+                    file,
+                    document: None,
+                    error: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        // JSON parses an order of magnitude faster as JSON than as YAML. A
+        // JSON stream ends at its first broken value (nothing after it can
+        // be found again); YAML documents are parsed one by one, so one
+        // broken document costs only itself.
+        let parsed: Box<dyn Iterator<Item = Result<Value, String>>> =
             if file.extension().is_some_and(|e| e == "json") {
                 Box::new(
                     serde_json::Deserializer::from_str(&text)
@@ -40,17 +89,46 @@ pub fn read(paths: &[PathBuf]) -> Result<Vec<Incoming>, String> {
                 )
             } else {
                 Box::new(
-                    serde_yaml::Deserializer::from_str(&text)
-                        .map(|d| Value::deserialize(d).map_err(|e| e.to_string())),
+                    yaml_documents(&text)
+                        .map(|d| serde_yaml::from_str::<Value>(d).map_err(|e| e.to_string())),
                 )
             };
-        for (index, value) in documents.enumerate() {
-            value
-                .and_then(|value| collect(value, &mut objects))
-                .map_err(|e| format!("{}: document {}: {e}", file.display(), index + 1))?;
+        for (index, value) in parsed.enumerate() {
+            if let Err(error) = value.and_then(|value| collect(value, &mut documents.objects)) {
+                documents.unreadable.push(Unreadable {
+                    file: file.clone(),
+                    document: Some(index + 1),
+                    error,
+                });
+            }
         }
     }
-    Ok(objects)
+    Ok(documents)
+}
+
+/// The documents of a YAML stream: the text between lines that start a
+/// document (`---`, which YAML recognises only at the start of a line, even
+/// inside a block scalar); blank ones are left out.
+fn yaml_documents(text: &str) -> impl Iterator<Item = &str> {
+    let mut documents = Vec::new();
+    let (mut start, mut offset) = (0, 0);
+    for line in text.split_inclusive('\n') {
+        let marker = line.strip_prefix("---").is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_whitespace())
+        });
+        if marker {
+            documents.push(&text[start..offset]);
+            // The marker line's own content (`--- {a: 1}`) opens the next one.
+            start = offset + 3;
+        }
+        offset += line.len();
+    }
+    documents.push(&text[start..]);
+    documents.into_iter().filter(|document| {
+        !document
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    })
 }
 
 /// Paths as one line, for messages.
@@ -133,8 +211,16 @@ fn collect(value: Value, objects: &mut Vec<Incoming>) -> Result<(), String> {
     else {
         return Err("not a Kubernetes object: apiVersion and kind are required".into());
     };
-    if value["metadata"]["name"].as_str().is_none_or(str::is_empty) {
-        return Err(format!("{api_version}/{kind} without metadata.name"));
+    let named = |field: &str| {
+        !value["metadata"][field]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    };
+    if !named("name") && !named("generateName") {
+        return Err(format!(
+            "{api_version}/{kind} has neither metadata.name nor metadata.generateName"
+        ));
     }
     objects.push(Incoming {
         kind: Kind::new(api_version, kind),
@@ -152,13 +238,18 @@ impl Snapshot {
         }
     }
 
-    /// Loads the objects under `paths`.
+    /// Loads the objects under `paths`; all of them must be readable, since
+    /// they stand for the cluster.
     ///
     /// # Errors
     ///
-    /// As [`read`].
+    /// As [`read`], or the first unreadable document.
     pub fn load(paths: &[PathBuf]) -> Result<Self, String> {
-        Ok(Snapshot::new(describe(paths), read(paths)?))
+        let documents = read(paths)?;
+        if let Some(unreadable) = documents.unreadable.first() {
+            return Err(unreadable.to_string());
+        }
+        Ok(Snapshot::new(describe(paths), documents.objects))
     }
 }
 
@@ -246,7 +337,7 @@ mod tests {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: ok}\n---\nkind: Pod\n",
         )
         .unwrap();
-        let error = read(&[file]).err().unwrap();
+        let error = Snapshot::load(std::slice::from_ref(&file)).err().unwrap();
         assert!(
             error.ends_with(
                 "bad.yaml: document 2: not a Kubernetes object: apiVersion and kind are required"
@@ -255,5 +346,49 @@ mod tests {
         );
         let error = read(&[dir.path().join("missing")]).err().unwrap();
         assert!(error.contains("no such file or directory"), "{error}");
+    }
+
+    #[test]
+    fn yaml_streams_split_at_document_markers() {
+        let text = "# header\n---\na: 1\n---   \nb: |\n  ---x\n--- {c: 3}\n---\n\n---\nd: 4";
+        let documents: Vec<&str> = yaml_documents(text).collect();
+        assert_eq!(
+            documents,
+            ["\na: 1\n", "   \nb: |\n  ---x\n", " {c: 3}\n", "\nd: 4"]
+        );
+        assert_eq!(yaml_documents("a: 1").collect::<Vec<_>>(), ["a: 1"]);
+    }
+
+    #[test]
+    fn a_scan_reads_past_bad_documents_and_takes_generate_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mixed.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {generateName: train-}\n---\n\
+             kind: Pod\n---\n: not yaml [\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: after}\n",
+        )
+        .unwrap();
+        let documents = read(std::slice::from_ref(&file)).unwrap();
+        let names: Vec<String> = documents
+            .objects
+            .iter()
+            .map(|o| {
+                let m = &o.value["metadata"];
+                m["name"]
+                    .as_str()
+                    .or(m["generateName"].as_str())
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(names, ["train-", "after"]);
+        let problems: Vec<(Option<usize>, bool)> = documents
+            .unreadable
+            .iter()
+            .map(|u| (u.document, u.file == file))
+            .collect();
+        assert_eq!(problems, [(Some(2), true), (Some(3), true)]);
     }
 }

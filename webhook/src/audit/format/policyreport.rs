@@ -14,10 +14,20 @@ use crate::audit::report::{Object, Outcome, Report};
 /// can be found (and pruned) without touching others'.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate");
 
-/// The report's name: `tollgate-<kind>-<name>`, lowercased; shortened with a
-/// hash when it would pass the 253 characters of a name.
+/// The report's name: `tollgate-<kind>-<name>`, lowercased, with any
+/// character a Kubernetes name cannot hold (the `*` of a `generateName`
+/// object) as `-`; shortened with a hash when it would pass the 253
+/// characters of a name.
 pub fn name(object: &Object) -> String {
-    let full = format!("tollgate-{}-{}", object.kind, object.name).to_lowercase();
+    let full: String = format!("tollgate-{}-{}", object.kind, object.name)
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' | '.' => c,
+            _ => '-',
+        })
+        .collect();
+    let full = full.trim_end_matches(['-', '.']).to_owned();
     if full.len() <= 253 {
         return full;
     }
@@ -85,14 +95,58 @@ pub fn report(report: &Report, object: &Object) -> Value {
     })
 }
 
-/// Every object's report, as multi-document YAML.
+/// Every object's report, as multi-document YAML (documents that were not
+/// objects have none: the other formats list them).
 pub fn render(report_: &Report) -> String {
     let mut out = String::new();
-    for object in &report_.objects {
+    for object in report_.objects.iter().filter(|o| !o.api_version.is_empty()) {
         out.push_str("---\n");
         out.push_str(
             &serde_yaml::to_string(&report(report_, object)).expect("JSON values are YAML"),
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::report::Finding;
+    use crate::audit::scan;
+    use crate::context::snapshot::Unreadable;
+
+    fn job(name: &str) -> Object {
+        Object {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            namespace: "ml".into(),
+            name: name.into(),
+            uid: None,
+            findings: vec![Finding {
+                policy: "pod-security".into(),
+                result: Outcome::Pass,
+                message: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn report_names_are_kubernetes_names() {
+        assert_eq!(name(&job("train-*")), "tollgate-job-train");
+        assert_eq!(name(&job("Big_Run")), "tollgate-job-big-run");
+        assert!(name(&job(&"x".repeat(300))).len() <= 253);
+    }
+
+    #[test]
+    fn documents_that_are_not_objects_get_no_policy_report() {
+        let unreadable = scan::unreadable(&Unreadable {
+            file: "jobs.yaml".into(),
+            document: Some(2),
+            error: "not a Kubernetes object".into(),
+        });
+        let report = Report::new("test".into(), Vec::new(), vec![job("a"), unreadable]);
+        let text = render(&report);
+        assert_eq!(text.matches("kind: PolicyReport").count(), 1, "{text}");
+        assert!(!text.contains("jobs.yaml"));
+    }
 }
