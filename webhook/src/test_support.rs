@@ -15,6 +15,9 @@ pub const MISBEHAVE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/
 /// `tests/policies/world-v0`: a component of the first policy world.
 pub const WORLD_V0: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/world-v0.wasm"));
 
+/// `tests/policies/start-loop`: a component whose start function loops.
+pub const START_LOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/start-loop.wasm"));
+
 struct Shared {
     engine: Engine,
     dir: tempfile::TempDir,

@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the admission webhook over HTTPS.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Evaluate AdmissionReview files offline, as the apiserver's mutating
     /// and validating calls would, and print the responses.
     Run(run::Args),
@@ -139,7 +139,7 @@ impl PolicyArgs {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Run(args) => run::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Compile => compile::run(),

@@ -487,6 +487,128 @@ mod tests {
     }
 
     #[test]
+    fn a_start_function_that_loops_is_stopped_at_the_deadline() {
+        let pre = engine()
+            .load("start-loop", crate::test_support::START_LOOP)
+            .unwrap();
+        let limits = Limits {
+            timeout: Duration::from_millis(30),
+            ..Limits::default()
+        };
+        let started = std::time::Instant::now();
+        let result = pre.validate_settings("{}", &limits);
+        assert!(matches!(result, Err(Error::StartTimeout(30))), "{result:?}");
+        let result = block_on(pre.evaluate(POD, "{}", &limits, None, None));
+        assert!(matches!(result, Err(Error::StartTimeout(30))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn outputs_over_the_caps_are_refused_before_they_are_copied() {
+        let limits = Limits {
+            memory_bytes: MAX_MEMORY_BYTES,
+            timeout: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let pre = engine().load("misbehave", MISBEHAVE).unwrap();
+        let warnings = |count: usize| {
+            let settings = format!(r#"{{"behaviour":"empty-warnings","count":{count}}}"#);
+            block_on(pre.evaluate(POD, &settings, &limits, None, None))
+        };
+        match warnings(1000) {
+            Err(Error::OutputTooManyItems { items, limit: 256 }) => assert_eq!(items, 1000),
+            other => panic!("expected too many items, got {other:?}"),
+        }
+        // Ten million: wasmtime's own bound on data lifted out of a call
+        // stops them first.
+        match warnings(10_000_000) {
+            Err(Error::InvalidOutput(message)) => {
+                assert!(message.contains("too much data"), "{message}")
+            }
+            other => panic!("expected too much data, got {other:?}"),
+        }
+        match misbehave("huge-message", &limits) {
+            Err(Error::OutputTooLarge { limit, .. }) => assert_eq!(limit, 4 << 20),
+            other => panic!("expected too large an output, got {other:?}"),
+        }
+    }
+
+    /// A host that answers every read with a large list and admits every
+    /// claim, for flooding policies.
+    struct Generous;
+
+    impl Host for Generous {
+        fn get(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: std::time::Instant,
+        ) -> Result<Option<String>, host::Refusal> {
+            Ok(None)
+        }
+        fn list(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &str,
+            max_bytes: usize,
+            _: std::time::Instant,
+        ) -> Result<String, host::Refusal> {
+            let list = format!("[\"{}\"]", "x".repeat(64 << 10));
+            if list.len() > max_bytes {
+                return Err(host::Refusal::message("too large"));
+            }
+            Ok(list)
+        }
+        fn usage(&mut self, _: &[String]) -> Result<Vec<host::Usage>, host::Refusal> {
+            Ok(Vec::new())
+        }
+        fn reserve(
+            &mut self,
+            _: &[host::Claim],
+            _: std::time::Instant,
+        ) -> Result<host::Decision, host::Refusal> {
+            Ok(host::Decision {
+                admitted: true,
+                held: Vec::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn host_call_floods_are_stopped_by_the_meter() {
+        let pre = engine().load("misbehave", MISBEHAVE).unwrap();
+        let limits = Limits {
+            timeout: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let flood = |behaviour: &str| {
+            block_on(pre.evaluate(
+                POD,
+                &format!(r#"{{"behaviour":"{behaviour}"}}"#),
+                &limits,
+                None,
+                Some(Box::new(Generous)),
+            ))
+        };
+        for behaviour in ["log-flood", "reserve-flood"] {
+            match flood(behaviour) {
+                Err(Error::HostCalls(host::Abort::TooManyCalls(host::MAX_CALLS))) => {}
+                other => panic!("{behaviour}: expected too many host calls, got {other:?}"),
+            }
+        }
+        // 64 KiB a call: the memory's worth of data runs out first.
+        match flood("list-flood") {
+            Err(Error::Refused { refusal, .. }) => assert_eq!(refusal, "too large"),
+            Err(Error::HostCalls(host::Abort::TooMuchData(_) | host::Abort::TooManyCalls(_))) => {}
+            other => panic!("expected the meter to stop it, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn bytes_that_are_not_a_component_are_refused() {
         assert!(matches!(
             engine().load("junk", b"not wasm"),

@@ -9,7 +9,7 @@ use wasmtime::{Store, Trap};
 use super::host::{Abort, Host, LogRate};
 use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
-use super::spare::{self, Instance, Recipe, Spares};
+use super::spare::{Instance, Recipe, Spares};
 use super::{Engine, Error};
 
 /// The exports the host calls, looked up once per component.
@@ -168,7 +168,7 @@ impl PolicyPre {
             Some(instance) => instance,
             None => match recipe.instantiate_async(window.left()).await {
                 Ok(instance) => self.repaired(instance),
-                Err(failed) => return Err(self.not_started(&recipe, failed, limits, &window)),
+                Err(failed) => return Err(self.not_started(&recipe, *failed, limits, &window)),
             },
         };
         let result = {
@@ -214,7 +214,7 @@ impl PolicyPre {
             Some(instance) => instance,
             None => match recipe.instantiate(window.left()) {
                 Ok(instance) => self.repaired(instance),
-                Err(failed) => return Err(self.not_started(&recipe, failed, limits, &window)),
+                Err(failed) => return Err(self.not_started(&recipe, *failed, limits, &window)),
             },
         };
         let result = {
@@ -236,11 +236,10 @@ impl PolicyPre {
     fn not_started(
         &self,
         recipe: &Recipe,
-        failed: spare::Failed,
+        (store, error): (Store<StoreState>, wasmtime::Error),
         limits: &Limits,
         window: &Window,
     ) -> Error {
-        let (store, error) = *failed;
         let error = if is_stopped(&store, &error) {
             classify(&store, error, limits, window, true)
         } else {
@@ -380,6 +379,8 @@ fn classify(
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => window.out_of_time(starting),
         Some(trap) => Error::Trap(trap.to_string()),
-        None => Error::Trap(format!("{error:#}")),
+        // Not a trap: the result could not be lifted (pointers out of
+        // bounds, more data than wasmtime's hostcall fuel allows).
+        None => Error::InvalidOutput(format!("{error:#}")),
     }
 }

@@ -467,6 +467,7 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
+    use std::time::{Duration, Instant};
 
     use futures::executor::block_on;
     use serde_json::{Value, json};
@@ -725,5 +726,116 @@ policies:
                 .contains("policy \"bad-settings\" failed: the policy failed to load")
         );
         assert!(outcome.warnings[0].starts_with("policy \"hangs-at-load\" failed and was ignored"));
+    }
+
+    fn failure_of(behaviour: &str, mutating: bool, endpoint: &str) -> String {
+        let set = policy_set(&format!(
+            "policies:\n  - {{name: odd, module: \"{{misbehave}}\", mutating: {mutating}, settings: {{behaviour: {behaviour}}}}}\n"
+        ));
+        let text = request_text(&pod("nvcr.io/x:1"));
+        let outcome = match endpoint {
+            "mutate" => block_on(set.mutate(&request(&text), no_deadline())),
+            _ => block_on(set.validate(&request(&text), no_deadline())),
+        };
+        assert!(!outcome.allowed, "{behaviour}: {outcome:?}");
+        assert_eq!(outcome.code, 500);
+        assert_eq!(outcome.evaluations[0].reason, Some("output"));
+        outcome.message.unwrap()
+    }
+
+    #[test]
+    fn verdicts_the_apiserver_could_not_take_are_the_policys_failure() {
+        let cases = [
+            (
+                "mutate-garbage",
+                true,
+                "mutate",
+                "the mutated object is not a JSON object",
+            ),
+            (
+                "mutate-identity",
+                true,
+                "mutate",
+                "the mutation changes metadata.name, which a mutating webhook may not change",
+            ),
+            (
+                "bad-code",
+                false,
+                "validate",
+                "status code 200 for a denial: use 400 to 599",
+            ),
+            (
+                "duplicate-annotations",
+                false,
+                "validate",
+                "audit annotation key \"same\" is returned twice",
+            ),
+        ];
+        for (behaviour, mutating, endpoint, expected) in cases {
+            let message = failure_of(behaviour, mutating, endpoint);
+            assert!(
+                message.starts_with(&format!("policy \"odd\" failed: {expected}")),
+                "{behaviour}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_that_keeps_timing_out_is_suspended_and_then_answers_at_once() {
+        let set = policy_set(
+            "policies:\n  - {name: spin, module: \"{misbehave}\", settings: {behaviour: loop}, timeoutMs: 20}\n",
+        );
+        let text = request_text(&pod("nvcr.io/x:1"));
+        for _ in 0..crate::policy::breaker::THRESHOLD {
+            let outcome = block_on(set.validate(&request(&text), no_deadline()));
+            assert_eq!(outcome.evaluations[0].reason, Some("timeout"));
+        }
+        let started = Instant::now();
+        let outcome = block_on(set.validate(&request(&text), no_deadline()));
+        assert!(started.elapsed() < Duration::from_millis(10), "not run");
+        assert!(!outcome.allowed, "its failurePolicy (fail) still applies");
+        assert_eq!(outcome.evaluations[0].reason, Some("suspended"));
+        assert!(
+            outcome.message.unwrap().starts_with(
+                "policy \"spin\" failed: policy suspended after 3 consecutive failures (last: policy exceeded its deadline of 20 ms); next try in "
+            )
+        );
+    }
+
+    #[test]
+    fn the_request_deadline_cuts_a_policy_short_and_skips_the_ones_after_it() {
+        let set = policy_set(
+            r#"
+policies:
+  - {name: spin, module: "{misbehave}", settings: {behaviour: loop}, timeoutMs: 5000, failurePolicy: ignore}
+  - {name: after, module: builtin:image-registries, settings: {allowedRegistries: [nvcr.io/]}}
+"#,
+        );
+        let text = request_text(&pod("nvcr.io/x:1"));
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(50);
+        let outcome = block_on(set.validate(&request(&text), deadline));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let reasons: Vec<_> = outcome.evaluations.iter().map(|e| e.reason).collect();
+        assert_eq!(
+            reasons,
+            [Some("request-deadline"), Some("request-deadline")]
+        );
+        assert_eq!(
+            outcome.warnings,
+            [
+                "policy \"spin\" failed and was ignored: the request's deadline passed before the policy finished (its own deadline is 5000 ms)"
+            ]
+        );
+        assert_eq!(
+            outcome.message.as_deref(),
+            Some(
+                "policy \"after\" failed: the request's deadline passed before the policy ran (failurePolicy: fail)"
+            )
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! A policy that misbehaves as its settings say, for testing the sandbox:
-//! the host must contain each behaviour within the policy's limits and keep
-//! answering other requests.
+//! the host must contain each behaviour within the policy's limits, name it
+//! in the answer, and keep answering other requests.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -32,6 +32,24 @@ pub enum Behaviour {
     Mutate,
     /// Loop forever in `validate-settings`.
     LoopInSettings,
+    /// Return `count` empty warnings (ten million by default).
+    EmptyWarnings,
+    /// Return a denial message of 100 MiB.
+    HugeMessage,
+    /// Return a "mutated object" that is not JSON.
+    MutateGarbage,
+    /// Return the object renamed (a mutation may not change identity).
+    MutateIdentity,
+    /// Return a denial with HTTP status 200.
+    BadCode,
+    /// Return the same audit annotation key twice.
+    DuplicateAnnotations,
+    /// Write log lines until stopped.
+    LogFlood,
+    /// List cluster objects until stopped.
+    ListFlood,
+    /// Reserve quota until stopped.
+    ReserveFlood,
     /// Build and drop a 1 MiB buffer a thousand times, as a policy that
     /// makes large temporaries in turn does: allowed, when freed memory is
     /// reused.
@@ -44,6 +62,9 @@ pub struct Settings {
     /// The behaviour.
     #[serde(default)]
     pub behaviour: Behaviour,
+    /// How many, for behaviours that repeat something.
+    #[serde(default)]
+    pub count: Option<usize>,
 }
 
 /// The policy.
@@ -104,6 +125,40 @@ impl Policy for Misbehave {
                     notes.push(format!("{}", buffer.len() >> 20));
                 }
                 Ok(Verdict::allow().annotate("churned-mib", notes.len().to_string()))
+            }
+            Behaviour::EmptyWarnings => Ok(Verdict {
+                warnings: vec![String::new(); settings.count.unwrap_or(10_000_000)],
+                ..Verdict::allow()
+            }),
+            Behaviour::HugeMessage => Ok(Verdict::deny("m".repeat(100 << 20))),
+            Behaviour::MutateGarbage => Ok(Verdict::mutate_json("{\"metadata\": ".into())),
+            Behaviour::MutateIdentity => {
+                let mut object = request.object()?.clone();
+                object["metadata"]["name"] = json!("someone-else");
+                Ok(Verdict::mutate(object))
+            }
+            Behaviour::BadCode => Ok(Verdict::deny("no").with_code(200)),
+            Behaviour::DuplicateAnnotations => {
+                Ok(Verdict::allow().annotate("same", "1").annotate("same", "2"))
+            }
+            Behaviour::LogFlood => loop {
+                tollgate_sdk::log::warn("misbehave: flooding the log\nwith a forged line");
+            },
+            Behaviour::ListFlood => loop {
+                std::hint::black_box(tollgate_sdk::context::list("v1", "Pod", "", "")?);
+            },
+            Behaviour::ReserveFlood => {
+                let claim = tollgate_sdk::quota::Claim {
+                    scope: "flood".into(),
+                    asks: [("nvidia.com/gpu".to_owned(), 1)].into(),
+                    limits: [("nvidia.com/gpu".to_owned(), u64::MAX)].into(),
+                    usage: Default::default(),
+                };
+                loop {
+                    std::hint::black_box(tollgate_sdk::quota::reserve(std::slice::from_ref(
+                        &claim,
+                    ))?);
+                }
             }
             Behaviour::Mutate => {
                 let mut object = request.object()?.clone();
