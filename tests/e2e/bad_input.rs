@@ -49,16 +49,41 @@ async fn malformed_reviews_get_400_with_a_message_and_the_server_keeps_serving()
     assert_eq!(response["allowed"], true);
 }
 
-#[tokio::test]
-async fn a_body_over_3_mib_is_refused_with_400() {
-    let server = Server::start_default().await;
+/// An UPDATE review of an object of `bytes` (in an annotation), with the
+/// same object as its old object.
+fn large_update(bytes: usize) -> serde_json::Value {
     let mut request = standard_request();
-    request["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(3 << 20).into();
+    let object = &mut request["request"]["object"];
+    object["metadata"]["annotations"]["padding"] = "x".repeat(bytes).into();
+    request["request"]["oldObject"] = object.clone();
+    request["request"]["operation"] = "UPDATE".into();
+    request
+}
+
+#[tokio::test]
+async fn an_update_of_two_objects_at_the_apiservers_limit_is_evaluated() {
+    let server = Server::start_default().await;
+    // Object and old object each near the apiserver's 3 MiB: about 6 MiB.
+    let request = large_update((3 << 20) - 16 * 1024);
+    let response = server.review("/validate", &request).await;
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let server = Server::start_default().await;
+    let request = large_update(3 << 20);
     let (status, message) = server
         .post_raw("/validate", serde_json::to_vec(&request).unwrap())
         .await;
-    assert_eq!(status, 400);
-    assert_eq!(message, "request body exceeds the 3 MiB limit\n");
+    // Object and old object of just over 3 MiB each, and a larger envelope.
+    let mut request = request;
+    request["request"]["options"]["padding"] = "y".repeat(1 << 20).into();
+    let (over_status, over_message) = server
+        .post_raw("/validate", serde_json::to_vec(&request).unwrap())
+        .await;
+    assert_eq!((status, over_status), (200, 413), "{message}");
+    assert_eq!(over_message, "request body exceeds the 7 MiB limit\n");
     assert_eq!(
         server.review("/validate", &standard_request()).await["allowed"],
         true
@@ -72,11 +97,10 @@ async fn a_body_over_3_mib_is_refused_with_400() {
 }
 
 #[tokio::test]
-async fn a_request_just_under_the_limit_is_evaluated() {
+async fn a_timeout_that_is_not_a_duration_is_refused_with_400() {
     let server = Server::start_default().await;
-    let mut request = standard_request();
-    request["request"]["object"]["metadata"]["annotations"]["padding"] =
-        "x".repeat((3 << 20) - 8 * 1024).into();
-    let response = server.review("/validate", &request).await;
-    assert_eq!(response["allowed"], true);
+    let body = serde_json::to_vec(&standard_request()).unwrap();
+    let (status, message) = server.post_raw("/validate?timeout=soon", body).await;
+    assert_eq!(status, 400);
+    assert!(message.starts_with("invalid timeout \"soon\""), "{message}");
 }

@@ -249,7 +249,53 @@ async fn a_restart_reuses_the_certificate_and_the_compiled_modules() {
         "a restart with unchanged policies compiled something"
     );
     let log = std::fs::read_to_string(dir.join("restart.log")).unwrap();
-    assert!(log.contains("reusing self-made certificate"), "{log}");
+    assert!(log.contains("reusing the self-made certificate"), "{log}");
+    // Asked for a name the certificate lacks, the same CA issues a new one:
+    // a client that trusts the CA it had reaches the server by that name.
+    let name = "tollgate.tollgate-system.svc";
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--cert-dir",
+        ])
+        .arg(dir.join("certs"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["--tls-san", name])
+        .stderr(std::fs::File::create(dir.join("renamed.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let by_name = tollgate_e2e::client_builder(&dir.join("certs/ca.crt"))
+        .resolve(name, format!("127.0.0.1:{port}").parse().unwrap())
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = by_name
+            .get(format!("https://{name}:{port}/healthz"))
+            .send()
+            .await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served {name}: {}",
+            std::fs::read_to_string(dir.join("renamed.log")).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read(dir.join("certs/ca.crt")).unwrap(), ca);
+    let log = std::fs::read_to_string(dir.join("renamed.log")).unwrap();
+    assert!(
+        log.contains("issued a new self-made certificate with the same CA (the serving certificate does not name tollgate.tollgate-system.svc)"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod gpu_placement;
 mod gpu_quota;
+mod hardening;
 mod pod_security;
 mod sandbox;
 mod serve;

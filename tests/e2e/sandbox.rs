@@ -17,9 +17,25 @@ policies:
   - {{name: traps, module: "{module}", settings: {{behaviour: trap}}, failurePolicy: ignore, match: {{namespaces: [trap]}}}}
   - {{name: deep, module: "{module}", settings: {{behaviour: stack-overflow}}, match: {{namespaces: [stack]}}}}
   - {{name: chatty, module: "{module}", settings: {{behaviour: huge-output}}, timeoutMs: 5000, match: {{namespaces: [huge]}}}}
+  - {{name: warns, module: "{module}", settings: {{behaviour: empty-warnings}}, memoryLimitMb: 512, timeoutMs: 10000, match: {{namespaces: [warnings]}}}}
+  - {{name: shouts, module: "{module}", settings: {{behaviour: huge-message}}, memoryLimitMb: 512, timeoutMs: 10000, match: {{namespaces: [message]}}}}
+  - {{name: garbles, module: "{module}", mutating: true, settings: {{behaviour: mutate-garbage}}, match: {{namespaces: [garbage]}}}}
+  - {{name: logs, module: "{module}", settings: {{behaviour: log-flood}}, timeoutMs: 5000, match: {{namespaces: [logs]}}}}
+  - {{name: lists, module: "{module}", settings: {{behaviour: list-flood}}, timeoutMs: 5000, context: [{{apiVersion: v1, kind: Pod}}], match: {{namespaces: [lists]}}}}
+  - {{name: reserves, module: "{module}", settings: {{behaviour: reserve-flood}}, timeoutMs: 5000, context: [{{apiVersion: v1, kind: Pod}}], match: {{namespaces: [quota]}}}}
   - {{name: counter, module: "{module}", settings: {{behaviour: count}}, match: {{namespaces: [count]}}}}
 "#
     )
+}
+
+/// A cluster of a few pods, for the policies that read context.
+fn cluster(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("cluster.yaml");
+    let pods: Vec<String> = (0..20)
+        .map(|i| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: lists}}\n"))
+        .collect();
+    std::fs::write(&path, pods.join("---\n")).unwrap();
+    path
 }
 
 fn pod(namespace: &str) -> serde_json::Value {
@@ -33,8 +49,11 @@ fn pod(namespace: &str) -> serde_json::Value {
 #[tokio::test]
 async fn each_misbehaviour_is_contained_and_named_in_the_answer() {
     let config = config();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).display().to_string();
     let server = Server::start(Options {
         config: Some(&config),
+        args: &["--context", &cluster],
         ..Default::default()
     })
     .await;
@@ -55,11 +74,46 @@ async fn each_misbehaviour_is_contained_and_named_in_the_answer() {
             false,
             "policy \"chatty\" failed: policy output of 16777216 bytes exceeds the limit",
         ),
+        (
+            "warnings",
+            false,
+            "policy \"warns\" failed: policy output is invalid: too much data is being copied between the host and the guest",
+        ),
+        (
+            "message",
+            false,
+            "policy \"shouts\" failed: policy output of 104857600 bytes exceeds the limit of 4194304 bytes",
+        ),
+        (
+            "garbage",
+            false,
+            "policy \"garbles\" failed: the mutated object is not a JSON object",
+        ),
+        (
+            "logs",
+            false,
+            "policy \"logs\" failed: policy made more than 1024 host calls in one evaluation",
+        ),
+        (
+            "lists",
+            false,
+            "policy \"lists\" failed: policy made more than 1024 host calls in one evaluation",
+        ),
+        (
+            "quota",
+            false,
+            "policy \"reserves\" failed: policy made more than 1024 host calls in one evaluation",
+        ),
         ("trap", true, ""),
     ];
     for (namespace, allowed, message) in cases {
         let started = Instant::now();
-        let response = server.review("/validate", &pod(namespace)).await;
+        let endpoint = if namespace == "garbage" {
+            "/mutate"
+        } else {
+            "/validate"
+        };
+        let response = server.review(endpoint, &pod(namespace)).await;
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{namespace} took {:?}",
@@ -79,10 +133,25 @@ async fn each_misbehaviour_is_contained_and_named_in_the_answer() {
         }
     }
     let (_, metrics) = server.get("/metrics").await;
+    for expected in [
+        "tollgate_policy_evaluations_total{policy=\"loops\",result=\"failed\"} 1",
+        "tollgate_policy_failures_total{policy=\"loops\",reason=\"timeout\"} 1",
+        "tollgate_policy_failures_total{policy=\"hoards\",reason=\"memory\"} 1",
+        "tollgate_policy_failures_total{policy=\"deep\",reason=\"trap\"} 1",
+        "tollgate_policy_failures_total{policy=\"warns\",reason=\"output\"} 1",
+        "tollgate_policy_failures_total{policy=\"logs\",reason=\"host-calls\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected}: {metrics}");
+    }
+    // The log got no forged line from the flood, and a note of the drop.
+    let log = server.log();
     assert!(
-        metrics.contains("tollgate_policy_evaluations_total{policy=\"loops\",result=\"failed\"} 1"),
-        "{metrics}"
+        !log.contains("\nwith a forged line"),
+        "a policy forged a log line"
     );
+    assert!(log.contains("log lines dropped"), "{log}");
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -130,8 +199,10 @@ async fn a_policy_that_fails_to_load_is_named_by_readyz_while_the_rest_serve() {
         r#"
 policies:
   - {{name: stuck, module: "{module}", settings: {{behaviour: loop-in-settings}}, timeoutMs: 30, match: {{namespaces: [stuck]}}}}
+  - {{name: starting, module: "{start}", timeoutMs: 30, match: {{namespaces: [starting]}}}}
   - {{name: fine, module: builtin:image-registries, settings: {{allowedRegistries: [nvcr.io/]}}}}
-"#
+"#,
+        start = test_policy("start-loop").display()
     );
     let server = Server::start(Options {
         config: Some(&config),
@@ -143,7 +214,8 @@ policies:
     assert_eq!(status, 503);
     assert_eq!(
         body,
-        "policy \"stuck\" failed to load: validate-settings failed: policy exceeded its deadline of 30 ms\n"
+        "policy \"stuck\" failed to load: validate-settings failed: policy exceeded its deadline of 30 ms\n\
+         policy \"starting\" failed to load: validate-settings failed: policy's start function exceeded its deadline of 30 ms\n"
     );
     assert_eq!(
         server.review("/validate", &pod("default")).await["allowed"],

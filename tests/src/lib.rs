@@ -256,23 +256,32 @@ impl Drop for Server {
 
 /// An HTTPS client that trusts only the CA in `ca` (PEM).
 pub fn client(ca: &Path) -> reqwest::Client {
+    client_builder(ca).build().expect("building the client")
+}
+
+/// The builder of [`client`], for more settings.
+pub fn client_builder(ca: &Path) -> reqwest::ClientBuilder {
+    let mut tls = tls_config(ca);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30))
+}
+
+/// A TLS client configuration that trusts only the CA in `ca` (PEM), for
+/// tests that speak HTTP by hand.
+pub fn tls_config(ca: &Path) -> rustls::ClientConfig {
     let pem = std::fs::read(ca).expect("reading CA");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
         roots.add(cert.expect("CA PEM")).expect("adding CA");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("building the client")
+        .with_no_client_auth()
 }
 
 /// An AdmissionReview for `operation` of `object`, with a fresh uid.

@@ -41,6 +41,12 @@ struct PolicyLabels {
     policy: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    policy: String,
+    reason: &'static str,
+}
+
 /// Every metric the server exports. The families take a read lock per
 /// update (a write lock only the first time a label set appears).
 pub struct Metrics {
@@ -49,6 +55,7 @@ pub struct Metrics {
     request_seconds: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     evaluations: Family<EvaluationLabels, Counter>,
     evaluation_seconds: Family<PolicyLabels, Histogram, fn() -> Histogram>,
+    failures: Family<FailureLabels, Counter>,
     decisions_dropped: Counter,
 }
 
@@ -81,6 +88,12 @@ impl Default for Metrics {
             "Time of one policy evaluation, instantiation included",
             evaluation_seconds.clone(),
         );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "policy_failures",
+            "Policy evaluations that reached no verdict, by policy and reason (timeout, request-deadline, memory, trap, output, host-calls, policy, refused, suspended, load)",
+            failures.clone(),
+        );
         let decisions_dropped = Counter::default();
         registry.register(
             "decision_log_dropped",
@@ -93,6 +106,7 @@ impl Default for Metrics {
             request_seconds,
             evaluations,
             evaluation_seconds,
+            failures,
             decisions_dropped,
         }
     }
@@ -115,6 +129,14 @@ impl Metrics {
                     policy: policy.clone(),
                 })
                 .observe(evaluation.duration.as_secs_f64());
+            if let Some(reason) = evaluation.reason {
+                self.failures
+                    .get_or_create(&FailureLabels {
+                        policy: policy.clone(),
+                        reason,
+                    })
+                    .inc();
+            }
             self.evaluations
                 .get_or_create(&EvaluationLabels {
                     policy,

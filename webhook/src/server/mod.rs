@@ -8,10 +8,10 @@
 //! latency-bound), and graceful shutdown that marks the server unready,
 //! stops accepting, and lets in-flight requests finish. Each connection
 //! holds one of `max_connections` permits (further clients wait in the
-//! listen queue), has the header-read timeout to finish its TLS handshake
-//! and each HTTP/1.1 request's headers (idle keep-alive connections close
-//! after it too), and HTTP/2 connections are bounded in streams, header
-//! size and resets.
+//! listen queue), has the header-read timeout to finish its TLS handshake,
+//! to send its first bytes ([`silence`]) and each HTTP/1.1 request's headers
+//! (idle keep-alive connections close after it too), and HTTP/2 connections
+//! are bounded in streams, header size and resets.
 
 pub mod body;
 pub mod certs;
@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod review;
 pub mod routes;
+mod silence;
 pub mod slots;
 pub mod tls;
 
@@ -117,7 +118,8 @@ pub async fn serve(
                     return;
                 }
             };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let io = TokioIo::new(silence::FirstBytes::new(tls, handshake_timeout));
+            let connection = builder.serve_connection_with_upgrades(io, service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, "connection ended with an error: {error}");
             }
