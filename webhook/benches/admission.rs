@@ -48,6 +48,7 @@ fn load(config: &tollgate::policy::Config, cache: &tempfile::TempDir) -> PolicyS
     let engine = Engine::new(engine::Config {
         cache_dir: cache.path().to_owned(),
         compiler: Compiler::InProcess,
+        evaluations: None,
     })
     .unwrap();
     let set = PolicySet::load(config, &engine, Arc::new(Context::none()));
@@ -125,6 +126,7 @@ fn engine(c: &mut Criterion) {
     let engine = Engine::new(engine::Config {
         cache_dir: cache.path().to_owned(),
         compiler: Compiler::InProcess,
+        evaluations: None,
     })
     .unwrap();
     let limits = engine::Limits::default();

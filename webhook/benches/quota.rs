@@ -126,6 +126,7 @@ fn quota(c: &mut Criterion) {
     let engine = Engine::new(engine::Config {
         cache_dir: cache.path().to_owned(),
         compiler: Compiler::InProcess,
+        evaluations: None,
     })
     .unwrap();
     let provider = Snapshot::load(&[dir.path().to_owned()]).unwrap();

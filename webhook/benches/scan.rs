@@ -64,6 +64,7 @@ fn main() {
     let engine = Engine::new(engine::Config {
         cache_dir: cache.path().to_owned(),
         compiler: Compiler::InProcess,
+        evaluations: None,
     })
     .unwrap();
     let config = tollgate::builtin::default_config().unwrap();

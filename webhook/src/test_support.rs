@@ -32,6 +32,7 @@ fn shared() -> &'static Shared {
         let engine = Engine::new(engine::Config {
             cache_dir: dir.path().join("cache"),
             compiler: Compiler::InProcess,
+            evaluations: None,
         })
         .expect("engine");
         Shared { engine, dir }

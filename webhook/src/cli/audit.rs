@@ -171,6 +171,7 @@ fn engine(args: &ScanArgs) -> anyhow::Result<Engine> {
     Ok(Engine::new(engine::Config {
         cache_dir: args.policies.cache_dir(),
         compiler: Compiler::InProcess,
+        evaluations: None,
     })?)
 }
 

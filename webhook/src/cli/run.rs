@@ -55,6 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let engine = Engine::new(engine::Config {
         cache_dir: args.policies.cache_dir(),
         compiler: Compiler::InProcess,
+        evaluations: None,
     })?;
     let context = args.policies.cluster_context(&config, None)?;
     let policies = PolicySet::load(&config, &engine, context);

@@ -76,7 +76,8 @@ pub struct Args {
     /// Taken off the apiserver's `?timeout=` so the answer arrives in time.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     timeout_margin: Duration,
-    /// Threads that evaluate policies (default: one per core).
+    /// Policy evaluations that may run at once (default: one per core);
+    /// more wait, within their request's deadline.
     #[arg(long)]
     evaluation_threads: Option<usize>,
     /// Time a client has to finish its TLS handshake and send a request's
@@ -158,11 +159,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let (tls_config, resolver) = tls::server_config(files, args.client_ca.as_deref())?;
+    let limits = args.limits();
     let engine = Engine::new(engine::Config {
         cache_dir: args.policies.cache_dir(),
         compiler: Compiler::Subprocess(
             std::env::current_exe().context("locating the tollgate binary")?,
         ),
+        evaluations: Some(limits.evaluation_threads),
     })?;
 
     let decisions = match args.decision_log.as_deref() {
@@ -184,7 +187,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             fsync: args.decision_log_fsync,
         })?),
     };
-    let limits = args.limits();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -18,6 +18,7 @@
 //! [`Engine::new`] (the wasmtime configuration and why), then
 //! [`Engine::load`], then [`PolicyPre::evaluate`].
 
+mod aside;
 mod bindings;
 pub mod cache;
 pub mod host;
@@ -28,7 +29,7 @@ mod spare;
 mod ticker;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -74,6 +75,9 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Where modules not in the cache are compiled.
     pub compiler: Compiler,
+    /// How many evaluations may run at once on the caller's threads (the
+    /// server's async workers); `None` for no bound (offline commands).
+    pub evaluations: Option<usize>,
 }
 
 /// Errors of loading and running policies.
@@ -109,6 +113,11 @@ pub enum Error {
         "the request's deadline passed before the policy finished (its own deadline is {0} ms)"
     )]
     RequestDeadline(u64),
+    /// The request's deadline passed while the policy waited to run.
+    #[error(
+        "the request's deadline passed while the policy waited to run (every evaluation slot was busy)"
+    )]
+    Queued,
     /// The policy tried to grow its memory past the cap.
     #[error("policy exceeded its memory limit of {0} MiB")]
     MemoryLimit(usize),
@@ -162,7 +171,7 @@ impl Error {
             | Error::Link(_)
             | Error::Instantiate(_) => "load",
             Error::Timeout(_) | Error::StartTimeout(_) => "timeout",
-            Error::RequestDeadline(_) => "request-deadline",
+            Error::RequestDeadline(_) | Error::Queued => "request-deadline",
             Error::MemoryLimit(_) => "memory",
             Error::Trap(_) => "trap",
             Error::OutputTooLarge { .. }
@@ -207,6 +216,12 @@ struct Inner {
     /// Makes spare instances and tears down used ones, off the request path.
     maker: Maker,
     cache: cache::Cache,
+    /// One permit per evaluation running on the caller's threads, when
+    /// bounded. A Tokio semaphore: waiting is async, within the request's
+    /// deadline.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Low-priority threads for policies on probation, started on first use.
+    aside: OnceLock<aside::Lane>,
 }
 
 /// The wasmtime configuration. Compilation (here or in the `compile` child)
@@ -248,6 +263,9 @@ impl Engine {
             .map_err(Error::Link)?;
         let cache = cache::Cache::new(config.cache_dir, config.compiler, &wasmtime)?;
         let ticker = Arc::new(Ticker::start(wasmtime.clone()));
+        let slots = config
+            .evaluations
+            .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
         Ok(Engine {
             inner: Arc::new(Inner {
                 wasmtime,
@@ -255,6 +273,8 @@ impl Engine {
                 ticker,
                 maker: Maker::start(),
                 cache,
+                slots,
+                aside: OnceLock::new(),
             }),
         })
     }
@@ -620,6 +640,7 @@ mod tests {
         Engine::new(Config {
             cache_dir: dir.to_owned(),
             compiler: Compiler::InProcess,
+            evaluations: None,
         })
         .unwrap()
     }
@@ -695,6 +716,7 @@ mod tests {
         let refused = Engine::new(Config {
             cache_dir: cache.clone(),
             compiler: Compiler::InProcess,
+            evaluations: None,
         });
         match refused {
             Err(Error::Cache(cache::Error::Insecure { reason, .. })) => {

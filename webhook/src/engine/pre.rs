@@ -141,14 +141,75 @@ impl PolicyPre {
     /// Evaluates one AdmissionRequest (JSON text) with settings (JSON text)
     /// in a fresh instance. The call ends at its own timeout or at
     /// `deadline`, whichever comes first; `host` is what its context and
-    /// quota imports reach. It runs as a future that yields to the executor
-    /// at every epoch tick, so a long evaluation holds no thread for more
-    /// than a tick at a time.
+    /// quota imports reach.
+    ///
+    /// It runs on the caller's thread (the server's async workers) as a
+    /// future that yields to the executor at every epoch tick, so a long
+    /// evaluation holds no worker for more than a tick at a time, and the
+    /// fast ones (nearly all) cost no hand-over to another thread. When the
+    /// engine bounds evaluations (`Config::evaluations`, one per core in the
+    /// server), the call first waits for a slot, within `deadline`: so that
+    /// each call has a core's worth of time, and its deadline measures the
+    /// policy rather than a queue of others' slices.
     ///
     /// # Errors
     ///
     /// A trap, timeout, memory or output cap, or the policy's own error.
     pub async fn evaluate(
+        &self,
+        request: &str,
+        settings: &str,
+        limits: &Limits,
+        deadline: Option<Instant>,
+        host: Option<Box<dyn Host>>,
+    ) -> Result<Verdict, Error> {
+        let _slot = match &self.engine.inner.slots {
+            None => None,
+            Some(slots) => {
+                let wait = slots.clone().acquire_owned();
+                match deadline {
+                    None => wait.await.ok(),
+                    Some(deadline) => Some(
+                        tokio::time::timeout_at(deadline.into(), wait)
+                            .await
+                            .map_err(|_| Error::Queued)?
+                            .map_err(|_| Error::Queued)?,
+                    ),
+                }
+            }
+        };
+        self.run(request, settings, limits, deadline, host).await
+    }
+
+    /// [`PolicyPre::evaluate`] on a thread of the aside lane, at the lowest
+    /// CPU priority, for a policy on probation (see the `aside` module): the
+    /// call's inputs are owned, since they cross to another thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`PolicyPre::evaluate`].
+    pub async fn evaluate_aside(
+        &self,
+        request: String,
+        settings: String,
+        limits: Limits,
+        deadline: Option<Instant>,
+        host: Option<Box<dyn Host>>,
+    ) -> Result<Verdict, Error> {
+        let lane = self.engine.inner.aside.get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            super::aside::Lane::start(threads)
+        });
+        let pre = self.clone();
+        lane.run(move || {
+            futures::executor::block_on(pre.run(&request, &settings, &limits, deadline, host))
+        })
+        .await
+        .unwrap_or(Err(Error::Queued))
+    }
+
+    /// One evaluation, yielding at every tick.
+    async fn run(
         &self,
         request: &str,
         settings: &str,

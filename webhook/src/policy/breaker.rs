@@ -11,6 +11,11 @@
 //! What counts is the policy's own misbehaviour
 //! ([`crate::engine::Error::is_misbehaviour`]): a request deadline that cut
 //! it short, a host refusal or its own "no verdict" error do not.
+//!
+//! Between its first misbehaviour and its suspension (and for its trials),
+//! a policy is on probation: its calls run on the engine's aside lane, at
+//! the lowest CPU priority, so that even the calls that lead up to its
+//! suspension cost the healthy policies little.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -62,6 +67,15 @@ pub struct Suspended {
 #[must_use]
 pub struct Pass {
     trial: bool,
+    probation: bool,
+}
+
+impl Pass {
+    /// Whether the policy has misbehaved lately (or this call is a trial):
+    /// the call should run aside.
+    pub fn on_probation(&self) -> bool {
+        self.probation
+    }
 }
 
 impl Breaker {
@@ -74,12 +88,18 @@ impl Breaker {
     pub fn admit(&self) -> Result<Pass, Suspended> {
         let mut state = self.state.lock().expect("breaker lock poisoned");
         let Some(until) = state.open_until else {
-            return Ok(Pass { trial: false });
+            return Ok(Pass {
+                trial: false,
+                probation: state.failures > 0,
+            });
         };
         let now = Instant::now();
         if now >= until && !state.trying {
             state.trying = true;
-            return Ok(Pass { trial: true });
+            return Ok(Pass {
+                trial: true,
+                probation: true,
+            });
         }
         Err(Suspended {
             failures: state.failures,
@@ -126,7 +146,12 @@ mod tests {
     #[test]
     fn opens_after_repeated_misbehaviour_and_a_success_closes_it() {
         let breaker = Breaker::default();
+        assert!(!breaker.admit().unwrap().on_probation());
         assert!(!fail(&breaker));
+        assert!(
+            breaker.admit().unwrap().on_probation(),
+            "one failure: probation"
+        );
         assert!(!fail(&breaker));
         assert!(fail(&breaker), "the third failure in a row opens it");
         let suspended = breaker.admit().unwrap_err();
@@ -142,7 +167,8 @@ mod tests {
         let trial = breaker.admit().unwrap();
         assert!(breaker.admit().is_err(), "one trial at a time");
         breaker.record(trial, None);
-        assert!(breaker.admit().is_ok(), "a success closes it");
+        let pass = breaker.admit().expect("a success closes it");
+        assert!(!pass.on_probation());
     }
 
     #[test]

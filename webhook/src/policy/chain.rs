@@ -302,9 +302,17 @@ impl PolicySet {
                     let host = self
                         .access(policy, request)
                         .map(|access| Box::new(access) as Box<dyn Host>);
-                    let result = module
-                        .evaluate(text, &policy.settings, &policy.limits, Some(deadline), host)
-                        .await;
+                    let (settings, limits) = (&policy.settings, &policy.limits);
+                    let result = if pass.on_probation() {
+                        let (text, settings) = (text.to_owned(), settings.clone());
+                        module
+                            .evaluate_aside(text, settings, *limits, Some(deadline), host)
+                            .await
+                    } else {
+                        module
+                            .evaluate(text, settings, limits, Some(deadline), host)
+                            .await
+                    };
                     let misbehaviour = match &result {
                         Err(error) if error.is_misbehaviour() => Some(error.to_string()),
                         _ => None,

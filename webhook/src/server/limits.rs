@@ -33,7 +33,7 @@ pub struct Limits {
     pub max_request_timeout: Duration,
     /// Taken off `?timeout=`, so the answer reaches the apiserver in time.
     pub timeout_margin: Duration,
-    /// Requests evaluated at once (one per core by default).
+    /// Policy evaluations running at once (one per core by default).
     pub evaluation_threads: usize,
     /// HTTP/2 streams one connection may have open.
     pub max_concurrent_streams: u32,

@@ -1,7 +1,6 @@
 //! The HTTPS server: TLS ([`tls`], [`certs`]), the routes ([`routes`]), the
 //! AdmissionReview codec ([`review`]), what a client may cost ([`limits`],
-//! [`body`]), how many requests are evaluated at once ([`slots`]) and
-//! metrics ([`metrics`]).
+//! [`body`]) and metrics ([`metrics`]).
 //!
 //! The accept loop is hyper's connection builder over rustls streams:
 //! HTTP/2 or HTTP/1.1 by ALPN, `TCP_NODELAY` (admission answers are small and
@@ -20,7 +19,6 @@ pub mod metrics;
 pub mod review;
 pub mod routes;
 mod silence;
-pub mod slots;
 pub mod tls;
 
 use std::future::Future;

@@ -1,7 +1,7 @@
-//! HTTP routes. Handlers hold no policy logic: they read the body, take an
-//! evaluation slot, hand the request to the loaded [`PolicySet`], encode,
-//! and record metrics and the decision. Every error becomes an HTTP answer
-//! in one place, [`Error::into_response`].
+//! HTTP routes. Handlers hold no policy logic: they read the body, hand the
+//! request to the loaded [`PolicySet`], encode, and record metrics and the
+//! decision. Every error becomes an HTTP answer in one place,
+//! [`Error::into_response`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +19,6 @@ use super::body::{self, Budget};
 use super::limits::{BadTimeout, Limits, MAX_BODY_BYTES};
 use super::metrics::Metrics;
 use super::review;
-use super::slots::Slots;
 use crate::audit;
 use crate::audit::log::{Decision, DecisionLog};
 use crate::policy::PolicySet;
@@ -39,8 +38,6 @@ pub struct AppState {
     pub decisions: Option<DecisionLog>,
     /// What one client may cost.
     pub limits: Limits,
-    /// How many requests are evaluated at once.
-    slots: Slots,
     /// Request body bytes buffered at once.
     budget: Budget,
 }
@@ -54,7 +51,6 @@ impl AppState {
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             decisions,
-            slots: Slots::new(limits.evaluation_threads),
             budget: Budget::new(limits.max_buffered_bytes),
             limits,
         }
@@ -150,8 +146,8 @@ async fn admit(
     }
 }
 
-/// The request path: deadline → body → policies → slot → evaluation →
-/// decision log → answer.
+/// The request path: deadline → body → policies → evaluation → decision
+/// log → answer.
 async fn answer(
     state: &Arc<AppState>,
     endpoint: Endpoint,
@@ -163,11 +159,7 @@ async fn answer(
     let body_deadline = deadline.min(arrived + state.limits.body_read_timeout);
     let body = body::read(body, MAX_BODY_BYTES, body_deadline, &state.budget).await?;
     let policies = state.policies.load_full().ok_or(Error::Loading)?;
-    // Without a slot before the deadline, the chain still runs: past its
-    // deadline it runs no policy, only their failure policies.
-    let slot = state.slots.take(deadline).await;
     let (answer, decision) = evaluate(state, &policies, endpoint, &body.bytes, deadline).await?;
-    drop(slot);
     // Queued before the answer leaves: a drained shutdown writes it.
     if let Some(log) = &state.decisions
         && let Some(decision) = decision
