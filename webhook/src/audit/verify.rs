@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::log::Line;
 use super::seal::{self, Key};
@@ -57,11 +57,35 @@ pub fn verify(files: &[PathBuf], keys: &[Key]) -> Result<Intact, Broken> {
         }
         many => many.to_vec(),
     };
-    let lines = read(&files, keys)?;
+    let mut lines = Vec::new();
+    for file in &files {
+        let opened = std::fs::File::open(file).map_err(|e| Broken {
+            file: file.clone(),
+            line: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
+        read(file, std::io::BufReader::new(opened), keys, &mut lines)?;
+    }
+    chain(&lines, files.len())
+}
+
+/// Checks one log given as a reader (`file` names it in the answer).
+///
+/// # Errors
+///
+/// The first break, or a read error.
+pub fn verify_reader(file: &Path, reader: impl BufRead, keys: &[Key]) -> Result<Intact, Broken> {
+    let mut lines = Vec::new();
+    read(file, reader, keys, &mut lines)?;
+    chain(&lines, 1)
+}
+
+/// Checks the chain through `lines`, read from `files` files.
+fn chain(lines: &[Read], files: usize) -> Result<Intact, Broken> {
     // Every seq and how often it occurs, to tell a removed line from a moved
     // or inserted one.
     let mut occurrences: HashMap<u64, u32> = HashMap::new();
-    for line in &lines {
+    for line in lines {
         *occurrences.entry(line.seq).or_default() += 1;
     }
     let broken = |line: &Read, reason: String| Broken {
@@ -79,7 +103,7 @@ pub fn verify(files: &[PathBuf], keys: &[Key]) -> Result<Intact, Broken> {
     }
     Ok(Intact {
         lines: lines.len() as u64,
-        files: files.len(),
+        files,
         seq: lines.first().zip(lines.last()).map(|(f, l)| (f.seq, l.seq)),
         sealed: lines.iter().filter(|l| l.sealed).count() as u64,
     })
@@ -97,43 +121,41 @@ struct Read {
     seal: Result<(), String>,
 }
 
-fn read(files: &[PathBuf], keys: &[Key]) -> Result<Vec<Read>, Broken> {
-    let mut lines = Vec::new();
-    for file in files {
-        let opened = std::fs::File::open(file).map_err(|e| Broken {
-            file: file.clone(),
-            line: 0,
-            reason: format!("cannot read: {e}"),
+/// Adds the lines of one file to `lines`.
+fn read(
+    file: &Path,
+    reader: impl BufRead,
+    keys: &[Key],
+    lines: &mut Vec<Read>,
+) -> Result<(), Broken> {
+    for (index, text) in reader.lines().enumerate() {
+        let number = index as u64 + 1;
+        let broken = |reason: String| Broken {
+            file: file.to_owned(),
+            line: number,
+            reason,
+        };
+        let text = text.map_err(|e| broken(format!("cannot read: {e}")))?;
+        let line: Line = serde_json::from_str(&text).map_err(|e| {
+            broken(format!(
+                "not a decision line ({e}): the line was edited or inserted"
+            ))
         })?;
-        for (index, text) in std::io::BufReader::new(opened).lines().enumerate() {
-            let number = index as u64 + 1;
-            let broken = |reason: String| Broken {
-                file: file.clone(),
-                line: number,
-                reason,
-            };
-            let text = text.map_err(|e| broken(format!("cannot read: {e}")))?;
-            let line: Line = serde_json::from_str(&text).map_err(|e| {
-                broken(format!(
-                    "not a decision line ({e}): the line was edited or inserted"
-                ))
-            })?;
-            lines.push(Read {
-                file: file.clone(),
-                number,
-                seq: line.seq,
-                prev: line.prev,
-                hash: super::log::hash(text.as_bytes()),
-                sealed: line.mac.is_some(),
-                seal: if keys.is_empty() {
-                    Ok(())
-                } else {
-                    seal::check(keys, &text)
-                },
-            });
-        }
+        lines.push(Read {
+            file: file.to_owned(),
+            number,
+            seq: line.seq,
+            prev: line.prev,
+            hash: super::log::hash(text.as_bytes()),
+            sealed: line.mac.is_some(),
+            seal: if keys.is_empty() {
+                Ok(())
+            } else {
+                seal::check(keys, &text)
+            },
+        });
     }
-    Ok(lines)
+    Ok(())
 }
 
 /// Checks `line` against the one `before` it; `next` is the seq after it.
@@ -148,7 +170,7 @@ fn check(
     } else {
         format!("{}:{}", before.file.display(), before.number)
     };
-    let expected = before.seq + 1;
+    let expected = before.seq.saturating_add(1);
     let seen = |seq: u64| occurrences.get(&seq).copied().unwrap_or(0);
     if line.seq != expected {
         if seen(line.seq) > 1 {

@@ -164,26 +164,17 @@ impl PolicyPre {
         host: Option<Box<dyn Host>>,
     ) -> Result<Verdict, Error> {
         let _slot = match &self.engine.inner.slots {
+            Some(slots) => Some(wait_for(slots, deadline).await?),
             None => None,
-            Some(slots) => {
-                let wait = slots.clone().acquire_owned();
-                match deadline {
-                    None => wait.await.ok(),
-                    Some(deadline) => Some(
-                        tokio::time::timeout_at(deadline.into(), wait)
-                            .await
-                            .map_err(|_| Error::Queued)?
-                            .map_err(|_| Error::Queued)?,
-                    ),
-                }
-            }
         };
-        self.run(request, settings, limits, deadline, host).await
+        self.run(request, settings, limits, deadline, host, false)
+            .await
     }
 
     /// [`PolicyPre::evaluate`] on a thread of the aside lane, at the lowest
-    /// CPU priority, for a policy on probation (see the `aside` module): the
-    /// call's inputs are owned, since they cross to another thread.
+    /// CPU priority, for a policy on probation (see the `aside` module). The
+    /// call's inputs are owned, since they cross to another thread, and its
+    /// instance is torn down there too.
     ///
     /// # Errors
     ///
@@ -202,13 +193,14 @@ impl PolicyPre {
         });
         let pre = self.clone();
         lane.run(move || {
-            futures::executor::block_on(pre.run(&request, &settings, &limits, deadline, host))
+            futures::executor::block_on(pre.run(&request, &settings, &limits, deadline, host, true))
         })
         .await
         .unwrap_or(Err(Error::Queued))
     }
 
-    /// One evaluation, yielding at every tick.
+    /// One evaluation, yielding at every tick; `aside` when it runs on the
+    /// aside lane (its instance is then torn down on that thread).
     async fn run(
         &self,
         request: &str,
@@ -216,6 +208,7 @@ impl PolicyPre {
         limits: &Limits,
         deadline: Option<Instant>,
         host: Option<Box<dyn Host>>,
+        aside: bool,
     ) -> Result<Verdict, Error> {
         let window = Window::new(limits, deadline);
         if window.left().is_zero() {
@@ -251,7 +244,7 @@ impl PolicyPre {
             };
             evaluated.await
         };
-        self.finish(store, &recipe, result, limits, &window)
+        self.finish(store, &recipe, result, limits, &window, aside)
     }
 
     /// One blocking call in a fresh instance (at load, and for indexing):
@@ -284,7 +277,7 @@ impl PolicyPre {
             store.set_epoch_deadline(1);
             f(&mut store, &instance, &self.exports)
         };
-        self.finish(store, &recipe, result, limits, &window)
+        self.finish(store, &recipe, result, limits, &window, false)
     }
 
     /// Notes that the policy could be instantiated inline.
@@ -314,7 +307,7 @@ impl PolicyPre {
     }
 
     /// After a call: its errors classified, dropped log lines reported, the
-    /// store handed over for teardown.
+    /// store torn down (here when `here`, else by the spares thread).
     fn finish<R>(
         &self,
         mut store: Store<StoreState>,
@@ -322,6 +315,7 @@ impl PolicyPre {
         result: Result<R, Failed>,
         limits: &Limits,
         window: &Window,
+        here: bool,
     ) -> Result<R, Error> {
         let result = result.map_err(|failed| match failed {
             Failed::Raw(error) => classify(&store, error, limits, window, false),
@@ -340,10 +334,13 @@ impl PolicyPre {
         // The host capabilities belong to the request: drop them now, not
         // when the spares thread gets to the store.
         store.data_mut().host = None;
-        self.engine
-            .inner
-            .maker
-            .recycle(&self.spares, recipe, Some(store));
+        let used = if here {
+            drop(store);
+            None
+        } else {
+            Some(store)
+        };
+        self.engine.inner.maker.recycle(&self.spares, recipe, used);
         result
     }
 
@@ -394,6 +391,24 @@ impl PolicyPre {
         let recipe = self.recipe(limits);
         self.engine.inner.maker.recycle(&self.spares, &recipe, None);
     }
+}
+
+/// A permit of `gate`, waited for until `deadline` at most (outside a
+/// Tokio runtime there is no timer to wait with).
+async fn wait_for(
+    gate: &Arc<tokio::sync::Semaphore>,
+    deadline: Option<Instant>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    let wait = gate.clone().acquire_owned();
+    let permit = match deadline {
+        Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
+            tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .map_err(|_| Error::Queued)?
+        }
+        _ => wait.await,
+    };
+    permit.map_err(|_| Error::Queued)
 }
 
 /// How a call's closure failed: wasmtime stopped it (classified by the

@@ -303,7 +303,7 @@ impl PolicySet {
                         .access(policy, request)
                         .map(|access| Box::new(access) as Box<dyn Host>);
                     let (settings, limits) = (&policy.settings, &policy.limits);
-                    let result = if pass.on_probation() {
+                    let result = if pass.aside() {
                         let (text, settings) = (text.to_owned(), settings.clone());
                         module
                             .evaluate_aside(text, settings, *limits, Some(deadline), host)
@@ -317,7 +317,7 @@ impl PolicySet {
                         Err(error) if error.is_misbehaviour() => Some(error.to_string()),
                         _ => None,
                     };
-                    if policy.breaker.record(pass, misbehaviour) {
+                    if pass.record(misbehaviour) {
                         tracing::warn!(
                             policy = &*policy.name,
                             "policy suspended after repeated failures; its failurePolicy applies until a trial call succeeds"
