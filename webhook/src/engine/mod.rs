@@ -298,6 +298,25 @@ impl Engine {
     }
 }
 
+/// A permit of `gate`, waited for until `deadline` at most; `None` when the
+/// deadline passed first. Outside a Tokio runtime (offline commands) there
+/// is no timer to wait with, and the wait is not bounded.
+pub async fn wait_for(
+    gate: &Arc<tokio::sync::Semaphore>,
+    deadline: Option<std::time::Instant>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let wait = gate.clone().acquire_owned();
+    match deadline {
+        Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
+            tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .ok()?
+                .ok()
+        }
+        _ => wait.await.ok(),
+    }
+}
+
 /// Compiles a component to an artifact with the engine configuration the
 /// server uses; what the `compile` child process runs.
 ///

@@ -164,7 +164,11 @@ impl PolicyPre {
         host: Option<Box<dyn Host>>,
     ) -> Result<Verdict, Error> {
         let _slot = match &self.engine.inner.slots {
-            Some(slots) => Some(wait_for(slots, deadline).await?),
+            Some(slots) => Some(
+                super::wait_for(slots, deadline)
+                    .await
+                    .ok_or(Error::Queued)?,
+            ),
             None => None,
         };
         self.run(request, settings, limits, deadline, host, false)
@@ -391,24 +395,6 @@ impl PolicyPre {
         let recipe = self.recipe(limits);
         self.engine.inner.maker.recycle(&self.spares, &recipe, None);
     }
-}
-
-/// A permit of `gate`, waited for until `deadline` at most (outside a
-/// Tokio runtime there is no timer to wait with).
-async fn wait_for(
-    gate: &Arc<tokio::sync::Semaphore>,
-    deadline: Option<Instant>,
-) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-    let wait = gate.clone().acquire_owned();
-    let permit = match deadline {
-        Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
-            tokio::time::timeout_at(deadline.into(), wait)
-                .await
-                .map_err(|_| Error::Queued)?
-        }
-        _ => wait.await,
-    };
-    permit.map_err(|_| Error::Queued)
 }
 
 /// How a call's closure failed: wasmtime stopped it (classified by the

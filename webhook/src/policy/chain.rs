@@ -296,7 +296,7 @@ impl PolicySet {
         let step = match &policy.module {
             Err(error) => Step::Failed(Failure::Load(error.clone())),
             Ok(_) if started >= deadline => Step::Failed(Failure::NotRun),
-            Ok(module) => match policy.breaker.admit() {
+            Ok(module) => match policy.breaker.admit(deadline).await {
                 Err(suspended) => Step::Failed(suspended.into()),
                 Ok(pass) => {
                     let host = self
