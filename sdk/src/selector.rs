@@ -1,8 +1,13 @@
-//! Label selectors in kubectl's text syntax (`team=vision,tier notin
-//! (batch),!legacy`), as `context::list` takes them: parsing, printing and
-//! matching, shared by the host and the native test harness.
+//! Label selectors, one model for both ways they are written: kubectl's
+//! text syntax (`team=vision,tier notin (batch),!legacy`), as `context::list`
+//! takes them, and the object form (`matchLabels`, `matchExpressions`) of
+//! configurations and policy settings. Parsing, printing and matching,
+//! shared by the host, the policies and the native test harness.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use serde::{Deserialize, Deserializer};
 
 /// A parsed selector: every requirement must hold (an empty one selects all).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +91,88 @@ impl Selector {
                 Test::DoesNotExist => value.is_none(),
             }
         })
+    }
+
+    /// Whether a label map satisfies every requirement.
+    pub fn matches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches(|key| labels.get(key).map(String::as_str))
+    }
+}
+
+/// The object form, as Kubernetes writes a `LabelSelector`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ObjectForm {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_expressions: Vec<Expression>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expression {
+    key: String,
+    operator: Operator,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl TryFrom<ObjectForm> for Selector {
+    type Error = String;
+
+    fn try_from(form: ObjectForm) -> Result<Self, String> {
+        let labels = form
+            .match_labels
+            .into_iter()
+            .map(|(key, value)| Requirement {
+                key,
+                test: Test::Equals(value),
+            });
+        let expressions = form.match_expressions.into_iter().map(|e| {
+            let test = match (e.operator, e.values.is_empty()) {
+                (Operator::In, false) => Test::In(e.values),
+                (Operator::NotIn, false) => Test::NotIn(e.values),
+                (Operator::Exists, true) => Test::Exists,
+                (Operator::DoesNotExist, true) => Test::DoesNotExist,
+                (operator @ (Operator::In | Operator::NotIn), true) => {
+                    return Err(format!(
+                        "requirement on {:?}: {operator:?} needs values",
+                        e.key
+                    ));
+                }
+                (operator, false) => {
+                    return Err(format!(
+                        "requirement on {:?}: {operator:?} takes no values",
+                        e.key
+                    ));
+                }
+            };
+            Ok(Requirement { key: e.key, test })
+        });
+        Ok(Selector {
+            requirements: labels
+                .map(Ok)
+                .chain(expressions)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Reads the object form (`matchLabels`, `matchExpressions`); an `In` or
+/// `NotIn` without values, or values on `Exists`, is an error, as the
+/// apiserver's validation makes it.
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Selector::try_from(ObjectForm::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -240,6 +327,53 @@ mod tests {
     fn printing_round_trips() {
         let text = "team=vision,tier in (a,b),x notin (c),y,!z,w!=v";
         assert_eq!(Selector::parse(text).unwrap().to_string(), text);
+    }
+
+    #[test]
+    fn the_object_form_matches_like_kubernetes() {
+        let selector: Selector = serde_json::from_str(
+            r#"{"matchLabels": {"team": "a"}, "matchExpressions": [
+                {"key": "tier", "operator": "NotIn", "values": ["dev"]},
+                {"key": "gpu", "operator": "Exists"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(selector.to_string(), "team=a,tier notin (dev),gpu");
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(selector.matches_labels(&labels(&[("team", "a"), ("gpu", "1")])));
+        assert!(!selector.matches_labels(&labels(&[("team", "a"), ("gpu", "1"), ("tier", "dev")])));
+        assert!(!selector.matches_labels(&labels(&[("team", "a")])));
+        let empty: Selector = serde_json::from_str("{}").unwrap();
+        assert!(empty.is_empty() && empty.matches_labels(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn the_object_form_refuses_what_the_apiserver_refuses() {
+        for (bad, message) in [
+            (
+                r#"{"key": "t", "operator": "In"}"#,
+                "\"t\": In needs values",
+            ),
+            (
+                r#"{"key": "t", "operator": "Exists", "values": ["x"]}"#,
+                "Exists takes no values",
+            ),
+            (
+                r#"{"key": "t", "operator": "Gt", "values": ["1"]}"#,
+                "unknown variant `Gt`",
+            ),
+        ] {
+            let text = format!(r#"{{"matchExpressions": [{bad}]}}"#);
+            let error = serde_json::from_str::<Selector>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(message), "{bad}: {error}");
+        }
+        assert!(serde_json::from_str::<Selector>(r#"{"matchLabel": {}}"#).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 use tollgate_sdk::quota::{self, Claim, Entry};
-use tollgate_sdk::selector::{Requirement, Selector, Test};
+use tollgate_sdk::selector::{Requirement, Test};
 use tollgate_sdk::{Policy, Request, Verdict, context};
 
 use pod::{Asks, Pod, on_product};
@@ -164,9 +164,7 @@ impl Quota<'_> {
 
     fn in_scope(&mut self, scope: &Scope) -> tollgate_sdk::Result<bool> {
         if let Some(selector) = &scope.namespace_selector {
-            let selector = selector.to_selector()?;
-            let labels = self.labels()?;
-            return Ok(selector.matches(|k| labels.get(k).map(String::as_str)));
+            return Ok(selector.matches_labels(self.labels()?));
         }
         Ok(scope.namespaces.iter().any(|n| n == self.namespace))
     }
@@ -310,11 +308,10 @@ impl Quota<'_> {
 
     /// The namespaces of `team` in `scope` (always including the pod's).
     fn team(&self, scope: &Scope, team: &str) -> tollgate_sdk::Result<Vec<String>> {
-        let scope_selector = match &scope.namespace_selector {
-            Some(selector) => selector.to_selector()?,
-            None => Selector::default(),
-        };
-        let selector = scope_selector
+        let selector = scope
+            .namespace_selector
+            .clone()
+            .unwrap_or_default()
             .with(Requirement {
                 key: scope.team_label.clone(),
                 test: Test::Equals(team.to_owned()),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tollgate_sdk::selector::{Requirement, Selector, Test};
+use tollgate_sdk::selector::Selector;
 
 /// The policy's settings.
 #[derive(Debug, Default, Deserialize)]
@@ -55,74 +55,6 @@ pub enum Aggregate {
     Team,
 }
 
-/// A Kubernetes label selector (`matchLabels`, `matchExpressions`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LabelSelector {
-    /// Labels that must have these values.
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-    /// Set-based requirements.
-    #[serde(default)]
-    pub match_expressions: Vec<Expression>,
-}
-
-/// One set-based requirement.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Expression {
-    /// The label.
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
-    pub operator: String,
-    /// Values for `In` and `NotIn`.
-    #[serde(default)]
-    pub values: Vec<String>,
-}
-
-impl LabelSelector {
-    /// The selector in the form `context::list` takes.
-    ///
-    /// # Errors
-    ///
-    /// An unknown operator, or values where none belong.
-    pub fn to_selector(&self) -> Result<Selector, String> {
-        let mut requirements: Vec<Requirement> = self
-            .match_labels
-            .iter()
-            .map(|(key, value)| Requirement {
-                key: key.clone(),
-                test: Test::Equals(value.clone()),
-            })
-            .collect();
-        for e in &self.match_expressions {
-            let test = match (e.operator.as_str(), e.values.is_empty()) {
-                ("In", false) => Test::In(e.values.clone()),
-                ("NotIn", false) => Test::NotIn(e.values.clone()),
-                ("Exists", true) => Test::Exists,
-                ("DoesNotExist", true) => Test::DoesNotExist,
-                ("In" | "NotIn", true) => {
-                    return Err(format!("{}: {} needs values", e.key, e.operator));
-                }
-                ("Exists" | "DoesNotExist", false) => {
-                    return Err(format!("{}: {} takes no values", e.key, e.operator));
-                }
-                (other, _) => {
-                    return Err(format!(
-                        "{}: unknown operator {other:?} (use In, NotIn, Exists or DoesNotExist)",
-                        e.key
-                    ));
-                }
-            };
-            requirements.push(Requirement {
-                key: e.key.clone(),
-                test,
-            });
-        }
-        Ok(Selector::new(requirements))
-    }
-}
-
 fn default_team_label() -> String {
     "team".into()
 }
@@ -139,7 +71,7 @@ pub struct Scope {
     pub namespaces: Vec<String>,
     /// The namespaces in the scope, by label.
     #[serde(default)]
-    pub namespace_selector: Option<LabelSelector>,
+    pub namespace_selector: Option<Selector>,
     /// Per namespace, or per team.
     #[serde(default)]
     pub aggregate: Aggregate,
@@ -191,12 +123,7 @@ impl Settings {
                         at("namespaces")
                     ));
                 }
-                (_, Some(selector)) => {
-                    selector
-                        .to_selector()
-                        .map_err(|e| format!("{}: {e}", at("namespaceSelector")))?;
-                }
-                (false, None) => {}
+                _ => {}
             }
             if scope.limits.is_empty()
                 && scope.per_product.is_empty()

@@ -13,10 +13,11 @@
 //! Every field is documented in `docs/configuration.md`. Errors name the
 //! file, the policy and the field.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tollgate_sdk::selector::Selector;
 
 use crate::context::Kind;
 
@@ -119,62 +120,6 @@ impl Operation {
     }
 }
 
-/// A Kubernetes label selector.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LabelSelector {
-    /// Labels that must be present with these values.
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-    /// Set-based requirements, all of which must hold.
-    #[serde(default)]
-    pub match_expressions: Vec<Requirement>,
-}
-
-/// One set-based selector requirement.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Requirement {
-    /// The label key.
-    pub key: String,
-    /// How the key's value is tested.
-    pub operator: SelectorOperator,
-    /// Values for `In` and `NotIn`.
-    #[serde(default)]
-    pub values: Vec<String>,
-}
-
-/// Operator of a [`Requirement`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum SelectorOperator {
-    /// The label's value is one of `values`.
-    In,
-    /// The label is absent or its value is not one of `values`.
-    NotIn,
-    /// The label is present.
-    Exists,
-    /// The label is absent.
-    DoesNotExist,
-}
-
-impl LabelSelector {
-    /// Whether `labels` satisfy the selector (an empty selector matches all).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let value = labels.get(&r.key);
-                match r.operator {
-                    SelectorOperator::In => value.is_some_and(|v| r.values.contains(v)),
-                    SelectorOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
-                    SelectorOperator::Exists => value.is_some(),
-                    SelectorOperator::DoesNotExist => value.is_none(),
-                }
-            })
-    }
-}
-
 fn all() -> Vec<String> {
     vec!["*".into()]
 }
@@ -206,10 +151,10 @@ pub struct Match {
     /// Namespaces whose labels match (needs namespace labels from cluster
     /// context; without it, only a Namespace object's own labels are known).
     #[serde(default)]
-    pub namespace_selector: Option<LabelSelector>,
+    pub namespace_selector: Option<Selector>,
     /// Objects whose labels match.
     #[serde(default)]
-    pub object_selector: Option<LabelSelector>,
+    pub object_selector: Option<Selector>,
 }
 
 impl Default for Match {
@@ -595,35 +540,6 @@ fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Resul
             "is empty, so the policy would never run: list CREATE, UPDATE, …".into(),
         ));
     }
-    for (field, selector) in [
-        (
-            "match.namespaceSelector",
-            &policy.matches.namespace_selector,
-        ),
-        ("match.objectSelector", &policy.matches.object_selector),
-    ] {
-        for requirement in selector.iter().flat_map(|s| &s.match_expressions) {
-            let needs_values = matches!(
-                requirement.operator,
-                SelectorOperator::In | SelectorOperator::NotIn
-            );
-            if needs_values == requirement.values.is_empty() {
-                return Err(error(
-                    field,
-                    format!(
-                        "requirement on {:?}: {:?} {}",
-                        requirement.key,
-                        requirement.operator,
-                        if needs_values {
-                            "needs values"
-                        } else {
-                            "takes no values"
-                        }
-                    ),
-                ));
-            }
-        }
-    }
     Ok(())
 }
 
@@ -737,20 +653,12 @@ mod tests {
     }
 
     #[test]
-    fn selectors_match_like_kubernetes() {
-        let selector: LabelSelector = serde_yaml::from_str(
-            "matchLabels: {team: a}\nmatchExpressions:\n- {key: tier, operator: NotIn, values: [dev]}\n- {key: gpu, operator: Exists}",
-        )
-        .unwrap();
-        let labels = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert!(selector.matches(&labels(&[("team", "a"), ("gpu", "1")])));
-        assert!(!selector.matches(&labels(&[("team", "a"), ("gpu", "1"), ("tier", "dev")])));
-        assert!(!selector.matches(&labels(&[("team", "a")])));
-        assert!(LabelSelector::default().matches(&BTreeMap::new()));
+    fn selectors_in_the_object_form_are_checked_and_named() {
+        let text = "policies:\n- name: regs\n  module: builtin:image-registries\n  settings: {denyLatest: true}\n  match: {kinds: [Pod], objectSelector: {matchExpressions: [{key: tier, operator: In}]}}\n";
+        let error = parse(text).unwrap_err().to_string();
+        assert!(
+            error.contains("match.objectSelector") && error.contains("In needs values"),
+            "{error}"
+        );
     }
 }

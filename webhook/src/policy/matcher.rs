@@ -94,12 +94,12 @@ pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLa
         } else {
             namespaces.labels(namespace)
         };
-        if !selector.matches(&labels.unwrap_or_default()) {
+        if !selector.matches_labels(&labels.unwrap_or_default()) {
             return false;
         }
     }
     if let Some(selector) = &rule.object_selector
-        && !selector.matches(request.labels())
+        && !selector.matches_labels(request.labels())
     {
         return false;
     }
@@ -110,8 +110,10 @@ pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLa
 mod tests {
     use std::borrow::Cow;
 
+    use tollgate_sdk::selector::Selector;
+
     use super::*;
-    use crate::policy::config::{LabelSelector, Operation};
+    use crate::policy::config::Operation;
 
     /// No namespace's labels are known.
     struct Unknown;
@@ -189,10 +191,7 @@ mod tests {
             &request(text, "web", Operation::Create),
             &Unknown
         ));
-        rule.object_selector = Some(LabelSelector {
-            match_labels: [("gpu".to_string(), "no".to_string())].into(),
-            ..LabelSelector::default()
-        });
+        rule.object_selector = Some(Selector::parse("gpu=no").unwrap());
         assert!(!matches(
             &rule,
             &request(text, "ml", Operation::Create),
@@ -209,10 +208,7 @@ mod tests {
             }
         }
         let mut rule = rule(&[""], &["Pod"]);
-        rule.namespace_selector = Some(LabelSelector {
-            match_labels: [("team".to_string(), "vision".to_string())].into(),
-            ..LabelSelector::default()
-        });
+        rule.namespace_selector = Some(Selector::parse("team=vision").unwrap());
         let text = r#"{"object":{}}"#;
         assert!(matches(
             &rule,
