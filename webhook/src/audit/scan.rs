@@ -12,8 +12,7 @@ use crate::context::snapshot::Unreadable;
 use crate::context::store::Incoming;
 use crate::policy::chain::Result as Verdict;
 use crate::policy::config::Mode;
-use crate::policy::{self, PolicySet};
-use crate::server::review;
+use crate::policy::{self, PolicySet, Request};
 
 /// Kinds without a namespace; a manifest of any other kind that names none
 /// lands in `default`, as `kubectl apply` would put it.
@@ -97,22 +96,18 @@ fn evaluate(set: &PolicySet, incoming: &Incoming, index: usize) -> Object {
         namespace = "default".into();
     }
     let version = kind.api_version.rsplit('/').next().unwrap_or_default();
-    let body = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("audit-scan-{index}"),
-            "kind": {"group": kind.group(), "version": version, "kind": kind.kind},
-            "namespace": namespace,
-            "name": name,
-            "operation": "CREATE",
-            "userInfo": {"username": SCAN_USER},
-            "dryRun": true,
-            "object": value,
-        }
-    });
-    let body = serde_json::to_vec(&body).expect("JSON values serialize");
-    let findings = match review::decode(&body) {
+    let text = json!({
+        "uid": format!("audit-scan-{index}"),
+        "kind": {"group": kind.group(), "version": version, "kind": kind.kind},
+        "namespace": namespace,
+        "name": name,
+        "operation": "CREATE",
+        "userInfo": {"username": SCAN_USER},
+        "dryRun": true,
+        "object": value,
+    })
+    .to_string();
+    let findings = match Request::parse(&text) {
         Ok(request) => findings(&futures::executor::block_on(
             set.review(&request, crate::policy::chain::no_deadline()),
         )),

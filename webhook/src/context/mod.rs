@@ -339,8 +339,7 @@ mod tests {
     use super::snapshot::Snapshot;
     use super::store::Incoming;
     use super::*;
-    use crate::policy::PolicySet;
-    use crate::server::review;
+    use crate::policy::{PolicySet, Request};
     use crate::test_support::policy_set_with;
 
     const CONFIG: &str = r#"
@@ -364,20 +363,18 @@ policies:
             "status": {"phase": "Running"}})
     }
 
-    fn review_of(object: &Value, dry_run: bool) -> Vec<u8> {
-        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-            "uid": format!("uid-{}", object["metadata"]["name"].as_str().unwrap()),
+    fn request_of(object: &Value) -> String {
+        json!({"uid": format!("uid-{}", object["metadata"]["name"].as_str().unwrap()),
             "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE",
             "namespace": object["metadata"]["namespace"], "name": object["metadata"]["name"],
-            "dryRun": dry_run, "userInfo": {"username": "alice"}, "object": object}})
+            "userInfo": {"username": "alice"}, "object": object})
         .to_string()
-        .into_bytes()
     }
 
     fn admit(set: &PolicySet, object: &Value) -> crate::policy::Outcome {
-        let body = review_of(object, false);
+        let text = request_of(object);
         futures::executor::block_on(set.validate(
-            &review::decode(&body).unwrap(),
+            &Request::parse(&text).unwrap(),
             crate::policy::chain::no_deadline(),
         ))
     }

@@ -474,14 +474,12 @@ fn record(outcome: &mut Outcome, policy: &LoadedPolicy, step: Step, duration: Du
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
     use std::time::{Duration, Instant};
 
     use futures::executor::block_on;
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::policy::config::Operation;
     use crate::test_support::policy_set;
 
     fn request_text(object: &Value) -> String {
@@ -491,23 +489,7 @@ mod tests {
     }
 
     fn request(text: &str) -> Request<'_> {
-        let object = serde_json::from_str::<Value>(text).unwrap()["object"].to_string();
-        let start = text.find(&object).unwrap();
-        Request::new(
-            text,
-            Cow::Borrowed("u"),
-            Cow::Borrowed(""),
-            Cow::Borrowed("v1"),
-            Cow::Borrowed("Pod"),
-            Operation::Create,
-            Cow::Borrowed("ml"),
-            Cow::Borrowed("p"),
-            Cow::Borrowed("alice"),
-            Vec::new(),
-            false,
-            Some(start..start + object.len()),
-            None,
-        )
+        Request::parse(text).unwrap()
     }
 
     fn pod(image: &str) -> Value {

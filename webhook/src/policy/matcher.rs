@@ -108,12 +108,9 @@ pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLa
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use tollgate_sdk::selector::Selector;
 
     use super::*;
-    use crate::policy::config::Operation;
 
     /// No namespace's labels are known.
     struct Unknown;
@@ -132,23 +129,18 @@ mod tests {
         }
     }
 
-    fn request<'a>(text: &'a str, namespace: &'a str, operation: Operation) -> Request<'a> {
-        let start = text.find("\"object\":").map(|i| i + 9);
-        Request::new(
-            text,
-            Cow::Borrowed("u"),
-            Cow::Borrowed(""),
-            Cow::Borrowed("v1"),
-            Cow::Borrowed("Pod"),
-            operation,
-            Cow::Borrowed(namespace),
-            Cow::Borrowed("p"),
-            Cow::Borrowed("alice"),
-            Vec::new(),
-            false,
-            start.map(|s| s..text.len() - 1),
-            None,
-        )
+    /// Whether `rule` matches a Pod request for `object` (JSON text).
+    fn admits(
+        rule: &Match,
+        object: &str,
+        namespace: &str,
+        operation: &str,
+        namespaces: &dyn NamespaceLabels,
+    ) -> bool {
+        let text = format!(
+            r#"{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"{operation}","namespace":"{namespace}","name":"p","object":{object}}}"#
+        );
+        matches(rule, &Request::parse(&text).unwrap(), namespaces)
     }
 
     #[test]
@@ -167,36 +159,16 @@ mod tests {
 
     #[test]
     fn operations_namespaces_and_object_selectors_filter() {
-        let text = r#"{"object":{"metadata":{"labels":{"gpu":"yes"}}}}"#;
+        let text = r#"{"metadata":{"labels":{"gpu":"yes"}}}"#;
         let mut rule = rule(&[""], &["Pod"]);
-        assert!(matches(
-            &rule,
-            &request(text, "ml", Operation::Create),
-            &Unknown
-        ));
-        assert!(!matches(
-            &rule,
-            &request(text, "ml", Operation::Delete),
-            &Unknown
-        ));
+        assert!(admits(&rule, text, "ml", "CREATE", &Unknown));
+        assert!(!admits(&rule, text, "ml", "DELETE", &Unknown));
         rule.exclude_namespaces = vec!["kube-system".into()];
-        assert!(!matches(
-            &rule,
-            &request(text, "kube-system", Operation::Create),
-            &Unknown
-        ));
+        assert!(!admits(&rule, text, "kube-system", "CREATE", &Unknown));
         rule.namespaces = vec!["ml".into()];
-        assert!(!matches(
-            &rule,
-            &request(text, "web", Operation::Create),
-            &Unknown
-        ));
+        assert!(!admits(&rule, text, "web", "CREATE", &Unknown));
         rule.object_selector = Some(Selector::parse("gpu=no").unwrap());
-        assert!(!matches(
-            &rule,
-            &request(text, "ml", Operation::Create),
-            &Unknown
-        ));
+        assert!(!admits(&rule, text, "ml", "CREATE", &Unknown));
     }
 
     #[test]
@@ -209,21 +181,9 @@ mod tests {
         }
         let mut rule = rule(&[""], &["Pod"]);
         rule.namespace_selector = Some(Selector::parse("team=vision").unwrap());
-        let text = r#"{"object":{}}"#;
-        assert!(matches(
-            &rule,
-            &request(text, "ml", Operation::Create),
-            &Teams
-        ));
-        assert!(!matches(
-            &rule,
-            &request(text, "web", Operation::Create),
-            &Teams
-        ));
-        assert!(!matches(
-            &rule,
-            &request(text, "ml", Operation::Create),
-            &Unknown
-        ));
+        let text = "{}";
+        assert!(admits(&rule, text, "ml", "CREATE", &Teams));
+        assert!(!admits(&rule, text, "web", "CREATE", &Teams));
+        assert!(!admits(&rule, text, "ml", "CREATE", &Unknown));
     }
 }

@@ -7,8 +7,27 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::config::Operation;
+
+/// Why a text is not a usable AdmissionRequest. Each message says what to
+/// fix; they name the review, the form the apiserver sends it in.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not JSON, or not the request's shape.
+    #[error("invalid AdmissionReview JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// No `uid`.
+    #[error("the AdmissionReview request has no uid")]
+    MissingUid,
+    /// `operation` is missing or unknown.
+    #[error("unsupported operation {0:?}: expected CREATE, UPDATE, DELETE or CONNECT")]
+    Operation(String),
+    /// `kind` is missing.
+    #[error("the AdmissionReview request has no kind")]
+    MissingKind,
+}
 
 /// An AdmissionRequest, borrowed from the body it arrived in.
 #[derive(Debug)]
@@ -44,6 +63,58 @@ pub struct Request<'a> {
     labels: OnceLock<BTreeMap<String, String>>,
 }
 
+#[derive(Deserialize)]
+struct KindIn<'a> {
+    #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+struct UserInfoIn<'a> {
+    #[serde(borrow, default)]
+    username: Cow<'a, str>,
+    #[serde(borrow, default)]
+    groups: Vec<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn<'a> {
+    #[serde(borrow, default)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<KindIn<'a>>,
+    #[serde(borrow, default)]
+    namespace: Cow<'a, str>,
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_info: UserInfoIn<'a>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
+}
+
+/// Where `inner` lies within `outer` (it must be a sub-slice), unless it is
+/// JSON `null`.
+fn span(outer: &str, inner: Option<&RawValue>) -> Option<Range<usize>> {
+    let inner = inner?.get();
+    if inner == "null" {
+        return None;
+    }
+    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+    Some(start..start + inner.len())
+}
+
 #[derive(Deserialize, Default)]
 struct Metadata {
     #[serde(default)]
@@ -57,42 +128,39 @@ struct WithMetadata {
 }
 
 impl<'a> Request<'a> {
-    /// Assembles a request from decoded envelope fields.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one argument per envelope field, called from the codec only"
-    )]
-    pub fn new(
-        text: &'a str,
-        uid: Cow<'a, str>,
-        group: Cow<'a, str>,
-        version: Cow<'a, str>,
-        kind: Cow<'a, str>,
-        operation: Operation,
-        namespace: Cow<'a, str>,
-        name: Cow<'a, str>,
-        username: Cow<'a, str>,
-        groups: Vec<Cow<'a, str>>,
-        dry_run: bool,
-        object: Option<Range<usize>>,
-        old_object: Option<Range<usize>>,
-    ) -> Self {
-        Request {
+    /// Parses an AdmissionRequest (the `request` member of a review),
+    /// borrowing from its text.
+    ///
+    /// # Errors
+    ///
+    /// When the text is not a request with a uid, a kind and a known
+    /// operation.
+    pub fn parse(text: &'a str) -> Result<Self, Error> {
+        let request: RequestIn<'_> = serde_json::from_str(text)?;
+        let uid = request
+            .uid
+            .filter(|uid| !uid.is_empty())
+            .ok_or(Error::MissingUid)?;
+        let operation = request.operation.unwrap_or_default();
+        let operation =
+            Operation::parse(&operation).ok_or_else(|| Error::Operation(operation.into_owned()))?;
+        let kind = request.kind.ok_or(Error::MissingKind)?;
+        Ok(Request {
             text,
             uid,
-            group,
-            version,
-            kind,
+            group: kind.group,
+            version: kind.version,
+            kind: kind.kind,
             operation,
-            namespace,
-            name,
-            username,
-            groups,
-            dry_run,
-            object,
-            old_object,
+            namespace: request.namespace,
+            name: request.name,
+            username: request.user_info.username,
+            groups: request.user_info.groups,
+            dry_run: request.dry_run.unwrap_or(false),
+            object: span(text, request.object),
+            old_object: span(text, request.old_object),
             labels: OnceLock::new(),
-        }
+        })
     }
 
     /// The object's JSON text.

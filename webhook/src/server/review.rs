@@ -6,14 +6,12 @@
 //! review, with the patch base64-encoded as the apiserver expects.
 
 use std::borrow::Cow;
-use std::ops::Range;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::config::Operation;
-use crate::policy::{Outcome, Request};
+use crate::policy::{Outcome, Request, request};
 
 /// The only AdmissionReview version Tollgate speaks.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -35,15 +33,9 @@ pub enum Error {
     /// No `request` member.
     #[error("the AdmissionReview has no request")]
     MissingRequest,
-    /// No `request.uid`.
-    #[error("the AdmissionReview request has no uid")]
-    MissingUid,
-    /// `request.operation` is missing or unknown.
-    #[error("unsupported operation {0:?}: expected CREATE, UPDATE, DELETE or CONNECT")]
-    Operation(String),
-    /// `request.kind` is missing.
-    #[error("the AdmissionReview request has no kind")]
-    MissingKind,
+    /// The request inside is not usable.
+    #[error(transparent)]
+    Request(#[from] request::Error),
 }
 
 #[derive(Deserialize)]
@@ -55,58 +47,6 @@ struct ReviewIn<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     request: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct KindIn<'a> {
-    #[serde(borrow, default)]
-    group: Cow<'a, str>,
-    #[serde(borrow, default)]
-    version: Cow<'a, str>,
-    #[serde(borrow, default)]
-    kind: Cow<'a, str>,
-}
-
-#[derive(Deserialize, Default)]
-struct UserInfoIn<'a> {
-    #[serde(borrow, default)]
-    username: Cow<'a, str>,
-    #[serde(borrow, default)]
-    groups: Vec<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RequestIn<'a> {
-    #[serde(borrow, default)]
-    uid: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    kind: Option<KindIn<'a>>,
-    #[serde(borrow, default)]
-    namespace: Cow<'a, str>,
-    #[serde(borrow, default)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
-    operation: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    user_info: UserInfoIn<'a>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    old_object: Option<&'a RawValue>,
-}
-
-/// Where `inner` lies within `outer` (it must be a sub-slice), unless it is
-/// JSON `null`.
-fn span(outer: &str, inner: Option<&RawValue>) -> Option<Range<usize>> {
-    let inner = inner?.get();
-    if inner == "null" {
-        return None;
-    }
-    let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
-    Some(start..start + inner.len())
 }
 
 /// Decodes a request body.
@@ -126,30 +66,7 @@ pub fn decode(body: &[u8]) -> Result<Request<'_>, Error> {
         other => return Err(Error::Kind(other.unwrap_or("").to_owned())),
     }
     let text = review.request.ok_or(Error::MissingRequest)?.get();
-    let request: RequestIn<'_> = serde_json::from_str(text)?;
-    let uid = request
-        .uid
-        .filter(|uid| !uid.is_empty())
-        .ok_or(Error::MissingUid)?;
-    let operation = request.operation.unwrap_or_default();
-    let operation =
-        Operation::parse(&operation).ok_or_else(|| Error::Operation(operation.into_owned()))?;
-    let kind = request.kind.ok_or(Error::MissingKind)?;
-    Ok(Request::new(
-        text,
-        uid,
-        kind.group,
-        kind.version,
-        kind.kind,
-        operation,
-        request.namespace,
-        request.name,
-        request.user_info.username,
-        request.user_info.groups,
-        request.dry_run.unwrap_or(false),
-        span(text, request.object),
-        span(text, request.old_object),
-    ))
+    Ok(Request::parse(text)?)
 }
 
 #[derive(Serialize)]
@@ -222,6 +139,7 @@ pub fn encode(uid: &str, outcome: &Outcome) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::config::Operation;
 
     const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1",
         "kind":{"group":"apps","version":"v1","kind":"Deployment"},"namespace":"ml","name":"d","operation":"CREATE",
