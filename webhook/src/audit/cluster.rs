@@ -15,6 +15,40 @@ use super::report::Report;
 use crate::context::Kind;
 use crate::context::store::Incoming;
 
+/// Why a call to the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Neither a kubeconfig nor an in-cluster service account.
+    #[error("no cluster connection: no kubeconfig and no in-cluster service account")]
+    NoConnection,
+    /// The client's runtime could not start.
+    #[error("starting the cluster client: {0}")]
+    Runtime(#[from] std::io::Error),
+    /// The apiserver refused or could not be reached.
+    #[error("{what}: {source}")]
+    Call {
+        /// What was being done (`listing batch/v1 Job`).
+        what: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// A listed object could not be read back as JSON.
+    #[error("reading a listed {kind}: {source}")]
+    Object {
+        /// Its kind.
+        kind: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+}
+
+fn call(what: impl FnOnce() -> String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Call {
+        what: what(),
+        source,
+    }
+}
+
 /// A report already in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Existing {
@@ -33,31 +67,29 @@ pub trait Cluster {
     /// # Errors
     ///
     /// Discovery or a list failed.
-    fn objects(
-        &self,
-        wanted: &(dyn Fn(&str, &str) -> bool + Sync),
-    ) -> Result<Vec<Incoming>, String>;
+    fn objects(&self, wanted: &(dyn Fn(&str, &str) -> bool + Sync))
+    -> Result<Vec<Incoming>, Error>;
 
     /// Tollgate's reports in the cluster.
     ///
     /// # Errors
     ///
     /// The list failed (or PolicyReports are not installed).
-    fn reports(&self) -> Result<Vec<Existing>, String>;
+    fn reports(&self) -> Result<Vec<Existing>, Error>;
 
     /// Applies a report (server-side apply, field manager `tollgate`).
     ///
     /// # Errors
     ///
     /// The apiserver refused it.
-    fn apply(&self, report: &Value) -> Result<(), String>;
+    fn apply(&self, report: &Value) -> Result<(), Error>;
 
     /// Deletes a report.
     ///
     /// # Errors
     ///
     /// The apiserver refused.
-    fn delete(&self, report: &Existing) -> Result<(), String>;
+    fn delete(&self, report: &Existing) -> Result<(), Error>;
 }
 
 /// What [`write_reports`] did.
@@ -75,7 +107,7 @@ pub struct Written {
 /// # Errors
 ///
 /// The first call the cluster refused.
-pub fn write_reports(cluster: &dyn Cluster, report: &Report) -> Result<Written, String> {
+pub fn write_reports(cluster: &dyn Cluster, report: &Report) -> Result<Written, Error> {
     let mut written = Written::default();
     let mut keep = BTreeSet::new();
     for object in report.objects.iter().filter(|o| !o.findings.is_empty()) {
@@ -126,15 +158,14 @@ impl Kube {
     /// # Errors
     ///
     /// Neither is available.
-    pub fn connect() -> Result<Self, String> {
+    pub fn connect() -> Result<Self, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         let client = runtime
             .block_on(crate::context::live::client())
-            .ok_or("no cluster connection: no kubeconfig and no in-cluster service account")?;
+            .ok_or(Error::NoConnection)?;
         Ok(Kube { client, runtime })
     }
 
@@ -143,7 +174,7 @@ impl Kube {
         crate::context::live::Live::new(self.client.clone(), self.runtime.handle().clone())
     }
 
-    async fn list_all(&self, resource: ApiResource) -> Result<Vec<Incoming>, String> {
+    async fn list_all(&self, resource: ApiResource) -> Result<Vec<Incoming>, Error> {
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let kind = Kind::new(&resource.api_version, &resource.kind);
         let mut objects = Vec::new();
@@ -152,13 +183,16 @@ impl Kube {
             let page = api
                 .list(&params)
                 .await
-                .map_err(|e| format!("listing {kind}: {e}"))?;
+                .map_err(call(|| format!("listing {kind}")))?;
             for mut object in page.items {
                 object.types = Some(kube::api::TypeMeta {
                     api_version: resource.api_version.clone(),
                     kind: resource.kind.clone(),
                 });
-                let mut value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+                let mut value = serde_json::to_value(&object).map_err(|source| Error::Object {
+                    kind: kind.to_string(),
+                    source,
+                })?;
                 crate::context::store::strip(&mut value);
                 objects.push(Incoming {
                     kind: kind.clone(),
@@ -177,12 +211,12 @@ impl Cluster for Kube {
     fn objects(
         &self,
         wanted: &(dyn Fn(&str, &str) -> bool + Sync),
-    ) -> Result<Vec<Incoming>, String> {
+    ) -> Result<Vec<Incoming>, Error> {
         self.runtime.block_on(async {
             let discovery = Discovery::new(self.client.clone())
                 .run()
                 .await
-                .map_err(|e| format!("discovery: {e}"))?;
+                .map_err(call(|| "discovery".into()))?;
             let resources: Vec<ApiResource> = discovery
                 .groups()
                 .flat_map(|group| group.recommended_resources())
@@ -200,7 +234,7 @@ impl Cluster for Kube {
         })
     }
 
-    fn reports(&self) -> Result<Vec<Existing>, String> {
+    fn reports(&self) -> Result<Vec<Existing>, Error> {
         let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
         self.runtime.block_on(async {
             let mut found = Vec::new();
@@ -210,7 +244,7 @@ impl Cluster for Kube {
                 let list = api
                     .list(&ListParams::default().labels(&selector))
                     .await
-                    .map_err(|e| format!("listing {kind}s: {e}"))?;
+                    .map_err(call(|| format!("listing {kind}s")))?;
                 found.extend(list.items.into_iter().map(|r| Existing {
                     kind: kind.into(),
                     namespace: r.metadata.namespace.unwrap_or_default(),
@@ -221,7 +255,7 @@ impl Cluster for Kube {
         })
     }
 
-    fn apply(&self, report: &Value) -> Result<(), String> {
+    fn apply(&self, report: &Value) -> Result<(), Error> {
         let kind = report["kind"].as_str().unwrap_or_default();
         let name = report["metadata"]["name"].as_str().unwrap_or_default();
         let resource = report_resource(kind);
@@ -233,10 +267,10 @@ impl Cluster for Kube {
         self.runtime
             .block_on(api.patch(name, &params, &Patch::Apply(report)))
             .map(|_| ())
-            .map_err(|e| format!("applying {kind} {name}: {e}"))
+            .map_err(call(|| format!("applying {kind} {name}")))
     }
 
-    fn delete(&self, report: &Existing) -> Result<(), String> {
+    fn delete(&self, report: &Existing) -> Result<(), Error> {
         let resource = report_resource(&report.kind);
         let api: Api<DynamicObject> = if report.namespace.is_empty() {
             Api::all_with(self.client.clone(), &resource)
@@ -246,7 +280,7 @@ impl Cluster for Kube {
         self.runtime
             .block_on(api.delete(&report.name, &DeleteParams::default()))
             .map(|_| ())
-            .map_err(|e| format!("deleting {} {}: {e}", report.kind, report.name))
+            .map_err(call(|| format!("deleting {} {}", report.kind, report.name)))
     }
 }
 
@@ -266,17 +300,14 @@ mod tests {
     }
 
     impl Cluster for Fake {
-        fn objects(
-            &self,
-            _: &(dyn Fn(&str, &str) -> bool + Sync),
-        ) -> Result<Vec<Incoming>, String> {
+        fn objects(&self, _: &(dyn Fn(&str, &str) -> bool + Sync)) -> Result<Vec<Incoming>, Error> {
             Ok(Vec::new())
         }
-        fn reports(&self) -> Result<Vec<Existing>, String> {
+        fn reports(&self) -> Result<Vec<Existing>, Error> {
             let reports = self.reports.borrow().iter().cloned().collect();
             Ok(reports)
         }
-        fn apply(&self, report: &Value) -> Result<(), String> {
+        fn apply(&self, report: &Value) -> Result<(), Error> {
             self.reports.borrow_mut().insert(Existing {
                 kind: report["kind"].as_str().unwrap().into(),
                 namespace: report["metadata"]["namespace"]
@@ -288,7 +319,7 @@ mod tests {
             self.applied.borrow_mut().push(report.clone());
             Ok(())
         }
-        fn delete(&self, report: &Existing) -> Result<(), String> {
+        fn delete(&self, report: &Existing) -> Result<(), Error> {
             self.reports.borrow_mut().remove(report);
             Ok(())
         }

@@ -121,7 +121,7 @@ struct Source {
 
 fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
     if args.cluster {
-        let kube = Kube::connect().map_err(anyhow::Error::msg)?;
+        let kube = Kube::connect()?;
         // The kinds some policy's match rules select, and no others.
         let rules = Index::build(
             config
@@ -248,7 +248,7 @@ fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
     if args.write_reports
         && let Some(kube) = &cluster
     {
-        let written = cluster::write_reports(kube, &report).map_err(anyhow::Error::msg)?;
+        let written = cluster::write_reports(kube, &report)?;
         eprintln!(
             "policy reports: {} applied, {} of objects that no longer exist deleted",
             written.applied, written.deleted
