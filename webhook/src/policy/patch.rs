@@ -150,6 +150,22 @@ mod tests {
     }
 
     #[test]
+    fn a_float_in_the_patch_is_the_value_the_policy_wrote() {
+        // Found by fuzzing: without exact float parsing, printing this value
+        // and reading it back moved it by one unit in the last place.
+        let patch = round_trip("99999", "99999999999999599999");
+        let written = serde_json::to_string(&patch).unwrap();
+        let again: Patch = serde_json::from_str(&written).unwrap();
+        assert_eq!(again, patch);
+        let mut value = json!(99999);
+        json_patch::patch(&mut value, &again).unwrap();
+        assert_eq!(
+            value,
+            serde_json::from_str::<Value>("99999999999999599999").unwrap()
+        );
+    }
+
+    #[test]
     fn additions_removals_and_replacements_apply() {
         let patch = round_trip(
             r#"{"spec":{"containers":[{"name":"a"}],"keep":{"x":1}},"gone":true}"#,
