@@ -42,12 +42,14 @@
 //! - [`request`]: the admission request as the policy sees it.
 //! - [`verdict`]: allow, deny, warn, annotate, mutate.
 //! - [`pod`]: containers of every kind, and pod specs inside workloads and
-//!   ML jobs ([`pod::TemplatePaths`]).
+//!   ML jobs ([`pod::TemplatePaths`]); [`pod::model`], the typed Pod the
+//!   built-in policies read (security, placement, resources).
 //! - [`edit`]: mutate an object without parsing what is not changed.
 //! - [`quantity`]: resource quantities as numbers.
 //! - [`context`]: read-only cluster state through the host.
 //! - [`quota`]: indexed usage and the atomic check-and-reserve.
-//! - [`selector`]: label selectors in kubectl's syntax.
+//! - [`selector`]: label selectors, in kubectl's syntax or Kubernetes'
+//!   object form.
 //! - [`log`]: diagnostics through the host.
 //! - [`testing`]: the native harness.
 //! - `guest` (Wasm only): the generated bindings behind [`export!`].

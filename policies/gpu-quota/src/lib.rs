@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Deserialize;
+use tollgate_sdk::pod::model::Pod;
 use tollgate_sdk::quota::{self, Claim, Entry};
 use tollgate_sdk::selector::{Requirement, Test};
 use tollgate_sdk::{Policy, Request, Verdict, context};
 
-use pod::{Asks, Pod, on_product};
+use pod::{Asks, on_product};
 pub use settings::{Aggregate, Scope, Settings};
 
 /// The policy.
@@ -46,12 +47,12 @@ impl Policy for GpuQuota {
         };
         let pod: Pod<'_> = serde_json::from_str(text)?;
         let namespace = if request.namespace.is_empty() {
-            pod.metadata.namespace.as_ref()
+            pod.metadata.namespace()
         } else {
             request.namespace.as_str()
         };
         if settings.require_limits_equal_requests {
-            let unequal = pod.unequal_requests(settings);
+            let unequal = pod::unequal_requests(&pod, settings);
             if !unequal.is_empty() {
                 let list: Vec<String> = unequal
                     .iter()
@@ -65,7 +66,7 @@ impl Policy for GpuQuota {
                 )));
             }
         }
-        let asks = pod.asks(settings);
+        let asks = pod::asks(&pod, settings);
         if asks.is_empty() {
             return Ok(Verdict::allow());
         }
@@ -73,7 +74,7 @@ impl Policy for GpuQuota {
             settings,
             namespace,
             asks,
-            products: pod.products(settings),
+            products: pod::products(&pod, settings),
             labels: None,
         }
         .decide()
@@ -81,13 +82,13 @@ impl Policy for GpuQuota {
 
     fn index(object: &str, settings: &Settings) -> tollgate_sdk::Result<Vec<Entry>> {
         let pod: Pod<'_> = serde_json::from_str(object)?;
-        if !pod.holds_resources() {
+        if !pod::holds_resources(&pod) {
             return Ok(Vec::new());
         }
-        let key = namespace_key(&pod.metadata.namespace);
-        let products = pod.products(settings);
+        let key = namespace_key(pod.metadata.namespace());
+        let products = pod::products(&pod, settings);
         let mut entries = Vec::new();
-        for (resource, amount) in pod.asks(settings) {
+        for (resource, amount) in pod::asks(&pod, settings) {
             for product in &products {
                 entries.push(Entry {
                     key: key.clone(),

@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use tollgate_sdk::pod::model::{Container, Text};
 use tollgate_sdk::pod::{ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict};
 
@@ -72,7 +73,9 @@ fn check(specs: &Located<ContainerLists<Container<'_>>>, settings: &Settings) ->
     let mut problems = Vec::new();
     for (_, lists) in specs {
         for (kind, _, container) in lists.iter() {
-            let (name, Some(image)) = (&container.name, container.image.as_deref()) else {
+            let (name, Some(image)) =
+                (container.name(), container.image.as_ref().map(Text::as_str))
+            else {
                 continue;
             };
             let normalized = normalize(image);
@@ -108,15 +111,6 @@ fn check(specs: &Located<ContainerLists<Container<'_>>>, settings: &Settings) ->
     } else {
         Verdict::deny(problems.join("; "))
     }
-}
-
-/// The fields of a container this policy reads.
-#[derive(Deserialize)]
-struct Container<'a> {
-    #[serde(default, borrow)]
-    name: Cow<'a, str>,
-    #[serde(default, borrow)]
-    image: Option<Cow<'a, str>>,
 }
 
 tollgate_sdk::export!(ImageRegistries);

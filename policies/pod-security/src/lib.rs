@@ -10,14 +10,13 @@
 //! changed container count or a new ephemeral container is checked.
 
 mod checks;
-mod model;
 mod settings;
 
+use tollgate_sdk::pod::model::{self, Template};
 use tollgate_sdk::pod::{TemplatePaths, field_path};
 use tollgate_sdk::{Policy, Request, Verdict};
 
 use checks::Failure;
-use model::Template;
 pub use settings::{Exemptions, Level, Override, Settings, Version};
 
 /// Subresources of a Pod that PSA does not check; `ephemeralcontainers` is

@@ -4,11 +4,11 @@
 //! skipped: no default request where a limit is set (the apiserver copies the
 //! limit), no default limit below the container's own request.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tollgate_sdk::pod::model::{Amount, Container, Text};
 use tollgate_sdk::pod::{ContainerKind, ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict, quantity};
 
@@ -137,31 +137,6 @@ fn complete<'a>(
 
 tollgate_sdk::export!(ResourceDefaults);
 
-/// The fields of a container this policy reads.
-#[derive(Deserialize)]
-struct Container<'a> {
-    #[serde(default, borrow)]
-    name: Cow<'a, str>,
-    #[serde(default)]
-    resources: Resources,
-}
-
-#[derive(Deserialize, Default)]
-struct Resources {
-    #[serde(default)]
-    requests: BTreeMap<String, Value>,
-    #[serde(default)]
-    limits: BTreeMap<String, Value>,
-}
-
-fn amount(list: &BTreeMap<String, Value>, resource: &str) -> Option<f64> {
-    match list.get(resource)? {
-        Value::String(text) => quantity::parse(text),
-        Value::Number(number) => number.as_f64(),
-        _ => None,
-    }
-}
-
 /// The (field, resource, amount) defaults this container lacks.
 fn defaults_for<'s>(
     kind: ContainerKind,
@@ -169,28 +144,36 @@ fn defaults_for<'s>(
     settings: &'s Settings,
     warnings: &mut Vec<String>,
 ) -> Vec<(&'static str, &'s str, &'s str)> {
-    let resources = &container.resources;
+    let resources = container.resources.as_ref();
+    let requests = resources.and_then(|r| r.requests.as_ref());
+    let limits = resources.and_then(|r| r.limits.as_ref());
+    let has = |list: Option<&BTreeMap<Text<'_>, Amount<'_>>>, resource: &str| {
+        list.is_some_and(|list| list.contains_key(resource))
+    };
     let mut add = Vec::new();
     for (resource, default) in &settings.requests {
-        if !resources.requests.contains_key(resource) && !resources.limits.contains_key(resource) {
+        if !has(requests, resource) && !has(limits, resource) {
             add.push(("requests", resource.as_str(), default.as_str()));
         }
     }
     for (resource, default) in &settings.limits {
-        if resources.limits.contains_key(resource) {
+        if has(limits, resource) {
             continue;
         }
-        let request = amount(&resources.requests, resource).or_else(|| {
-            settings
-                .requests
-                .get(resource)
-                .and_then(|r| quantity::parse(r))
-        });
+        let request = requests
+            .and_then(|list| list.get(resource.as_str()))
+            .and_then(Amount::value)
+            .or_else(|| {
+                settings
+                    .requests
+                    .get(resource)
+                    .and_then(|r| quantity::parse(r))
+            });
         if request.is_some_and(|request| Some(request) > quantity::parse(default)) {
             warnings.push(format!(
                 "{} {:?}: its {resource} request exceeds the default limit {default}, so no limit was added",
                 kind.noun(),
-                container.name
+                container.name()
             ));
             continue;
         }

@@ -2,7 +2,7 @@
 
 use super::Failure;
 use super::text::{containers, join_quote, sorted_set};
-use crate::model::{Metadata, Spec, Text};
+use tollgate_sdk::pod::model::{Metadata, Spec, Text};
 
 /// Capabilities a baseline container may add (the container runtime's
 /// default set).

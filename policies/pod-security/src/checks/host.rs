@@ -3,7 +3,7 @@
 
 use super::Failure;
 use super::text::{containers, join_quote, pluralize, setters, sorted_set};
-use crate::model::{Handler, Metadata, Spec};
+use tollgate_sdk::pod::model::{Handler, Metadata, Spec};
 
 /// `hostNetwork`, `hostPID` and `hostIPC` stay unset or false.
 pub fn namespaces(_: &Metadata<'_>, spec: &Spec<'_>) -> Option<Failure> {
@@ -152,7 +152,7 @@ pub fn sysctls(spec: &Spec<'_>, since: u32) -> Option<Failure> {
 
 /// No Windows host process, for the pod or any container.
 pub fn windows_host_process(_: &Metadata<'_>, spec: &Spec<'_>) -> Option<Failure> {
-    let host_process = |options: &Option<crate::model::WindowsOptions>| {
+    let host_process = |options: &Option<tollgate_sdk::pod::model::WindowsOptions>| {
         options.as_ref().and_then(|o| o.host_process) == Some(true)
     };
     let bad_containers: Vec<&str> = spec

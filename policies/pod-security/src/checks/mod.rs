@@ -15,8 +15,8 @@ pub(crate) use profiles::SECCOMP_CONTAINER_ANNOTATION_PREFIX;
 mod text;
 mod volumes;
 
-use crate::model::{Metadata, Spec};
 use crate::settings::Level;
+use tollgate_sdk::pod::model::{Metadata, Spec};
 
 /// A failed check: PSA's reason and detail.
 #[derive(Debug, Clone, PartialEq, Eq)]

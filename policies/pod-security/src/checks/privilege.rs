@@ -3,7 +3,7 @@
 
 use super::Failure;
 use super::text::{containers, join_quote, setters, sorted_set};
-use crate::model::{Metadata, Spec};
+use tollgate_sdk::pod::model::{Metadata, Spec};
 
 /// No privileged container.
 pub fn privileged(_: &Metadata<'_>, spec: &Spec<'_>) -> Option<Failure> {

@@ -2,7 +2,7 @@
 
 use super::Failure;
 use super::text::{join_quote, key_value, pluralize, setters, sorted_set};
-use crate::model::{Metadata, Profile, SeLinuxOptions, Spec};
+use tollgate_sdk::pod::model::{Metadata, Profile, SeLinuxOptions, Spec};
 
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
@@ -12,7 +12,7 @@ pub(crate) const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str =
 /// Who sets a profile field to a value `allowed` refuses, and the values.
 fn bad_profiles<'s>(
     spec: &'s Spec<'_>,
-    field: impl Fn(&'s crate::model::SecurityContext<'_>) -> Option<&'s Profile<'s>>,
+    field: impl Fn(&'s tollgate_sdk::pod::model::SecurityContext<'_>) -> Option<&'s Profile<'s>>,
     allowed: impl Fn(&str) -> bool,
 ) -> (bool, Vec<&'s str>, Vec<&'s str>) {
     let mut values = Vec::new();

@@ -2,7 +2,7 @@
 
 use super::Failure;
 use super::text::{join_quote, pluralize, sorted_set};
-use crate::model::{Metadata, Spec};
+use tollgate_sdk::pod::model::{Metadata, Spec};
 
 /// No `hostPath` volume.
 pub fn host_path(_: &Metadata<'_>, spec: &Spec<'_>) -> Option<Failure> {

@@ -6,7 +6,10 @@
 //! the dotted paths from the object's root to its pod specs, where `*` stands
 //! for every element of an array or every value of a map
 //! (`spec.pytorchReplicaSpecs.*.template.spec`). Policies extend the defaults
-//! from their settings with [`TemplatePaths::with`].
+//! from their settings with [`TemplatePaths::with`]. [`model`] is the typed
+//! Pod policies read them as.
+
+pub mod model;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,16 +1,21 @@
-//! The fields of a pod template that the Pod Security Standards read, and
-//! nothing else: everything else in the object is skipped while parsing.
+//! The Pod model policies share: the fields of a pod (or pod template) that
+//! admission policies read (security, placement, resources), borrowed from
+//! the request's text; everything else in the object is skipped while
+//! parsing. Pod Security, the GPU quota and policy authors read pods
+//! through it.
 //!
 //! Every field is optional, and JSON `null` counts as absent, as it does for
 //! the API server.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::quantity;
 
 /// A string borrowed from the request when it has no escapes.
 #[derive(Debug, Default, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -24,19 +29,69 @@ impl Text<'_> {
     }
 }
 
+impl Borrow<str> for Text<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Labels, annotations or a node selector.
+pub type Map<'a> = BTreeMap<Text<'a>, Text<'a>>;
+
 /// A pod template: the Pod itself, or the template inside a workload.
-pub type Template<'a> = tollgate_sdk::pod::PodTemplate<Metadata<'a>, Spec<'a>>;
+pub type Template<'a> = super::PodTemplate<Metadata<'a>, Spec<'a>>;
+
+/// A Pod object.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub struct Pod<'a> {
+    /// `metadata`.
+    #[serde(borrow, default)]
+    pub metadata: Metadata<'a>,
+    /// `spec`.
+    #[serde(borrow, default)]
+    pub spec: Spec<'a>,
+    /// `status`.
+    #[serde(borrow)]
+    pub status: Option<Status<'a>>,
+}
+
+impl Pod<'_> {
+    /// `status.phase` (`Pending`, `Running`, `Succeeded`, `Failed`).
+    pub fn phase(&self) -> Option<&str> {
+        self.status.as_ref()?.phase.as_ref().map(Text::as_str)
+    }
+}
 
 /// `metadata`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Metadata<'a> {
-    /// `annotations` (AppArmor and seccomp profiles before their fields
-    /// existed).
+    /// `name`.
     #[serde(borrow)]
-    pub annotations: Option<BTreeMap<Text<'a>, Text<'a>>>,
+    pub name: Option<Text<'a>>,
+    /// `namespace`.
+    #[serde(borrow)]
+    pub namespace: Option<Text<'a>>,
+    /// `labels`.
+    #[serde(borrow)]
+    pub labels: Option<Map<'a>>,
+    /// `annotations` (AppArmor and seccomp profiles before their fields
+    /// existed; a GPU class).
+    #[serde(borrow)]
+    pub annotations: Option<Map<'a>>,
 }
 
 impl Metadata<'_> {
+    /// The namespace, or `""`.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_ref().map_or("", Text::as_str)
+    }
+
     /// Every annotation, in key order.
     pub fn annotations(&self) -> impl Iterator<Item = (&str, &str)> {
         self.annotations
@@ -55,26 +110,43 @@ impl Metadata<'_> {
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Spec<'a> {
+    /// `initContainers`.
     #[serde(borrow)]
     pub init_containers: Option<Vec<Container<'a>>>,
+    /// `containers`.
     #[serde(borrow)]
     pub containers: Option<Vec<Container<'a>>>,
+    /// `ephemeralContainers`.
     #[serde(borrow)]
     pub ephemeral_containers: Option<Vec<Container<'a>>>,
+    /// `hostNetwork`.
     pub host_network: Option<bool>,
+    /// `hostPID`.
     #[serde(rename = "hostPID")]
     pub host_pid: Option<bool>,
+    /// `hostIPC`.
     #[serde(rename = "hostIPC")]
     pub host_ipc: Option<bool>,
+    /// `hostUsers`.
     pub host_users: Option<bool>,
+    /// `os`.
     #[serde(borrow)]
     pub os: Option<Os<'a>>,
+    /// `securityContext`.
     #[serde(borrow)]
     pub security_context: Option<SecurityContext<'a>>,
+    /// `volumes`.
     #[serde(borrow)]
     pub volumes: Option<Vec<Volume<'a>>>,
+    /// `runtimeClassName`.
     #[serde(borrow)]
     pub runtime_class_name: Option<Text<'a>>,
+    /// `nodeSelector`.
+    #[serde(borrow)]
+    pub node_selector: Option<Map<'a>>,
+    /// `affinity` (node affinity's hard requirement).
+    #[serde(borrow)]
+    pub affinity: Option<Affinity<'a>>,
 }
 
 impl<'a> Spec<'a> {
@@ -99,6 +171,19 @@ impl<'a> Spec<'a> {
     /// from v1.35; absent or `true` does not.
     pub fn user_namespaced(&self) -> bool {
         self.host_users == Some(false)
+    }
+
+    /// The required node affinity's terms (empty without one).
+    pub fn required_node_terms(&self) -> &[Term<'a>] {
+        self.affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .and_then(|s| s.node_selector_terms.as_deref())
+            .unwrap_or_default()
     }
 
     /// `spec.os.name: windows`.
@@ -126,6 +211,7 @@ static EMPTY_CONTEXT: SecurityContext<'static> = SecurityContext {
 /// `spec.os`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Os<'a> {
+    /// `name`.
     #[serde(borrow, default)]
     pub name: Text<'a>,
 }
@@ -134,21 +220,35 @@ pub struct Os<'a> {
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container<'a> {
+    /// `name`.
     #[serde(borrow, default)]
     pub name: Text<'a>,
+    /// `image`.
     #[serde(borrow)]
     pub image: Option<Text<'a>>,
+    /// `ports`.
     pub ports: Option<Vec<Port>>,
+    /// `securityContext`.
     #[serde(borrow)]
     pub security_context: Option<SecurityContext<'a>>,
+    /// `livenessProbe`.
     #[serde(borrow)]
     pub liveness_probe: Option<Handler<'a>>,
+    /// `readinessProbe`.
     #[serde(borrow)]
     pub readiness_probe: Option<Handler<'a>>,
+    /// `startupProbe`.
     #[serde(borrow)]
     pub startup_probe: Option<Handler<'a>>,
+    /// `lifecycle`.
     #[serde(borrow)]
     pub lifecycle: Option<Lifecycle<'a>>,
+    /// `resources`.
+    #[serde(borrow)]
+    pub resources: Option<Resources<'a>>,
+    /// `restartPolicy` (`Always` makes an init container a sidecar).
+    #[serde(borrow)]
+    pub restart_policy: Option<Text<'a>>,
 }
 
 impl<'a> Container<'a> {
@@ -163,10 +263,118 @@ impl<'a> Container<'a> {
     }
 }
 
+/// `resources`: quantities per resource name.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub struct Resources<'a> {
+    /// `requests`.
+    #[serde(borrow)]
+    pub requests: Option<BTreeMap<Text<'a>, Amount<'a>>>,
+    /// `limits`.
+    #[serde(borrow)]
+    pub limits: Option<BTreeMap<Text<'a>, Amount<'a>>>,
+}
+
+/// A quantity as JSON writes it: text (`"2"`, `"500m"`), or a number from
+/// hand-written manifests.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Amount<'a> {
+    /// `"2"`.
+    Text(#[serde(borrow)] Text<'a>),
+    /// `2`.
+    Number(f64),
+}
+
+impl Amount<'_> {
+    /// The value, or `None` when the text is not a quantity.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            Amount::Text(text) => quantity::parse(text.as_str()),
+            Amount::Number(number) => Some(*number),
+        }
+    }
+
+    /// Whole units, rounded up (devices are whole; the apiserver refuses
+    /// fractions of them anyway).
+    pub fn units(&self) -> Option<u64> {
+        self.value()
+            .filter(|value| *value >= 0.0)
+            .map(|value| value.ceil() as u64)
+    }
+}
+
+impl fmt::Display for Amount<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Text(text) => text.fmt(f),
+            Amount::Number(number) => number.fmt(f),
+        }
+    }
+}
+
+/// `affinity`: node affinity.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity<'a> {
+    /// `nodeAffinity`.
+    #[serde(borrow)]
+    pub node_affinity: Option<NodeAffinity<'a>>,
+}
+
+/// `nodeAffinity`: its hard requirement.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAffinity<'a> {
+    /// `requiredDuringSchedulingIgnoredDuringExecution`.
+    #[serde(borrow)]
+    pub required_during_scheduling_ignored_during_execution: Option<NodeSelector<'a>>,
+}
+
+/// Node selector terms, any of which may hold.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSelector<'a> {
+    /// `nodeSelectorTerms`.
+    #[serde(borrow)]
+    pub node_selector_terms: Option<Vec<Term<'a>>>,
+}
+
+/// A node selector term: requirements that must all hold.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Term<'a> {
+    /// `matchExpressions`.
+    #[serde(borrow)]
+    pub match_expressions: Option<Vec<Expression<'a>>>,
+}
+
+/// One node label requirement.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub struct Expression<'a> {
+    /// `key`.
+    #[serde(borrow, default)]
+    pub key: Text<'a>,
+    /// `operator` (`In`, `NotIn`, `Exists`, …).
+    #[serde(borrow, default)]
+    pub operator: Text<'a>,
+    /// `values`.
+    #[serde(borrow)]
+    pub values: Option<Vec<Text<'a>>>,
+}
+
+/// `status`.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub struct Status<'a> {
+    /// `phase`.
+    #[serde(borrow)]
+    pub phase: Option<Text<'a>>,
+}
+
 /// `ports[*]`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Port {
+    /// `hostPort`.
     pub host_port: Option<i64>,
 }
 
@@ -174,8 +382,10 @@ pub struct Port {
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Handler<'a> {
+    /// `httpGet`.
     #[serde(borrow)]
     pub http_get: Option<Endpoint<'a>>,
+    /// `tcpSocket`.
     #[serde(borrow)]
     pub tcp_socket: Option<Endpoint<'a>>,
 }
@@ -183,6 +393,7 @@ pub struct Handler<'a> {
 /// `httpGet` or `tcpSocket`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Endpoint<'a> {
+    /// `host`.
     #[serde(borrow)]
     pub host: Option<Text<'a>>,
 }
@@ -191,8 +402,10 @@ pub struct Endpoint<'a> {
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle<'a> {
+    /// `postStart`.
     #[serde(borrow)]
     pub post_start: Option<Handler<'a>>,
+    /// `preStop`.
     #[serde(borrow)]
     pub pre_stop: Option<Handler<'a>>,
 }
@@ -202,21 +415,32 @@ pub struct Lifecycle<'a> {
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityContext<'a> {
+    /// `privileged`.
     pub privileged: Option<bool>,
+    /// `allowPrivilegeEscalation`.
     pub allow_privilege_escalation: Option<bool>,
+    /// `runAsNonRoot`.
     pub run_as_non_root: Option<bool>,
+    /// `runAsUser`.
     pub run_as_user: Option<i64>,
+    /// `capabilities`.
     #[serde(borrow)]
     pub capabilities: Option<Capabilities<'a>>,
+    /// `procMount`.
     #[serde(borrow)]
     pub proc_mount: Option<Text<'a>>,
+    /// `seccompProfile`.
     #[serde(borrow)]
     pub seccomp_profile: Option<Profile<'a>>,
+    /// `seLinuxOptions`.
     #[serde(borrow, rename = "seLinuxOptions")]
     pub se_linux_options: Option<SeLinuxOptions<'a>>,
+    /// `appArmorProfile`.
     #[serde(borrow)]
     pub app_armor_profile: Option<Profile<'a>>,
+    /// `windowsOptions`.
     pub windows_options: Option<WindowsOptions>,
+    /// `sysctls`.
     #[serde(borrow)]
     pub sysctls: Option<Vec<Sysctl<'a>>>,
 }
@@ -224,8 +448,10 @@ pub struct SecurityContext<'a> {
 /// `capabilities`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Capabilities<'a> {
+    /// `add`.
     #[serde(borrow)]
     pub add: Option<Vec<Text<'a>>>,
+    /// `drop`.
     #[serde(borrow)]
     pub drop: Option<Vec<Text<'a>>>,
 }
@@ -233,6 +459,7 @@ pub struct Capabilities<'a> {
 /// `seccompProfile` or `appArmorProfile`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Profile<'a> {
+    /// `type`.
     #[serde(borrow, rename = "type", default)]
     pub kind: Text<'a>,
 }
@@ -240,10 +467,13 @@ pub struct Profile<'a> {
 /// `seLinuxOptions`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct SeLinuxOptions<'a> {
+    /// `type`.
     #[serde(borrow, rename = "type", default)]
     pub kind: Text<'a>,
+    /// `user`.
     #[serde(borrow, default)]
     pub user: Text<'a>,
+    /// `role`.
     #[serde(borrow, default)]
     pub role: Text<'a>,
 }
@@ -252,12 +482,14 @@ pub struct SeLinuxOptions<'a> {
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowsOptions {
+    /// `hostProcess`.
     pub host_process: Option<bool>,
 }
 
 /// `spec.securityContext.sysctls[*]`.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 pub struct Sysctl<'a> {
+    /// `name`.
     #[serde(borrow, default)]
     pub name: Text<'a>,
 }
@@ -266,7 +498,9 @@ pub struct Sysctl<'a> {
 /// than `name` whose value is not `null`).
 #[derive(Debug, Default, PartialEq)]
 pub struct Volume<'a> {
+    /// `name`.
     pub name: Text<'a>,
+    /// The volume sources it sets (`hostPath`, `emptyDir`, …).
     pub sources: Vec<Text<'a>>,
 }
 
