@@ -16,24 +16,6 @@ pub fn holds_resources(pod: &Pod<'_>) -> bool {
     !matches!(pod.phase(), Some("Succeeded" | "Failed"))
 }
 
-/// One list of a container's quantities (`requests` or `limits`), empty
-/// when unset.
-fn listed<'c, 'a>(
-    list: Option<&'c BTreeMap<Text<'a>, Amount<'a>>>,
-) -> impl Iterator<Item = (&'c str, &'c Amount<'a>)> {
-    list.into_iter()
-        .flatten()
-        .map(|(resource, amount)| (resource.as_str(), amount))
-}
-
-fn limits<'c, 'a>(c: &'c Container<'a>) -> impl Iterator<Item = (&'c str, &'c Amount<'a>)> {
-    listed(c.resources.as_ref().and_then(|r| r.limits.as_ref()))
-}
-
-fn requests<'c, 'a>(c: &'c Container<'a>) -> impl Iterator<Item = (&'c str, &'c Amount<'a>)> {
-    listed(c.resources.as_ref().and_then(|r| r.requests.as_ref()))
-}
-
 /// What the pod asks of the counted resources, as the scheduler counts it:
 /// the larger of what runs together (containers and sidecars) and the
 /// largest init step (an init container with the sidecars started before
@@ -42,7 +24,7 @@ pub fn asks(pod: &Pod<'_>, settings: &Settings) -> Asks {
     let amounts = |c: &Container<'_>| -> Asks {
         let mut asks = Asks::new();
         // Requests come second and win over limits.
-        for (resource, amount) in limits(c).chain(requests(c)) {
+        for (resource, amount) in c.limits().chain(c.requests()) {
             if settings.counts(resource) {
                 asks.insert(resource.to_owned(), amount.units().unwrap_or(0));
             }
@@ -135,8 +117,8 @@ pub fn unequal_requests(
         .chain(&spec.containers)
         .flatten()
     {
-        for (resource, request) in requests(c).filter(|(r, _)| settings.counts(r)) {
-            let limit = limits(c).find(|(r, _)| *r == resource).map(|(_, a)| a);
+        for (resource, request) in c.requests().filter(|(r, _)| settings.counts(r)) {
+            let limit = c.limit(resource);
             if limit.and_then(Amount::units) != request.units() {
                 found.push((
                     c.name().to_owned(),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tollgate_sdk::pod::model::{Amount, Container, Text};
+use tollgate_sdk::pod::model::{Amount, Container};
 use tollgate_sdk::pod::{ContainerKind, ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict, quantity};
 
@@ -144,24 +144,18 @@ fn defaults_for<'s>(
     settings: &'s Settings,
     warnings: &mut Vec<String>,
 ) -> Vec<(&'static str, &'s str, &'s str)> {
-    let resources = container.resources.as_ref();
-    let requests = resources.and_then(|r| r.requests.as_ref());
-    let limits = resources.and_then(|r| r.limits.as_ref());
-    let has = |list: Option<&BTreeMap<Text<'_>, Amount<'_>>>, resource: &str| {
-        list.is_some_and(|list| list.contains_key(resource))
-    };
     let mut add = Vec::new();
     for (resource, default) in &settings.requests {
-        if !has(requests, resource) && !has(limits, resource) {
+        if container.request(resource).is_none() && container.limit(resource).is_none() {
             add.push(("requests", resource.as_str(), default.as_str()));
         }
     }
     for (resource, default) in &settings.limits {
-        if has(limits, resource) {
+        if container.limit(resource).is_some() {
             continue;
         }
-        let request = requests
-            .and_then(|list| list.get(resource.as_str()))
+        let request = container
+            .request(resource)
             .and_then(Amount::value)
             .or_else(|| {
                 settings

@@ -261,6 +261,34 @@ impl<'a> Container<'a> {
     pub fn security(&self) -> &SecurityContext<'a> {
         self.security_context.as_ref().unwrap_or(&EMPTY_CONTEXT)
     }
+
+    /// `resources.requests`, by resource name (none when unset).
+    pub fn requests(&self) -> impl Iterator<Item = (&str, &Amount<'a>)> {
+        quantities(self.resources.as_ref().and_then(|r| r.requests.as_ref()))
+    }
+
+    /// `resources.limits`, by resource name (none when unset).
+    pub fn limits(&self) -> impl Iterator<Item = (&str, &Amount<'a>)> {
+        quantities(self.resources.as_ref().and_then(|r| r.limits.as_ref()))
+    }
+
+    /// The request for one resource.
+    pub fn request(&self, resource: &str) -> Option<&Amount<'a>> {
+        self.resources.as_ref()?.requests.as_ref()?.get(resource)
+    }
+
+    /// The limit for one resource.
+    pub fn limit(&self, resource: &str) -> Option<&Amount<'a>> {
+        self.resources.as_ref()?.limits.as_ref()?.get(resource)
+    }
+}
+
+fn quantities<'c, 'a>(
+    list: Option<&'c BTreeMap<Text<'a>, Amount<'a>>>,
+) -> impl Iterator<Item = (&'c str, &'c Amount<'a>)> {
+    list.into_iter()
+        .flatten()
+        .map(|(resource, amount)| (resource.as_str(), amount))
 }
 
 /// `resources`: quantities per resource name.
@@ -536,5 +564,62 @@ impl<'de: 'a, 'a> Visitor<'de> for VolumeVisitor<'a> {
             }
         }
         Ok(volume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_policies_need_with_null_as_absent() {
+        let text = r#"{"metadata": {"namespace": "ml", "labels": null,
+            "annotations": {"gpu.tollgate.dev/class": "large"}},
+          "spec": {"containers": [{"name": "main", "image": "nvcr.io/a:1",
+              "resources": {"limits": {"nvidia.com/gpu": "2", "cpu": 1.5}, "requests": null}}],
+            "initContainers": null, "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+              {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}]}]}}},
+            "volumes": [{"name": "data", "hostPath": {"path": "/d"}, "emptyDir": null}]},
+          "status": {"phase": "Running"}}"#;
+        let pod: Pod<'_> = serde_json::from_str(text).unwrap();
+        assert_eq!(pod.metadata.namespace(), "ml");
+        assert_eq!(
+            pod.metadata.annotation("gpu.tollgate.dev/class"),
+            Some("large")
+        );
+        assert_eq!(pod.phase(), Some("Running"));
+        let spec = &pod.spec;
+        assert_eq!(spec.all_containers().count(), 1);
+        let main = &spec.containers.as_ref().unwrap()[0];
+        assert_eq!(
+            main.limit("nvidia.com/gpu").and_then(Amount::units),
+            Some(2)
+        );
+        assert_eq!(main.limit("cpu").and_then(Amount::units), Some(2));
+        assert_eq!(
+            main.limit("cpu").map(Amount::to_string).as_deref(),
+            Some("1.5")
+        );
+        assert_eq!(main.requests().count(), 0);
+        assert_eq!(
+            spec.node_selector
+                .as_ref()
+                .unwrap()
+                .get("nvidia.com/gpu.product")
+                .map(Text::as_str),
+            Some("H100")
+        );
+        assert_eq!(spec.required_node_terms().len(), 1);
+        let volume = &spec.volumes.as_ref().unwrap()[0];
+        assert!(volume.has("hostPath") && !volume.has("emptyDir"));
+    }
+
+    #[test]
+    fn an_empty_object_is_an_empty_pod() {
+        let pod: Pod<'_> = serde_json::from_str("{}").unwrap();
+        assert_eq!(pod, Pod::default());
+        assert_eq!(pod.metadata.namespace(), "");
+        assert!(pod.spec.required_node_terms().is_empty());
     }
 }
