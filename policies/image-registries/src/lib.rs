@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use tollgate_sdk::pod::model::{Container, Text};
+use tollgate_sdk::pod::model::Text;
 use tollgate_sdk::pod::{ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict};
 
@@ -73,9 +73,10 @@ fn check(specs: &Located<ContainerLists<Container<'_>>>, settings: &Settings) ->
     let mut problems = Vec::new();
     for (_, lists) in specs {
         for (kind, _, container) in lists.iter() {
-            let (name, Some(image)) =
-                (container.name(), container.image.as_ref().map(Text::as_str))
-            else {
+            let (name, Some(image)) = (
+                container.name.as_str(),
+                container.image.as_ref().map(Text::as_str),
+            ) else {
                 continue;
             };
             let normalized = normalize(image);
@@ -111,6 +112,16 @@ fn check(specs: &Located<ContainerLists<Container<'_>>>, settings: &Settings) ->
     } else {
         Verdict::deny(problems.join("; "))
     }
+}
+
+/// The fields of a container this policy reads: a projection of the SDK's
+/// Pod model, so the rest of each container is skipped unparsed.
+#[derive(Deserialize)]
+struct Container<'a> {
+    #[serde(default, borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    image: Option<Text<'a>>,
 }
 
 tollgate_sdk::export!(ImageRegistries);

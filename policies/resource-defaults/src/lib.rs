@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tollgate_sdk::pod::model::{Amount, Container};
+use tollgate_sdk::pod::model::{Amount, Resources, Text};
 use tollgate_sdk::pod::{ContainerKind, ContainerLists, Located, TemplatePathRule, TemplatePaths};
 use tollgate_sdk::{Policy, Request, Verdict, quantity};
 
@@ -137,6 +137,26 @@ fn complete<'a>(
 
 tollgate_sdk::export!(ResourceDefaults);
 
+/// The fields of a container this policy reads: a projection of the SDK's
+/// Pod model, so the rest of each container is skipped unparsed.
+#[derive(Deserialize)]
+struct Container<'a> {
+    #[serde(default, borrow)]
+    name: Text<'a>,
+    #[serde(borrow)]
+    resources: Option<Resources<'a>>,
+}
+
+impl<'a> Container<'a> {
+    fn request(&self, resource: &str) -> Option<&Amount<'a>> {
+        self.resources.as_ref()?.request(resource)
+    }
+
+    fn limit(&self, resource: &str) -> Option<&Amount<'a>> {
+        self.resources.as_ref()?.limit(resource)
+    }
+}
+
 /// The (field, resource, amount) defaults this container lacks.
 fn defaults_for<'s>(
     kind: ContainerKind,
@@ -167,7 +187,7 @@ fn defaults_for<'s>(
             warnings.push(format!(
                 "{} {:?}: its {resource} request exceeds the default limit {default}, so no limit was added",
                 kind.noun(),
-                container.name()
+                container.name.as_str()
             ));
             continue;
         }

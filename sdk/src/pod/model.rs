@@ -274,12 +274,12 @@ impl<'a> Container<'a> {
 
     /// The request for one resource.
     pub fn request(&self, resource: &str) -> Option<&Amount<'a>> {
-        self.resources.as_ref()?.requests.as_ref()?.get(resource)
+        self.resources.as_ref()?.request(resource)
     }
 
     /// The limit for one resource.
     pub fn limit(&self, resource: &str) -> Option<&Amount<'a>> {
-        self.resources.as_ref()?.limits.as_ref()?.get(resource)
+        self.resources.as_ref()?.limit(resource)
     }
 }
 
@@ -302,15 +302,64 @@ pub struct Resources<'a> {
     pub limits: Option<BTreeMap<Text<'a>, Amount<'a>>>,
 }
 
+impl<'a> Resources<'a> {
+    /// The request for one resource.
+    pub fn request(&self, resource: &str) -> Option<&Amount<'a>> {
+        self.requests.as_ref()?.get(resource)
+    }
+
+    /// The limit for one resource.
+    pub fn limit(&self, resource: &str) -> Option<&Amount<'a>> {
+        self.limits.as_ref()?.get(resource)
+    }
+}
+
 /// A quantity as JSON writes it: text (`"2"`, `"500m"`), or a number from
 /// hand-written manifests.
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, PartialEq)]
 pub enum Amount<'a> {
     /// `"2"`.
-    Text(#[serde(borrow)] Text<'a>),
+    Text(Text<'a>),
     /// `2`.
     Number(f64),
+}
+
+/// Read directly rather than as an untagged enum, which would buffer every
+/// value first.
+impl<'de: 'a, 'a> Deserialize<'de> for Amount<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AmountVisitor(PhantomData))
+    }
+}
+
+struct AmountVisitor<'a>(PhantomData<Amount<'a>>);
+
+impl<'de: 'a, 'a> Visitor<'de> for AmountVisitor<'a> {
+    type Value = Amount<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a quantity (a string or a number)")
+    }
+
+    fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Amount<'a>, E> {
+        Ok(Amount::Text(Text(Cow::Borrowed(text))))
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<Amount<'a>, E> {
+        Ok(Amount::Text(Text(Cow::Owned(text.to_owned()))))
+    }
+
+    fn visit_f64<E>(self, number: f64) -> Result<Amount<'a>, E> {
+        Ok(Amount::Number(number))
+    }
+
+    fn visit_u64<E>(self, number: u64) -> Result<Amount<'a>, E> {
+        Ok(Amount::Number(number as f64))
+    }
+
+    fn visit_i64<E>(self, number: i64) -> Result<Amount<'a>, E> {
+        Ok(Amount::Number(number as f64))
+    }
 }
 
 impl Amount<'_> {
