@@ -235,7 +235,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tracing::info!("shutdown requested; readiness is now false");
             tokio::time::sleep(delay).await;
         })
-        .await;
+        .await
+        .context("serving HTTPS")?;
         // Every answered request's line is queued: write them all.
         if let Some(log) = &decisions.decisions {
             log.close().await;

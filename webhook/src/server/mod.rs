@@ -7,13 +7,15 @@
 //! latency-bound), and graceful shutdown that marks the server unready,
 //! stops accepting, and lets in-flight requests finish. Each connection
 //! holds one of `max_connections` permits (further clients wait in the
-//! listen queue), has the header-read timeout to finish its TLS handshake,
+//! listen queue), has the header-read timeout to finish its TLS handshake
+//! (run at a lower priority than evaluations, [`handshake`]),
 //! to send its first bytes ([`silence`]) and each HTTP/1.1 request's headers
 //! (idle keep-alive connections close after it too), and HTTP/2 connections
 //! are bounded in streams, header size and resets.
 
 pub mod body;
 pub mod certs;
+mod handshake;
 pub mod limits;
 pub mod metrics;
 pub mod review;
@@ -68,13 +70,18 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves HTTPS on `listener` until `shutdown` completes, then drains.
+///
+/// # Errors
+///
+/// When the TLS handshake thread cannot start.
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let handshakes = Arc::new(handshake::Handshakes::start()?);
     let service = TowerToHyperService::new(routes::router(state.clone()));
     let builder = builder(&state.limits);
     let handshake_timeout = state.limits.header_read_timeout;
@@ -100,21 +107,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
+        let handshakes = handshakes.clone();
         let service = service.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {error}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(tls) = handshakes
+                .accept(acceptor, stream, peer, handshake_timeout)
+                .await
+            else {
+                return;
             };
             let io = TokioIo::new(silence::FirstBytes::new(tls, handshake_timeout));
             let connection = builder.serve_connection_with_upgrades(io, service);
@@ -132,4 +135,5 @@ pub async fn serve(
     {
         tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}");
     }
+    Ok(())
 }
