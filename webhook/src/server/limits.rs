@@ -6,6 +6,7 @@
 //! back, capped by `--request-timeout`: every policy's own deadline is cut
 //! to it, and what has not run by then gets its `failurePolicy`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The apiserver's limit on a request body, and so on an object.
@@ -52,6 +53,20 @@ impl Default for Limits {
             max_concurrent_streams: 128,
         }
     }
+}
+
+/// `timeout`, shortened by up to a fifth, differently for each call: clients
+/// that started together (a slowloris flood) are then cut off over a
+/// spread of time rather than in one instant, and do not all reconnect, and
+/// handshake, at once. Never longer than configured.
+pub fn spread(timeout: Duration) -> Duration {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    // Fibonacci hashing: consecutive calls land far apart in [0, 1).
+    let turn = CALLS
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fraction = (turn >> 11) as f64 / (1u64 << 53) as f64;
+    timeout.mul_f64(1.0 - 0.2 * fraction)
 }
 
 /// A `?timeout=` that is not a duration.
@@ -122,6 +137,19 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_timeouts_stay_within_a_fifth_below_and_differ() {
+        let timeout = Duration::from_secs(10);
+        let spread: Vec<Duration> = (0..100).map(|_| spread(timeout)).collect();
+        assert!(
+            spread
+                .iter()
+                .all(|t| *t <= timeout && *t >= timeout.mul_f64(0.8))
+        );
+        let (low, high) = (spread.iter().min().unwrap(), spread.iter().max().unwrap());
+        assert!(*high - *low > Duration::from_secs(1), "{low:?} to {high:?}");
+    }
 
     #[test]
     fn parses_durations_as_go_prints_them() {

@@ -84,7 +84,7 @@ pub async fn serve(
     let handshakes = Arc::new(handshake::Handshakes::start()?);
     let service = TowerToHyperService::new(routes::router(state.clone()));
     let builder = builder(&state.limits);
-    let handshake_timeout = state.limits.header_read_timeout;
+    let header_read_timeout = state.limits.header_read_timeout;
     // One permit per connection being served; dropped when it closes.
     let connections = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -109,17 +109,16 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handshakes = handshakes.clone();
         let service = service.clone();
-        let builder = builder.clone();
+        let mut builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(tls) = handshakes
-                .accept(acceptor, stream, peer, handshake_timeout)
-                .await
-            else {
+            let timeout = limits::spread(header_read_timeout);
+            builder.http1().header_read_timeout(timeout);
+            let Some(tls) = handshakes.accept(acceptor, stream, peer, timeout).await else {
                 return;
             };
-            let io = TokioIo::new(silence::FirstBytes::new(tls, handshake_timeout));
+            let io = TokioIo::new(silence::FirstBytes::new(tls, timeout));
             let connection = builder.serve_connection_with_upgrades(io, service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, "connection ended with an error: {error}");

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::body::{self, Budget};
-use super::limits::{BadTimeout, Limits, MAX_BODY_BYTES};
+use super::limits::{self, BadTimeout, Limits, MAX_BODY_BYTES};
 use super::metrics::Metrics;
 use super::review;
 use crate::audit;
@@ -156,7 +156,7 @@ async fn answer(
     body: Body,
 ) -> Result<Response, Error> {
     let deadline = state.limits.deadline(arrived, query)?;
-    let body_deadline = deadline.min(arrived + state.limits.body_read_timeout);
+    let body_deadline = deadline.min(arrived + limits::spread(state.limits.body_read_timeout));
     let body = body::read(body, MAX_BODY_BYTES, body_deadline, &state.budget).await?;
     let policies = state.policies.load_full().ok_or(Error::Loading)?;
     let (answer, decision) = evaluate(state, &policies, endpoint, &body.bytes, deadline).await?;
