@@ -102,7 +102,7 @@ impl Metadata<'_> {
 
     /// One annotation's value.
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.annotations.as_ref()?.get(key).map(Text::as_str)
     }
 }
 

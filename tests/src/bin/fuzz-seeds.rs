@@ -31,10 +31,16 @@ fn main() {
     let counts = [
         (
             "review_decode",
-            reviews(&corpus.join("review_decode"), &pods),
+            reviews(&target_dir(&corpus, "review_decode"), &pods),
         ),
-        ("config_parse", configs(&corpus.join("config_parse"))),
-        ("patch_diff", pairs(&corpus.join("patch_diff"), &pods)),
+        (
+            "config_parse",
+            configs(&target_dir(&corpus, "config_parse")),
+        ),
+        (
+            "patch_diff",
+            pairs(&target_dir(&corpus, "patch_diff"), &pods),
+        ),
     ];
     for (target, count) in counts {
         println!("{target}: {count} seeds");
@@ -80,8 +86,14 @@ fn psa_pods() -> Vec<Value> {
         .collect()
 }
 
+/// A target's corpus folder, created if missing.
+fn target_dir(corpus: &Path, target: &str) -> PathBuf {
+    let dir = corpus.join(target);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let path = dir.join(name);
     fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
