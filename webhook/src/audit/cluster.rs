@@ -18,9 +18,10 @@ use crate::context::store::Incoming;
 /// Why a call to the cluster failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Neither a kubeconfig nor an in-cluster service account.
-    #[error("no cluster connection: no kubeconfig and no in-cluster service account")]
-    NoConnection,
+    /// No client could be made (no kubeconfig, no service account, or an
+    /// unusable one).
+    #[error(transparent)]
+    Connect(#[from] crate::context::live::ConnectError),
     /// The client's runtime could not start.
     #[error("starting the cluster client: {0}")]
     Runtime(#[from] std::io::Error),
@@ -153,19 +154,20 @@ fn report_resource(kind: &str) -> ApiResource {
 }
 
 impl Kube {
-    /// Connects with the kubeconfig or in-cluster service account.
+    /// Connects with `kubeconfig`, else as [`live::client`] finds the
+    /// cluster.
     ///
     /// # Errors
     ///
-    /// Neither is available.
-    pub fn connect() -> Result<Self, Error> {
+    /// No usable configuration.
+    ///
+    /// [`live::client`]: crate::context::live::client
+    pub fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Self, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let client = runtime
-            .block_on(crate::context::live::client())
-            .ok_or(Error::NoConnection)?;
+        let client = runtime.block_on(crate::context::live::client(kubeconfig))?;
         Ok(Kube { client, runtime })
     }
 

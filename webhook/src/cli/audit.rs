@@ -121,7 +121,7 @@ struct Source {
 
 fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
     if args.cluster {
-        let kube = Kube::connect()?;
+        let kube = Kube::connect(args.policies.kubeconfig.as_deref())?;
         // The kinds some policy's match rules select, and no others.
         let rules = Index::build(
             config

@@ -63,6 +63,10 @@ struct PolicyArgs {
     /// instead of the cluster. May repeat.
     #[arg(long = "context", value_name = "PATH")]
     context: Vec<PathBuf>,
+    /// Kubeconfig for the cluster; without it, kube-rs's own search
+    /// (KUBECONFIG, ~/.kube/config, then the in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -91,7 +95,17 @@ impl PolicyArgs {
         let shared = config.quota.ledger == LedgerBackend::Apiserver;
         let needed = shared || !config.context_kinds().is_empty();
         let client = match runtime {
-            Some(runtime) if needed => runtime.block_on(live::client()),
+            Some(runtime) if needed => {
+                match runtime.block_on(live::client(self.kubeconfig.as_deref())) {
+                    Ok(client) => Some(client),
+                    // A kubeconfig named on purpose must work.
+                    Err(error) if self.kubeconfig.is_some() => return Err(error.into()),
+                    Err(error) => {
+                        tracing::debug!("{error}");
+                        None
+                    }
+                }
+            }
             _ => None,
         };
         let (Some(client), Some(runtime)) = (client, runtime) else {

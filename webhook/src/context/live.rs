@@ -8,6 +8,7 @@
 //! as the objects, which a `reflector::Store` (one map per kind) cannot do.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -178,9 +179,49 @@ impl Watch {
     }
 }
 
-/// A client from the kubeconfig or the in-cluster service account, if
-/// either is there.
-pub async fn client() -> Option<kube::Client> {
-    let config = kube::Config::infer().await.ok()?;
-    kube::Client::try_from(config).ok()
+/// Why no cluster client could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Neither a kubeconfig nor an in-cluster service account was found.
+    #[error(
+        "no cluster connection: no kubeconfig (KUBECONFIG, ~/.kube/config or --kubeconfig) and no in-cluster service account ({0})"
+    )]
+    NotFound(#[source] kube::config::InferConfigError),
+    /// The kubeconfig named with `--kubeconfig` is unusable.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The configuration was found but no client could be built from it.
+    #[error("cluster client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client as kube-rs configures one: from `kubeconfig` when given, else
+/// `KUBECONFIG` or `~/.kube/config`, else the in-cluster service account.
+///
+/// # Errors
+///
+/// None of them is there, or the one found is unusable.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let unusable = |source| ConnectError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(unusable)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(unusable)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(ConnectError::NotFound)?,
+    };
+    Ok(kube::Client::try_from(config)?)
 }

@@ -160,6 +160,26 @@ enum Step {
 impl PolicySet {
     /// Runs the mutating chain; it ends by `deadline`.
     pub async fn mutate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
+        self.mutate_where(request, deadline, None).await
+    }
+
+    /// Runs the mutating policies whose failure policy is `only` (the
+    /// webhook of that failure policy), in chain order.
+    pub async fn mutate_only(
+        &self,
+        request: &Request<'_>,
+        deadline: Instant,
+        only: FailurePolicy,
+    ) -> Outcome {
+        self.mutate_where(request, deadline, Some(only)).await
+    }
+
+    async fn mutate_where(
+        &self,
+        request: &Request<'_>,
+        deadline: Instant,
+        only: Option<FailurePolicy>,
+    ) -> Outcome {
         let mut outcome = Outcome::allowed();
         let mut current: Option<String> = None;
         // What every mutation must still be.
@@ -174,7 +194,7 @@ impl PolicySet {
         };
         for position in self.mutating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
-            if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
+            if !self.applies(policy, request, only) {
                 continue;
             }
             let text = current.as_ref().map(|object| request.with_object(object));
@@ -242,10 +262,29 @@ impl PolicySet {
 
     /// Runs every matching validating policy; they end by `deadline`.
     pub async fn validate(&self, request: &Request<'_>, deadline: Instant) -> Outcome {
+        self.validate_where(request, deadline, None).await
+    }
+
+    /// Runs the matching validating policies whose failure policy is `only`.
+    pub async fn validate_only(
+        &self,
+        request: &Request<'_>,
+        deadline: Instant,
+        only: FailurePolicy,
+    ) -> Outcome {
+        self.validate_where(request, deadline, Some(only)).await
+    }
+
+    async fn validate_where(
+        &self,
+        request: &Request<'_>,
+        deadline: Instant,
+        only: Option<FailurePolicy>,
+    ) -> Outcome {
         let mut outcome = Outcome::allowed();
         for position in self.validating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
-            if !matcher::matches(&policy.config.matches, request, self.context.as_ref()) {
+            if !self.applies(policy, request, only) {
                 continue;
             }
             let (step, duration) = self.run(policy, request, request.text, deadline).await;
@@ -280,6 +319,18 @@ impl PolicySet {
             .extend(validated.audit_annotations);
         outcome.evaluations.extend(validated.evaluations);
         outcome
+    }
+
+    /// Whether `policy` runs for `request` in a call for `only` (`None`:
+    /// every failure policy).
+    fn applies(
+        &self,
+        policy: &LoadedPolicy,
+        request: &Request<'_>,
+        only: Option<FailurePolicy>,
+    ) -> bool {
+        only.is_none_or(|only| policy.config.failure_policy == only)
+            && matcher::matches(&policy.config.matches, request, self.context.as_ref())
     }
 
     /// Evaluates one policy on `text` (the request, or the request with the

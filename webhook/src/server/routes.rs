@@ -10,7 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +22,7 @@ use super::review;
 use crate::audit;
 use crate::audit::log::{Decision, DecisionLog};
 use crate::policy::PolicySet;
+use crate::policy::config::FailurePolicy;
 
 /// What the handlers share.
 pub struct AppState {
@@ -87,28 +88,44 @@ impl IntoResponse for Error {
     }
 }
 
-/// The router for `state`.
+/// The router of the TLS port: admission (every policy at `/validate` and
+/// `/mutate`; only the fail-closed or fail-open ones below `/fail` and
+/// `/ignore`, one webhook each) and the probes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
+        .route("/validate/{failure_policy}", post(validate_only))
         .route("/mutate", post(mutate))
+        .route("/mutate/{failure_policy}", post(mutate_only))
+        .merge(probe_router())
+        .with_state(state)
+}
+
+/// The router of the plain-HTTP probe port: `/healthz`, `/readyz` and
+/// `/metrics`, so that kubelet and Prometheus need no certificate.
+pub fn probe_router() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
 }
 
 #[derive(Clone, Copy)]
 enum Endpoint {
     Validate,
     Mutate,
+    /// The validating policies of one failure policy.
+    ValidateOnly(FailurePolicy),
+    /// The mutating policies of one failure policy.
+    MutateOnly(FailurePolicy),
 }
 
 impl Endpoint {
+    /// The name in metrics and the decision log: which chain ran.
     fn name(self) -> &'static str {
         match self {
-            Endpoint::Validate => "validate",
-            Endpoint::Mutate => "mutate",
+            Endpoint::Validate | Endpoint::ValidateOnly(_) => "validate",
+            Endpoint::Mutate | Endpoint::MutateOnly(_) => "mutate",
         }
     }
 }
@@ -127,6 +144,39 @@ async fn mutate(
     body: Body,
 ) -> Response {
     admit(state, Endpoint::Mutate, query, body).await
+}
+
+async fn validate_only(
+    State(state): State<Arc<AppState>>,
+    Path(only): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    match parse_failure_policy(&only) {
+        Some(only) => admit(state, Endpoint::ValidateOnly(only), query, body).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn mutate_only(
+    State(state): State<Arc<AppState>>,
+    Path(only): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response {
+    match parse_failure_policy(&only) {
+        Some(only) => admit(state, Endpoint::MutateOnly(only), query, body).await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// The path segment of a webhook for one failure policy.
+fn parse_failure_policy(segment: &str) -> Option<FailurePolicy> {
+    match segment {
+        "fail" => Some(FailurePolicy::Fail),
+        "ignore" => Some(FailurePolicy::Ignore),
+        _ => None,
+    }
 }
 
 async fn admit(
@@ -183,6 +233,8 @@ async fn evaluate(
     let mut outcome = match endpoint {
         Endpoint::Validate => policies.validate(&request, deadline).await,
         Endpoint::Mutate => policies.mutate(&request, deadline).await,
+        Endpoint::ValidateOnly(only) => policies.validate_only(&request, deadline, only).await,
+        Endpoint::MutateOnly(only) => policies.mutate_only(&request, deadline, only).await,
     };
     let answer = review::encode(&request.uid, &outcome);
     state
