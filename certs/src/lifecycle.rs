@@ -482,20 +482,49 @@ impl<O: Objects> Lifecycle<O> {
     }
 
     fn secret_json(&self, contents: &Contents) -> Value {
-        let mut secret = contents.secret.clone();
-        secret.metadata.name = Some(self.settings.secret.clone());
+        let mut secret = secret(
+            &self.settings.secret,
+            &contents.bundle_text(),
+            &contents.ca_key,
+            &contents.serving,
+        );
+        // The version read, so that the write is a compare-and-swap.
+        secret.metadata.resource_version = contents.secret.metadata.resource_version.clone();
+        secret.metadata.namespace = contents.secret.metadata.namespace.clone();
+        secret.metadata.labels = contents.secret.metadata.labels.clone();
         secret.metadata.annotations =
             (!contents.annotations.is_empty()).then(|| contents.annotations.clone());
-        secret.type_ = Some("kubernetes.io/tls".into());
-        let bytes = |text: &str| ByteString(text.as_bytes().to_vec());
-        secret.data = Some(BTreeMap::from([
-            ("ca.crt".into(), bytes(&contents.bundle_text())),
-            ("ca.key".into(), bytes(&contents.ca_key)),
-            ("tls.crt".into(), bytes(&contents.serving.cert)),
-            ("tls.key".into(), bytes(&contents.serving.key)),
-        ]));
         to_json(&secret)
     }
+}
+
+/// The Secret the lifecycle keeps (and `tollgate certs` writes): a
+/// `kubernetes.io/tls` Secret with the CA `bundle` as `ca.crt` and the
+/// signing CA's key as `ca.key`.
+pub fn secret(name: &str, bundle: &str, ca_key: &str, serving: &Pair) -> Secret {
+    let bytes = |text: &str| ByteString(text.as_bytes().to_vec());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("ca.crt".into(), bytes(bundle)),
+            ("ca.key".into(), bytes(ca_key)),
+            ("tls.crt".into(), bytes(&serving.cert)),
+            ("tls.key".into(), bytes(&serving.key)),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// `object` as JSON with its `apiVersion` and `kind`.
+pub fn to_json<T: serde::Serialize + k8s_openapi::Resource>(object: &T) -> Value {
+    let mut value = serde_json::to_value(object).expect("Kubernetes objects serialize");
+    value["apiVersion"] = T::API_VERSION.into();
+    value["kind"] = T::KIND.into();
+    value
 }
 
 /// One change the Lease holder makes to the Secret.
@@ -631,13 +660,6 @@ fn timestamp(time: SystemTime) -> jiff::Timestamp {
 
 fn system_time(time: jiff::Timestamp) -> SystemTime {
     SystemTime::try_from(time).unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-fn to_json<T: serde::Serialize + k8s_openapi::Resource>(object: &T) -> Value {
-    let mut value = serde_json::to_value(object).expect("Kubernetes objects serialize");
-    value["apiVersion"] = T::API_VERSION.into();
-    value["kind"] = T::KIND.into();
-    value
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 mod audit;
 mod bad_input;
 mod cli;
+mod deploy;
 mod gpu_placement;
 mod gpu_quota;
 mod hardening;
+mod install;
 mod pod_security;
 mod sandbox;
 mod serve;

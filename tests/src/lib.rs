@@ -7,6 +7,7 @@
 //! artifacts are cached in `target/e2e-module-cache`, so only the first
 //! server of a run compiles.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,9 +52,9 @@ pub fn shared(path: &str) -> PathBuf {
 /// artifacts instead of all compiling the same modules at once on two cores.
 pub static STARTUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The address in the server log's `listening (HTTPS) addr=…` line.
-fn listening_addr(log: &str) -> Option<&str> {
-    let (_, rest) = log.split_once("listening (HTTPS) addr=")?;
+/// The address in the server log's `listening (<what>) addr=…` line.
+fn listening_addr<'l>(log: &'l str, what: &str) -> Option<&'l str> {
+    let (_, rest) = log.split_once(&format!("listening ({what}) addr="))?;
     let end = rest.find(char::is_whitespace)?;
     Some(&rest[..end])
 }
@@ -63,6 +64,8 @@ pub struct Server {
     child: Option<Child>,
     /// Base URL, `https://127.0.0.1:<port>`.
     pub url: String,
+    /// Base URL of the plain-HTTP probe port, `http://127.0.0.1:<port>`.
+    pub probe_url: String,
     /// The directory holding the self-made CA, config, and logs.
     pub dir: tempfile::TempDir,
     /// HTTPS client trusting the server's CA.
@@ -97,8 +100,13 @@ impl Server {
             // process can take it between choosing and binding.
             .arg("--addr")
             .arg("127.0.0.1:0")
-            .arg("--cert-dir")
-            .arg(dir.path().join("certs"))
+            .arg("--probe-addr")
+            .arg("127.0.0.1:0")
+            .args(if options.args.contains(&"--cert-dir") {
+                Vec::new()
+            } else {
+                vec![OsString::from("--cert-dir"), dir.path().join("certs").into()]
+            })
             .arg("--cache-dir")
             .arg(workspace().join("target/e2e-module-cache"))
             .args(options.args)
@@ -115,10 +123,13 @@ impl Server {
         let mut child = command.spawn().expect("starting tollgate");
         let log = dir.path().join("server.log");
         let deadline = Instant::now() + Duration::from_secs(120);
-        let addr = loop {
+        let (addr, probe_addr) = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = listening_addr(&text) {
-                break addr.to_owned();
+            if let (Some(addr), Some(probes)) = (
+                listening_addr(&text, "HTTPS"),
+                listening_addr(&text, "HTTP probes"),
+            ) {
+                break (addr.to_owned(), probes.to_owned());
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("tollgate exited with {status}:\n{text}");
@@ -129,11 +140,19 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        // The self-made CA is written before the server listens.
-        let client = client(&dir.path().join("certs/ca.crt"));
+        // The self-made CA is written before the server listens (a test
+        // with its own certificate gives its CA with --cert-dir).
+        let ca = options
+            .args
+            .iter()
+            .position(|a| *a == "--cert-dir")
+            .map_or_else(|| dir.path().join("certs"), |i| PathBuf::from(options.args[i + 1]))
+            .join("ca.crt");
+        let client = client(&ca);
         let mut server = Server {
             child: Some(child),
             url: format!("https://{addr}"),
+            probe_url: format!("http://{probe_addr}"),
             dir,
             client,
         };
@@ -143,7 +162,9 @@ impl Server {
             "/readyz"
         };
         loop {
-            if let Ok(response) = server.client.get(server.endpoint(path)).send().await
+            // Probes are plain HTTP: no client certificate is needed even
+            // when the TLS port asks for one.
+            if let Ok(response) = server.client.get(server.probe(path)).send().await
                 && response.status() == 200
             {
                 break;
@@ -179,6 +200,11 @@ impl Server {
     /// URL of `path`.
     pub fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// URL of `path` on the probe port.
+    pub fn probe(&self, path: &str) -> String {
+        format!("{}{path}", self.probe_url)
     }
 
     /// The server's log so far.

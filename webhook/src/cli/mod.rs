@@ -1,12 +1,16 @@
 //! The `tollgate` command line: `serve` (the webhook), `run` (offline
-//! evaluation of AdmissionReviews), `audit` (scans, reports and the decision
-//! log's check) and `compile` (the child process that compiles a component
-//! for the server's module cache).
+//! evaluation of AdmissionReviews), `certs` and `webhooks` (what an install
+//! needs), `audit` (scans, reports and the decision log's check) and
+//! `compile` (the child process that compiles a component for the server's
+//! module cache).
 
 mod audit;
+mod certs;
 mod compile;
 mod run;
 mod serve;
+mod serving;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +42,11 @@ enum Command {
     /// Evaluate AdmissionReview files offline, as the apiserver's mutating
     /// and validating calls would, and print the responses.
     Run(run::Args),
+    /// Make a CA and serving certificate for the webhook's Service, as
+    /// files and a Secret manifest.
+    Certs(certs::Args),
+    /// Print the webhook configurations that register the policies.
+    Webhooks(webhooks::Args),
     /// Audit: scan existing objects into reports; verify the decision log.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -145,6 +154,12 @@ impl PolicyArgs {
     }
 }
 
+/// A Go duration (`5s`, `500ms`, `1m30s`, `8760h`), as flags take them.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::server::limits::parse_go_duration(text)
+        .ok_or_else(|| format!("{text:?}: write a duration like 5s, 500ms or 1m30s"))
+}
+
 /// Runs the command line.
 ///
 /// # Errors
@@ -155,7 +170,19 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Run(args) => run::run(args),
+        Command::Certs(args) => certs::run(args),
+        Command::Webhooks(args) => webhooks::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Compile => compile::run(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

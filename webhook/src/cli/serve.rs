@@ -12,7 +12,8 @@ use crate::audit::log::{self, DecisionLog, Fsync, WhenFull};
 use crate::audit::seal::Key;
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
-use crate::server::{self, AppState, Limits, certs, tls};
+use super::serving;
+use crate::server::{self, AppState, Limits, routes, tls};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,26 +22,20 @@ pub struct Args {
     addr: SocketAddr,
     #[command(flatten)]
     policies: super::PolicyArgs,
-    /// Serving certificate (PEM); with --tls-key. Reloaded when it changes.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Serving key (PEM); with --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Where a self-made CA and serving certificate are kept when no
-    /// --tls-cert is given (ca.crt, tls.crt, tls.key).
-    #[arg(long, default_value = "tollgate-certs")]
-    cert_dir: PathBuf,
-    /// Extra DNS names for a self-made certificate (e.g. the Service's
-    /// tollgate.tollgate-system.svc). May repeat.
-    #[arg(long = "tls-san")]
-    tls_sans: Vec<String>,
-    /// Require client certificates signed by this CA (the apiserver's).
+    /// Address of the plain-HTTP probe port: /healthz, /readyz and
+    /// /metrics, for kubelet and Prometheus (port 0: a free port, named in
+    /// the log).
+    #[arg(long, default_value = "0.0.0.0:8081", env = "TOLLGATE_PROBE_ADDR")]
+    probe_addr: SocketAddr,
+    #[command(flatten)]
+    certs: serving::CertArgs,
+    /// Require client certificates signed by this CA on the TLS port (the
+    /// apiserver's, from its AdmissionConfiguration); probes are unaffected.
     #[arg(long)]
     client_ca: Option<PathBuf>,
     /// On SIGTERM, how long to keep accepting while readiness reports false,
     /// so that Service endpoints drop this replica first.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = super::parse_duration)]
     shutdown_delay: Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -71,10 +66,10 @@ pub struct Args {
     decision_log_fsync: Fsync,
     /// The longest any admission request may take; the apiserver's own
     /// `?timeout=` (less --timeout-margin) is used when shorter.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     request_timeout: Duration,
     /// Taken off the apiserver's `?timeout=` so the answer arrives in time.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "250ms", value_parser = super::parse_duration)]
     timeout_margin: Duration,
     /// Policy evaluations that may run at once (default: one per core);
     /// more wait, within their request's deadline.
@@ -82,10 +77,10 @@ pub struct Args {
     evaluation_threads: Option<usize>,
     /// Time a client has to finish its TLS handshake and send a request's
     /// headers; idle keep-alive connections close after it too.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     header_read_timeout: Duration,
     /// Time a client has to send a request's body.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
     body_read_timeout: Duration,
     /// Connections served at once (more wait in the listen queue).
     #[arg(long, default_value_t = 1024)]
@@ -116,11 +111,6 @@ impl Args {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    server::limits::parse_go_duration(text)
-        .ok_or_else(|| format!("{text:?}: write a duration like 5s, 500ms or 1m30s"))
-}
-
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -140,25 +130,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     init_tracing(&args.log_format);
     let config = args.policies.load_config()?;
-    let files = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => tls::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        _ => {
-            let made = certs::ensure(&args.cert_dir, &args.tls_sans)?;
-            let what = match &made.outcome {
-                certs::Outcome::Created => "created a self-made CA and certificate".to_owned(),
-                certs::Outcome::Reused => "reusing the self-made certificate".to_owned(),
-                certs::Outcome::Reissued(why) => {
-                    format!("issued a new self-made certificate with the same CA ({why})")
-                }
-            };
-            tracing::info!(ca = %made.ca.display(), "{what}; trust it with: curl --cacert {}", made.ca.display());
-            made.files
-        }
-    };
-    let (tls_config, resolver) = tls::server_config(files, args.client_ca.as_deref())?;
     let limits = args.limits();
     let engine = Engine::new(engine::Config {
         cache_dir: args.policies.cache_dir(),
@@ -190,6 +161,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let resolver = args
+        .certs
+        .resolver(runtime.handle(), args.policies.kubeconfig.as_deref())?;
+    let tls_config = tls::server_config(resolver, args.client_ca.as_deref())?;
     let context = args
         .policies
         .cluster_context(&config, Some(runtime.handle()))?;
@@ -201,7 +176,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let addr = listener.local_addr().unwrap_or(args.addr);
         tracing::info!(%addr, "listening (HTTPS)");
         let state = Arc::new(AppState::new(limits, decisions));
-        tokio::spawn(resolver.watch());
+        let probes = tokio::net::TcpListener::bind(args.probe_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (--probe-addr)", args.probe_addr))?;
+        let probe_addr = probes.local_addr().unwrap_or(args.probe_addr);
+        tracing::info!(addr = %probe_addr, "listening (HTTP probes)");
+        // Probes answer until the process ends, readiness false meanwhile.
+        tokio::spawn(axum::serve(probes, routes::probe_router().with_state(state.clone())).into_future());
         let loading = state.clone();
         let keep_mutations = state.decisions.is_some();
         tokio::task::spawn_blocking(move || {

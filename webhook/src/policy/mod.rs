@@ -12,6 +12,7 @@ pub mod config;
 pub mod matcher;
 pub mod output;
 pub mod patch;
+pub mod registration;
 pub mod request;
 pub mod set;
 

@@ -1,4 +1,4 @@
-//! The HTTPS server: TLS ([`tls`], [`certs`]), the routes ([`routes`]), the
+//! The HTTPS server: TLS ([`tls`]), the routes ([`routes`]), the
 //! AdmissionReview codec ([`review`]), what a client may cost ([`limits`],
 //! [`body`]) and metrics ([`metrics`]).
 //!
@@ -14,7 +14,6 @@
 //! are bounded in streams, header size and resets.
 
 pub mod body;
-pub mod certs;
 mod handshake;
 pub mod limits;
 pub mod metrics;
