@@ -144,7 +144,7 @@ impl Info {
     /// Whether it names `name` (a DNS name, case-insensitive, or an IP).
     pub fn covers(&self, name: &str) -> bool {
         let wanted = normal_name(name);
-        self.names.iter().any(|n| *n == wanted)
+        self.names.contains(&wanted)
     }
 }
 

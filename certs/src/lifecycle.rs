@@ -659,7 +659,7 @@ fn timestamp(time: SystemTime) -> jiff::Timestamp {
 }
 
 fn system_time(time: jiff::Timestamp) -> SystemTime {
-    SystemTime::try_from(time).unwrap_or(SystemTime::UNIX_EPOCH)
+    SystemTime::from(time)
 }
 
 #[cfg(test)]

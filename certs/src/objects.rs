@@ -112,8 +112,11 @@ fn name_of(object: &Value) -> String {
 /// `resourceVersion`.
 #[derive(Debug, Default)]
 pub struct Memory {
-    objects: Mutex<(u64, BTreeMap<(Kind, String), Value>)>,
+    objects: Mutex<Stored>,
 }
+
+/// The last `resourceVersion` given, and the objects by kind and name.
+type Stored = (u64, BTreeMap<(Kind, String), Value>);
 
 impl Memory {
     /// Puts `object` in place as an outside writer would (a user's `kubectl
@@ -245,5 +248,122 @@ impl Objects for Kube {
             .await
             .map_err(|e| api_error(kind, &name, e))?;
         to_value(kind, &replaced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+
+    /// The apiserver's side of one exchange: the request's method, path and
+    /// body, answered with `status` and `answer`.
+    async fn exchange(
+        handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        status: StatusCode,
+        answer: Value,
+    ) -> (Method, String, Value) {
+        let (request, respond) = handle.next_request().await.expect("a request");
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        respond.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        (method, path, body)
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": reason, "reason": reason, "code": code})
+    }
+
+    #[tokio::test]
+    async fn the_kube_objects_speak_the_apiservers_protocol() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let objects = Kube::new(kube::Client::new(service, "default"), "tollgate-system");
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "tollgate-certs", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "tollgate-a"}});
+        let apiserver = tokio::spawn(async move {
+            let missing =
+                exchange(&mut handle, StatusCode::NOT_FOUND, status(404, "NotFound")).await;
+            let exists = exchange(
+                &mut handle,
+                StatusCode::CONFLICT,
+                status(409, "AlreadyExists"),
+            )
+            .await;
+            let mut stored = lease.clone();
+            stored["metadata"]["resourceVersion"] = "8".into();
+            let replaced = exchange(&mut handle, StatusCode::OK, stored).await;
+            let stale = exchange(&mut handle, StatusCode::CONFLICT, status(409, "Conflict")).await;
+            let forbidden =
+                exchange(&mut handle, StatusCode::FORBIDDEN, status(403, "Forbidden")).await;
+            (missing, exists, replaced, stale, forbidden)
+        });
+
+        assert!(
+            objects
+                .get(Kind::Secret, "tollgate-certs")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let secret =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tollgate-certs"}});
+        assert!(matches!(
+            objects.create(Kind::Secret, secret).await,
+            Err(Error::Conflict(Kind::Secret, name)) if name == "tollgate-certs"
+        ));
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "tollgate-certs", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "tollgate-b"}});
+        let written = objects.replace(Kind::Lease, lease.clone()).await.unwrap();
+        assert_eq!(written["metadata"]["resourceVersion"], "8");
+        assert!(matches!(
+            objects.replace(Kind::Lease, lease).await,
+            Err(Error::Conflict(Kind::Lease, _))
+        ));
+        let error = objects
+            .get(Kind::MutatingWebhookConfiguration, "tollgate")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::Api { .. }), "{error}");
+
+        let (missing, exists, replaced, _, forbidden) = apiserver.await.unwrap();
+        assert_eq!(
+            (missing.0, missing.1.as_str()),
+            (
+                Method::GET,
+                "/api/v1/namespaces/tollgate-system/secrets/tollgate-certs"
+            )
+        );
+        assert_eq!(
+            (exists.0, exists.1.as_str()),
+            (Method::POST, "/api/v1/namespaces/tollgate-system/secrets")
+        );
+        assert_eq!(
+            (replaced.0, replaced.1.as_str()),
+            (
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/tollgate-certs"
+            )
+        );
+        // The write is a compare-and-swap on the version read.
+        assert_eq!(replaced.2["metadata"]["resourceVersion"], "7");
+        assert_eq!(replaced.2["spec"]["holderIdentity"], "tollgate-b");
+        // Webhook configurations are cluster-scoped.
+        assert_eq!(
+            forbidden.1,
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/tollgate"
+        );
     }
 }

@@ -179,7 +179,10 @@ fn accepts(args: &[String]) -> String {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_ne!(output.status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(!output.status.success(), "no cluster: {args:?} cannot succeed");
+    assert!(
+        !output.status.success(),
+        "no cluster: {args:?} cannot succeed"
+    );
     stderr
 }
 
@@ -192,12 +195,23 @@ fn the_self_managed_overlay_renders_a_complete_install() {
     let objects = render("self-managed");
     let (deployment, _) = check("self-managed", &objects);
     let deployment = deployment.expect("a Deployment");
-    let spec = deployment.spec.as_ref().unwrap();
+    let spec = &deployment.spec;
     assert_eq!(spec.replicas, Some(2));
     let template = spec.template.spec.as_ref().unwrap();
-    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
     for (key, value) in spec.selector.match_labels.as_ref().unwrap() {
-        assert_eq!(pod_labels.get(key), Some(value), "the selector selects the pods");
+        assert_eq!(
+            pod_labels.get(key),
+            Some(value),
+            "the selector selects the pods"
+        );
     }
     // Restricted pod security for itself.
     let pod_security = template.security_context.as_ref().unwrap();
@@ -256,7 +270,7 @@ fn the_cert_manager_overlay_mounts_the_issued_secret_and_injects_its_ca() {
     let objects = render("cert-manager");
     let (deployment, _) = check("cert-manager", &objects);
     let deployment = deployment.unwrap();
-    let template = deployment.spec.unwrap().template.spec.unwrap();
+    let template = deployment.spec.template.spec.unwrap();
     let args = container_args(&template);
     assert!(args.contains(&"--certs=mounted".to_owned()));
     let volume = template
@@ -312,7 +326,14 @@ fn the_audit_overlay_adds_the_report_crds_and_a_scanning_cron_job() {
         ]
     );
     let cron_job = cron_job.expect("a CronJob");
-    let pod = cron_job.spec.unwrap().job_template.spec.unwrap().template.spec.unwrap();
+    let pod = cron_job
+        .spec
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
     let args = container_args(&pod);
     assert_eq!(args[..4], ["audit", "scan", "--cluster", "--write-reports"]);
     let stderr = accepts(&args);

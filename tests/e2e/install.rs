@@ -165,12 +165,18 @@ policies:
     assert_eq!(denied_by(&both), ["nvcr-only"]);
 
     let from_nvcr = review("CREATE", &pod("nvcr.io/nvidia/pytorch:24.05-py3"));
-    assert_eq!(server.review("/validate/fail", &from_nvcr).await["allowed"], true);
+    assert_eq!(
+        server.review("/validate/fail", &from_nvcr).await["allowed"],
+        true
+    );
     let ignore = server.review("/validate/ignore", &from_nvcr).await;
     assert_eq!(denied_by(&ignore), ["docker-only"]);
 
     let (status, _) = server
-        .post_raw("/validate/sometimes", serde_json::to_vec(&from_nvcr).unwrap())
+        .post_raw(
+            "/validate/sometimes",
+            serde_json::to_vec(&from_nvcr).unwrap(),
+        )
         .await;
     assert_eq!(status, 404);
 }
@@ -226,7 +232,10 @@ fn webhooks_are_derived_from_the_default_and_the_example_configurations() {
             .flat_map(|r| r.resources.iter().flatten())
             .collect();
         assert!(resources.iter().any(|r| *r == "pods"), "{resources:?}");
-        assert!(resources.iter().any(|r| *r == "pytorchjobs"), "{resources:?}");
+        assert!(
+            resources.iter().any(|r| *r == "pytorchjobs"),
+            "{resources:?}"
+        );
     }
     let names: Vec<&str> = validating
         .webhooks
@@ -418,13 +427,18 @@ async fn certs_writes_a_pair_for_the_service_that_serve_takes_as_mounted() {
         "--out",
         out.path().to_str().unwrap(),
     ]);
-    assert!(printed.contains("Secret tollgate-system/tollgate-certs"), "{printed}");
-    let secret: k8s_openapi::api::core::v1::Secret = serde_yaml::from_str(
-        &std::fs::read_to_string(out.path().join("secret.yaml")).unwrap(),
-    )
-    .unwrap();
+    assert!(
+        printed.contains("Secret tollgate-system/tollgate-certs"),
+        "{printed}"
+    );
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_yaml::from_str(&std::fs::read_to_string(out.path().join("secret.yaml")).unwrap())
+            .unwrap();
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
-    assert_eq!(secret.metadata.namespace.as_deref(), Some("tollgate-system"));
+    assert_eq!(
+        secret.metadata.namespace.as_deref(),
+        Some("tollgate-system")
+    );
     let data = secret.data.unwrap();
     for key in ["ca.crt", "ca.key", "tls.crt", "tls.key"] {
         let file = std::fs::read(out.path().join(key)).unwrap();
@@ -457,4 +471,47 @@ async fn certs_writes_a_pair_for_the_service_that_serve_takes_as_mounted() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn on_sigterm_readiness_fails_at_once_while_admission_goes_on_for_the_delay() {
+    let mut server = Server::start(Options {
+        args: &["--shutdown-delay", "3s"],
+        ..Options::default()
+    })
+    .await;
+    let signalled = Instant::now();
+    server.send_sigterm();
+    // Readiness goes false at once…
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let response = server
+            .client
+            .get(server.probe("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            assert_eq!(response.text().await.unwrap(), "shutting down\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness stayed true");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …while the apiserver's requests are still answered until endpoints
+    // have dropped the replica.
+    let answer = server.review("/validate", &standard_request()).await;
+    assert_eq!(answer["allowed"], true);
+    assert!(signalled.elapsed() < Duration::from_secs(3));
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.wait();
+        (status, server.log())
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1);
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "the delay was kept"
+    );
 }

@@ -105,7 +105,10 @@ impl Server {
             .args(if options.args.contains(&"--cert-dir") {
                 Vec::new()
             } else {
-                vec![OsString::from("--cert-dir"), dir.path().join("certs").into()]
+                vec![
+                    OsString::from("--cert-dir"),
+                    dir.path().join("certs").into(),
+                ]
             })
             .arg("--cache-dir")
             .arg(workspace().join("target/e2e-module-cache"))
@@ -146,7 +149,10 @@ impl Server {
             .args
             .iter()
             .position(|a| *a == "--cert-dir")
-            .map_or_else(|| dir.path().join("certs"), |i| PathBuf::from(options.args[i + 1]))
+            .map_or_else(
+                || dir.path().join("certs"),
+                |i| PathBuf::from(options.args[i + 1]),
+            )
             .join("ca.crt");
         let client = client(&ca);
         let mut server = Server {
@@ -261,13 +267,24 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait()
+    }
+
+    /// Waits for the exit status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
+        child.wait().expect("waiting for tollgate")
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn send_sigterm(&self) {
+        let child = self.child.as_ref().expect("running");
         Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status()
             .expect("kill");
-        child.wait().expect("waiting for tollgate")
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use super::serving;
 use crate::audit::log::{self, DecisionLog, Fsync, WhenFull};
 use crate::audit::seal::Key;
 use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
-use super::serving;
 use crate::server::{self, AppState, Limits, routes, tls};
 
 #[derive(Debug, clap::Args)]
@@ -182,7 +182,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let probe_addr = probes.local_addr().unwrap_or(args.probe_addr);
         tracing::info!(addr = %probe_addr, "listening (HTTP probes)");
         // Probes answer until the process ends, readiness false meanwhile.
-        tokio::spawn(axum::serve(probes, routes::probe_router().with_state(state.clone())).into_future());
+        tokio::spawn(
+            axum::serve(probes, routes::probe_router().with_state(state.clone())).into_future(),
+        );
         let loading = state.clone();
         let keep_mutations = state.decisions.is_some();
         tokio::task::spawn_blocking(move || {

@@ -79,12 +79,19 @@ pub struct CertArgs {
 
 fn parse_fraction(text: &str) -> Result<f64, String> {
     let value = match text.split_once('/') {
-        Some((a, b)) => a.trim().parse::<f64>().ok().zip(b.trim().parse::<f64>().ok()).map(|(a, b)| a / b),
+        Some((a, b)) => a
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .zip(b.trim().parse::<f64>().ok())
+            .map(|(a, b)| a / b),
         None => text.parse().ok(),
     };
     match value {
         Some(v) if v > 0.0 && v < 1.0 => Ok(v),
-        _ => Err(format!("{text:?}: write a fraction between 0 and 1, like 2/3 or 0.5")),
+        _ => Err(format!(
+            "{text:?}: write a fraction between 0 and 1, like 2/3 or 0.5"
+        )),
     }
 }
 

@@ -13,7 +13,11 @@ pub struct Args {
     #[arg(long, default_value = "tollgate")]
     name: String,
     /// The webhook's Service, NAME.NAMESPACE.
-    #[arg(long, value_name = "NAME.NAMESPACE", default_value = "tollgate.tollgate-system")]
+    #[arg(
+        long,
+        value_name = "NAME.NAMESPACE",
+        default_value = "tollgate.tollgate-system"
+    )]
     service: String,
     /// The Service's port.
     #[arg(long, default_value_t = 443)]

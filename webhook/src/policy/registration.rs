@@ -4,7 +4,7 @@
 //! policy, so a fail-open policy never blocks admission when Tollgate is
 //! unreachable.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::admissionregistration::v1::{
     MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
@@ -176,11 +176,13 @@ fn webhook(
     }
 }
 
+/// What a rule is besides its resources: API groups, operations, scope.
+type Shape = (Vec<String>, Vec<&'static str>, &'static str);
+
 /// One rule per distinct (groups, operations, scope), with every resource
 /// the policies of that shape name.
 fn rules(policies: &[&PolicyConfig]) -> Vec<RuleWithOperations> {
-    let mut shapes: Vec<(Vec<String>, Vec<&'static str>, &'static str, BTreeSet<String>)> =
-        Vec::new();
+    let mut shapes: BTreeMap<Shape, BTreeSet<String>> = BTreeMap::new();
     for policy in policies {
         let matches = &policy.matches;
         let groups: BTreeSet<String> = matches.api_groups.iter().cloned().collect();
@@ -191,35 +193,32 @@ fn rules(policies: &[&PolicyConfig]) -> Vec<RuleWithOperations> {
         };
         let operations: BTreeSet<&'static str> =
             matches.operations.iter().map(|o| operation(*o)).collect();
-        let operations: Vec<&'static str> = operations.into_iter().collect();
         // Only namespaced objects can match a namespace list.
         let scope = if matches.namespaces.is_empty() {
             "*"
         } else {
             "Namespaced"
         };
-        let resources = matches.kinds.iter().map(|kind| resource(kind));
-        match shapes
-            .iter_mut()
-            .find(|(g, o, s, _)| *g == groups && *o == operations && *s == scope)
-        {
-            Some((_, _, _, found)) => found.extend(resources),
-            None => shapes.push((groups, operations, scope, resources.collect())),
-        }
+        shapes
+            .entry((groups, operations.into_iter().collect(), scope))
+            .or_default()
+            .extend(matches.kinds.iter().map(|kind| resource(kind)));
     }
     shapes
         .into_iter()
-        .map(|(groups, operations, scope, resources)| RuleWithOperations {
-            api_groups: Some(groups),
-            api_versions: Some(vec!["*".into()]),
-            operations: Some(operations.into_iter().map(str::to_owned).collect()),
-            resources: Some(if resources.contains("*") {
-                vec!["*".into()]
-            } else {
-                resources.into_iter().collect()
-            }),
-            scope: Some(scope.into()),
-        })
+        .map(
+            |((groups, operations, scope), resources)| RuleWithOperations {
+                api_groups: Some(groups),
+                api_versions: Some(vec!["*".into()]),
+                operations: Some(operations.into_iter().map(str::to_owned).collect()),
+                resources: Some(if resources.contains("*") {
+                    vec!["*".into()]
+                } else {
+                    resources.into_iter().collect()
+                }),
+                scope: Some(scope.into()),
+            },
+        )
         .collect()
 }
 

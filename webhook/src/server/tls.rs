@@ -267,8 +267,14 @@ mod tests {
         )
         .unwrap();
         let error = resolver.replace(&other.cert, &made_key(&made)).unwrap_err();
-        assert!(error.to_string().contains("does not match the certificate"), "{error}");
-        assert!(accepted(&ca, &resolver, "tollgate.tollgate-system.svc"), "kept");
+        assert!(
+            error.to_string().contains("does not match the certificate"),
+            "{error}"
+        );
+        assert!(
+            accepted(&ca, &resolver, "tollgate.tollgate-system.svc"),
+            "kept"
+        );
         resolver.replace(&other.cert, &other.key).unwrap();
         assert!(accepted(&other_ca.cert, &resolver, "elsewhere.example"));
     }
