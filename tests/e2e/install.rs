@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tollgate_certs::authority::{self, Info, Pair};
+use tollgate_e2e::apiserver::Apiserver;
 use tollgate_e2e::{Options, Server, binary, review, standard_request, workspace};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -202,7 +204,7 @@ fn registration(
     let mut mutating = None;
     let mut validating = None;
     for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+        let value: Value = serde::Deserialize::deserialize(document).unwrap();
         match value["kind"].as_str() {
             Some("MutatingWebhookConfiguration") => {
                 mutating = Some(serde_json::from_value(value).unwrap());
@@ -314,7 +316,7 @@ async fn served_fingerprint(server: &Server, ca: &Path) -> String {
     let der = &session.peer_certificates().unwrap()[0];
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der.as_ref())
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
     );
     Info::read(&pem, "served").unwrap().fingerprint
 }
@@ -514,4 +516,169 @@ async fn on_sigterm_readiness_fails_at_once_while_admission_goes_on_for_the_dela
         signalled.elapsed() >= Duration::from_secs(3),
         "the delay was kept"
     );
+}
+
+/// The caBundle of every webhook of the stand-in apiserver's configurations.
+fn published_bundles(apiserver: &Apiserver) -> Vec<String> {
+    let mut bundles = Vec::new();
+    for kind in [
+        "mutatingwebhookconfigurations",
+        "validatingwebhookconfigurations",
+    ] {
+        let path = format!("/apis/admissionregistration.k8s.io/v1/{kind}/tollgate");
+        let config = apiserver.get(&path).expect("the webhook configuration");
+        for webhook in config["webhooks"].as_array().unwrap() {
+            let encoded = webhook["clientConfig"]["caBundle"].as_str().unwrap_or("");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            bundles.push(String::from_utf8(bytes).unwrap());
+        }
+    }
+    bundles
+}
+
+/// The Secret's pair, as PEM.
+fn secret_pair(apiserver: &Apiserver) -> (Value, Pair) {
+    let secret = apiserver.get(SECRET).expect("the Secret");
+    let text = |key: &str| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    };
+    let pair = Pair {
+        cert: text("tls.crt"),
+        key: text("tls.key"),
+    };
+    (secret, pair)
+}
+
+const SECRET: &str = "/api/v1/namespaces/tollgate-system/secrets/tollgate-certs";
+
+#[tokio::test]
+async fn self_managed_replicas_share_one_secret_and_keep_its_ca_in_the_webhooks() {
+    let apiserver = Apiserver::start().await;
+    // The webhook configurations as `tollgate webhooks` writes them.
+    let registration = tollgate(&["webhooks"]);
+    for document in serde_yaml::Deserializer::from_str(&registration) {
+        let object: Value = serde::Deserialize::deserialize(document).unwrap();
+        let kind = object["kind"].as_str().unwrap().to_ascii_lowercase();
+        apiserver.put(
+            &format!("/apis/admissionregistration.k8s.io/v1/{kind}s/tollgate"),
+            object,
+        );
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    apiserver.kubeconfig(&kubeconfig);
+    let args = [
+        "--certs",
+        "self-managed",
+        "--service",
+        "tollgate.tollgate-system",
+        "--tls-san",
+        "127.0.0.1",
+        "--webhook-config",
+        "tollgate",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ];
+    let a = Server::start(Options {
+        args: &args,
+        env: &[("POD_NAME", "tollgate-a")],
+        ..Options::default()
+    })
+    .await;
+    let b = Server::start(Options {
+        args: &args,
+        env: &[("POD_NAME", "tollgate-b")],
+        ..Options::default()
+    })
+    .await;
+
+    // One Secret; its CA in every webhook; both replicas serve its pair.
+    let (secret, pair) = secret_pair(&apiserver);
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let bundles = published_bundles(&apiserver);
+    assert_eq!(bundles.len(), 2, "a mutating and a validating webhook");
+    let bundle = bundles[0].clone();
+    assert!(bundles.iter().all(|b| *b == bundle));
+    let fingerprint = Info::read(&pair.cert, "served").unwrap().fingerprint;
+    let ca_file = scratch.path().join("bundle.crt");
+    write(&ca_file, &bundle);
+    for server in [&a, &b] {
+        assert_eq!(served_fingerprint(server, &ca_file).await, fingerprint);
+        let client = tollgate_e2e::client(&ca_file);
+        let response = client
+            .post(server.endpoint("/validate"))
+            .json(&standard_request())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let lease = apiserver
+        .get("/apis/coordination.k8s.io/v1/namespaces/tollgate-system/leases/tollgate-certs")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "tollgate-a");
+    let annotations = secret["metadata"]["annotations"].as_object().unwrap();
+    for replica in ["tollgate-a", "tollgate-b"] {
+        let report = annotations[&format!("serving.certs.tollgate.dev/{replica}")]
+            .as_str()
+            .unwrap();
+        assert!(report.starts_with(&fingerprint), "{report}");
+    }
+
+    // A caBundle edited away comes back.
+    let path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/tollgate";
+    let mut edited = apiserver.get(path).unwrap();
+    edited["webhooks"][0]["clientConfig"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caBundle");
+    apiserver.put(path, edited);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while published_bundles(&apiserver).iter().any(|b| *b != bundle) {
+        assert!(
+            Instant::now() < deadline,
+            "the caBundle was not put back:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A new pair written into the Secret (by its owner, as `kubectl apply`
+    // of a new `tollgate certs` would) is served by both, no restart.
+    let (mut secret, _) = secret_pair(&apiserver);
+    let ca = Pair {
+        cert: bundle.clone(),
+        key: String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["ca.key"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap(),
+    };
+    let names = vec![
+        "tollgate.tollgate-system.svc".to_owned(),
+        "tollgate.tollgate-system.svc.cluster.local".into(),
+        "127.0.0.1".into(),
+    ];
+    let next = authority::issue(&ca, &names, SystemTime::now(), 24 * HOUR).unwrap();
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    secret["data"]["tls.crt"] = encode(&next.cert).into();
+    secret["data"]["tls.key"] = encode(&next.key).into();
+    apiserver.put(SECRET, secret);
+    let expected = Info::read(&next.cert, "next").unwrap().fingerprint;
+    for server in [&a, &b] {
+        while served_fingerprint(server, &ca_file).await != expected {
+            assert!(
+                Instant::now() < deadline + Duration::from_secs(30),
+                "the new pair was not served:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

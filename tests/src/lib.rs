@@ -7,6 +7,8 @@
 //! artifacts are cached in `target/e2e-module-cache`, so only the first
 //! server of a run compiles.
 
+pub mod apiserver;
+
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,8 @@ pub struct Options<'a> {
     pub expect_unready: bool,
     /// More arguments for `serve` (e.g. `--context PATH`).
     pub args: &'a [&'a str],
+    /// More environment variables (e.g. `POD_NAME`).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Server {
@@ -116,6 +120,7 @@ impl Server {
             // No kubeconfig: cluster context comes only from --context.
             .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
             .env_remove("KUBERNETES_SERVICE_HOST")
+            .envs(options.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).expect("log file"));
         if let Some(config) = options.config {
@@ -154,7 +159,16 @@ impl Server {
                 |i| PathBuf::from(options.args[i + 1]),
             )
             .join("ca.crt");
-        let client = client(&ca);
+        // A certificate kept elsewhere (a Secret): the test builds its own
+        // client; this one reaches the plain-HTTP probes.
+        let client = if ca.is_file() {
+            client(&ca)
+        } else {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls_roots(rustls::RootCertStore::empty()))
+                .build()
+                .expect("building the client")
+        };
         let mut server = Server {
             child: Some(child),
             url: format!("https://{addr}"),
@@ -314,11 +328,19 @@ pub fn client_builder(ca: &Path) -> reqwest::ClientBuilder {
 /// A TLS client configuration that trusts only the CA in `ca` (PEM), for
 /// tests that speak HTTP by hand.
 pub fn tls_config(ca: &Path) -> rustls::ClientConfig {
-    let pem = std::fs::read(ca).expect("reading CA");
+    tls_trusting(&std::fs::read(ca).expect("reading CA"))
+}
+
+/// A TLS client configuration that trusts only the CAs of `pem`.
+pub fn tls_trusting(pem: &[u8]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(pem) {
         roots.add(cert.expect("CA PEM")).expect("adding CA");
     }
+    tls_roots(roots)
+}
+
+fn tls_roots(roots: rustls::RootCertStore) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
