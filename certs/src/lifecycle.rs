@@ -202,9 +202,13 @@ impl<O: Objects> Lifecycle<O> {
         let due = self
             .reported
             .is_none_or(|at| at + self.settings.report_every <= now);
+        // What this replica serves must not wait on its report: a failed
+        // one is tried again next round.
         if due {
-            self.report(contents, &fingerprint, now).await?;
-            self.reported = Some(now);
+            match self.report(contents, &fingerprint, now).await {
+                Ok(()) => self.reported = Some(now),
+                Err(error) => tracing::warn!("reporting the certificate served: {error}"),
+            }
         }
         Ok(Tick {
             leader,
@@ -417,15 +421,27 @@ impl<O: Objects> Lifecycle<O> {
                 Kind::MutatingWebhookConfiguration,
                 Kind::ValidatingWebhookConfiguration,
             ] {
-                let Some(mut config) = self.objects.get(kind, name).await? else {
-                    continue;
+                let mut config = match self.objects.get(kind, name).await {
+                    Ok(Some(config)) => config,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::error!("cannot read the webhook configuration: {error}");
+                        found = true;
+                        everywhere = false;
+                        continue;
+                    }
                 };
                 found = true;
                 if set_ca_bundle(&mut config, &encoded) {
                     match self.objects.replace(kind, config).await {
                         Ok(_) => tracing::info!(%name, ?kind, "caBundle written"),
+                        // Edited meanwhile: written next round.
                         Err(objects::Error::Conflict(..)) => everywhere = false,
-                        Err(error) => return Err(error.into()),
+                        // Serving goes on; the error is said every round.
+                        Err(error) => {
+                            tracing::error!("cannot write the caBundle: {error}");
+                            everywhere = false;
+                        }
                     }
                 }
             }
@@ -921,6 +937,23 @@ mod tests {
         assert_eq!(error.to_string(), "Secret tollgate-certs: has no ca.crt");
         let secret = memory.peek(Kind::Secret, "tollgate-certs").unwrap();
         assert_eq!(secret["metadata"]["resourceVersion"], "3");
+    }
+
+    #[test]
+    fn a_webhook_configuration_that_cannot_be_written_stops_neither_serving_nor_reports() {
+        let memory = cluster();
+        memory.refuse_writes(Kind::ValidatingWebhookConfiguration);
+        let now = SystemTime::now();
+        let mut a = Replica::new(&memory, "tollgate-a");
+        let mut b = Replica::new(&memory, "tollgate-b");
+        a.tick(now);
+        b.tick(now);
+        assert_eq!(a.cert(), b.cert());
+        let secret = memory.peek(Kind::Secret, "tollgate-certs").unwrap();
+        let annotations = secret["metadata"]["annotations"].as_object().unwrap();
+        assert!(annotations.contains_key("serving.certs.tollgate.dev/tollgate-b"));
+        // Not in every configuration: a new CA would not be served yet.
+        assert!(!annotations.contains_key(PUBLISHED));
     }
 
     #[test]

@@ -113,6 +113,8 @@ fn name_of(object: &Value) -> String {
 #[derive(Debug, Default)]
 pub struct Memory {
     objects: Mutex<Stored>,
+    /// Kinds whose writes are refused, as RBAC would.
+    refused: Mutex<Vec<Kind>>,
 }
 
 /// The last `resourceVersion` given, and the objects by kind and name.
@@ -126,6 +128,30 @@ impl Memory {
         objects.0 += 1;
         object["metadata"]["resourceVersion"] = objects.0.to_string().into();
         objects.1.insert((kind, name_of(&object)), object);
+    }
+
+    /// Refuses writes of `kind` from now on (a missing RBAC grant).
+    pub fn refuse_writes(&self, kind: Kind) {
+        self.refused
+            .lock()
+            .expect("refused lock poisoned")
+            .push(kind);
+    }
+
+    fn check_allowed(&self, kind: Kind, name: &str) -> Result<(), Error> {
+        if self
+            .refused
+            .lock()
+            .expect("refused lock poisoned")
+            .contains(&kind)
+        {
+            return Err(Error::Api {
+                kind,
+                name: name.to_owned(),
+                message: "forbidden".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The stored object, if any.
@@ -142,6 +168,7 @@ impl Objects for Memory {
 
     async fn create(&self, kind: Kind, object: Value) -> Result<Value, Error> {
         let name = name_of(&object);
+        self.check_allowed(kind, &name)?;
         if self.peek(kind, &name).is_some() {
             return Err(Error::Conflict(kind, name));
         }
@@ -151,6 +178,7 @@ impl Objects for Memory {
 
     async fn replace(&self, kind: Kind, object: Value) -> Result<Value, Error> {
         let name = name_of(&object);
+        self.check_allowed(kind, &name)?;
         {
             let objects = self.objects.lock().expect("objects lock poisoned");
             let current = objects.1.get(&(kind, name.clone()));

@@ -26,33 +26,41 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-/// A client configuration trusting `ca` and presenting `identity`.
-fn tls_with_identity(ca: &Path, identity: &Pair) -> rustls::ClientConfig {
+/// A client trusting `ca` and presenting `identity`.
+fn client_with_identity(ca: &Path, identity: &Pair) -> reqwest::Client {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let base = tollgate_e2e::tls_config(ca);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
     let chain = CertificateDer::pem_slice_iter(identity.cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(identity.key.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(base_roots(ca))
+        .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
-    config.alpn_protocols = base.alpn_protocols;
-    config
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
 }
 
-fn base_roots(ca: &Path) -> rustls::RootCertStore {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    roots
+/// POSTs the standard request to `server`'s `/validate` with `client`.
+async fn validate_standard(
+    client: &reqwest::Client,
+    server: &Server,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(server.endpoint("/validate"))
+        .json(&standard_request())
+        .send()
+        .await
 }
 
 #[tokio::test]
@@ -87,41 +95,22 @@ async fn probes_are_plain_http_and_a_client_ca_guards_only_the_tls_port() {
     }
 
     // Without a client certificate the TLS port refuses the handshake.
-    let refused = server
-        .client
-        .post(server.endpoint("/validate"))
-        .json(&standard_request())
-        .send()
-        .await;
+    let refused = validate_standard(&server.client, &server).await;
     assert!(refused.is_err(), "{refused:?}");
 
     // With one from the client CA it answers.
     let ca = server.dir.path().join("certs/ca.crt");
-    let admitted = reqwest::Client::builder()
-        .use_preconfigured_tls(tls_with_identity(&ca, &apiserver))
-        .build()
-        .unwrap();
-    let response = admitted
-        .post(server.endpoint("/validate"))
-        .json(&standard_request())
-        .send()
+    let response = validate_standard(&client_with_identity(&ca, &apiserver), &server)
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let answer: serde_json::Value = response.json().await.unwrap();
+    let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
 
     // One from another CA is refused too.
     let stranger_ca = authority::new_ca(now, HOUR).unwrap();
     let stranger = authority::issue(&stranger_ca, &["someone".into()], now, HOUR).unwrap();
-    let refused = reqwest::Client::builder()
-        .use_preconfigured_tls(tls_with_identity(&ca, &stranger))
-        .build()
-        .unwrap()
-        .post(server.endpoint("/validate"))
-        .json(&standard_request())
-        .send()
-        .await;
+    let refused = validate_standard(&client_with_identity(&ca, &stranger), &server).await;
     assert!(refused.is_err(), "{refused:?}");
 }
 
@@ -610,12 +599,7 @@ async fn self_managed_replicas_share_one_secret_and_keep_its_ca_in_the_webhooks(
     for server in [&a, &b] {
         assert_eq!(served_fingerprint(server, &ca_file).await, fingerprint);
         let client = tollgate_e2e::client(&ca_file);
-        let response = client
-            .post(server.endpoint("/validate"))
-            .json(&standard_request())
-            .send()
-            .await
-            .unwrap();
+        let response = validate_standard(&client, server).await.unwrap();
         assert_eq!(response.status(), 200);
     }
     let lease = apiserver

@@ -3,7 +3,7 @@
 //! (for users who manage the Secret themselves).
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use tollgate_certs::{authority, dir, lifecycle};
@@ -23,12 +23,8 @@ pub struct Args {
     /// Name of the Secret in secret.yaml.
     #[arg(long, default_value = "tollgate-certs")]
     cert_secret: String,
-    /// How long the serving certificate is valid.
-    #[arg(long, default_value = "8760h", value_parser = super::parse_duration)]
-    cert_lifetime: Duration,
-    /// How long the CA is valid.
-    #[arg(long, default_value = "87600h", value_parser = super::parse_duration)]
-    ca_lifetime: Duration,
+    #[command(flatten)]
+    lifetimes: super::serving::Lifetimes,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -38,8 +34,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     names.extend(args.tls_sans.iter().cloned());
     let (_, namespace) = args.service.split_once('.').unwrap_or_default();
     let now = SystemTime::now();
-    let ca = authority::new_ca(now, args.ca_lifetime)?;
-    let serving = authority::issue(&ca, &names, now, args.cert_lifetime)?;
+    let ca = authority::new_ca(now, args.lifetimes.ca_lifetime)?;
+    let serving = authority::issue(&ca, &names, now, args.lifetimes.cert_lifetime)?;
     dir::write_pair(&args.out, &serving, &ca.cert)?;
     let ca_key = args.out.join("ca.key");
     std::fs::write(&ca_key, &ca.key).with_context(|| format!("writing {}", ca_key.display()))?;

@@ -161,6 +161,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let state = Arc::new(AppState::new(limits, decisions));
+    // Probes first: they answer (not ready) while the certificate is
+    // awaited and the policies load.
+    let probes = runtime
+        .block_on(tokio::net::TcpListener::bind(args.probe_addr))
+        .with_context(|| format!("cannot listen on {} (--probe-addr)", args.probe_addr))?;
+    let probe_addr = probes.local_addr().unwrap_or(args.probe_addr);
+    tracing::info!(addr = %probe_addr, "listening (HTTP probes)");
+    // They answer until the process ends, readiness false while draining.
+    runtime
+        .spawn(axum::serve(probes, routes::probe_router().with_state(state.clone())).into_future());
     let resolver = args
         .certs
         .resolver(runtime.handle(), args.policies.kubeconfig.as_deref())?;
@@ -175,16 +186,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The bound address, so that `--addr 127.0.0.1:0` says its port.
         let addr = listener.local_addr().unwrap_or(args.addr);
         tracing::info!(%addr, "listening (HTTPS)");
-        let state = Arc::new(AppState::new(limits, decisions));
-        let probes = tokio::net::TcpListener::bind(args.probe_addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (--probe-addr)", args.probe_addr))?;
-        let probe_addr = probes.local_addr().unwrap_or(args.probe_addr);
-        tracing::info!(addr = %probe_addr, "listening (HTTP probes)");
-        // Probes answer until the process ends, readiness false meanwhile.
-        tokio::spawn(
-            axum::serve(probes, routes::probe_router().with_state(state.clone())).into_future(),
-        );
         let loading = state.clone();
         let keep_mutations = state.decisions.is_some();
         tokio::task::spawn_blocking(move || {

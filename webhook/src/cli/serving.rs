@@ -65,16 +65,23 @@ pub struct CertArgs {
     /// With --certs self-managed: the Secret (and Lease) name.
     #[arg(long, default_value = "tollgate-certs")]
     cert_secret: String,
-    /// With --certs self-managed: how long a serving certificate is valid.
-    #[arg(long, default_value = "8760h", value_parser = super::parse_duration)]
-    cert_lifetime: Duration,
-    /// With --certs self-managed: how long a CA is valid.
-    #[arg(long, default_value = "87600h", value_parser = super::parse_duration)]
-    ca_lifetime: Duration,
+    #[command(flatten)]
+    lifetimes: Lifetimes,
     /// With --certs self-managed: the fraction of a lifetime after which a
     /// certificate or CA is replaced (`2/3`, `0.5`).
     #[arg(long, default_value = "2/3", value_parser = parse_fraction)]
     cert_renew_at: f64,
+}
+
+/// How long the certificates made are valid.
+#[derive(Debug, clap::Args)]
+pub struct Lifetimes {
+    /// How long a serving certificate is valid.
+    #[arg(long, default_value = "8760h", value_parser = super::parse_duration)]
+    pub cert_lifetime: Duration,
+    /// How long a CA is valid.
+    #[arg(long, default_value = "87600h", value_parser = super::parse_duration)]
+    pub ca_lifetime: Duration,
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {
@@ -147,8 +154,8 @@ impl CertArgs {
         settings.secret = self.cert_secret.clone();
         settings.lease = self.cert_secret.clone();
         settings.webhook_configs = self.webhook_configs.clone();
-        settings.cert_lifetime = self.cert_lifetime;
-        settings.ca_lifetime = self.ca_lifetime;
+        settings.cert_lifetime = self.lifetimes.cert_lifetime;
+        settings.ca_lifetime = self.lifetimes.ca_lifetime;
         settings.renew_at = self.cert_renew_at;
         let origin = format!("Secret {namespace}/{}", settings.secret);
         let mut lifecycle = Lifecycle::new(Kube::new(client, namespace), settings);

@@ -94,9 +94,8 @@ impl IntoResponse for Error {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
-        .route("/validate/{failure_policy}", post(validate_only))
         .route("/mutate", post(mutate))
-        .route("/mutate/{failure_policy}", post(mutate_only))
+        .route("/{side}/{failure_policy}", post(admit_only))
         .merge(probe_router())
         .with_state(state)
 }
@@ -146,37 +145,24 @@ async fn mutate(
     admit(state, Endpoint::Mutate, query, body).await
 }
 
-async fn validate_only(
+/// `/validate/fail`, `/mutate/ignore`, …: one failure policy's webhook.
+async fn admit_only(
     State(state): State<Arc<AppState>>,
-    Path(only): Path<String>,
+    Path((side, only)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Response {
-    match parse_failure_policy(&only) {
-        Some(only) => admit(state, Endpoint::ValidateOnly(only), query, body).await,
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-async fn mutate_only(
-    State(state): State<Arc<AppState>>,
-    Path(only): Path<String>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    match parse_failure_policy(&only) {
-        Some(only) => admit(state, Endpoint::MutateOnly(only), query, body).await,
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-/// The path segment of a webhook for one failure policy.
-fn parse_failure_policy(segment: &str) -> Option<FailurePolicy> {
-    match segment {
-        "fail" => Some(FailurePolicy::Fail),
-        "ignore" => Some(FailurePolicy::Ignore),
-        _ => None,
-    }
+    let only = match only.as_str() {
+        "fail" => FailurePolicy::Fail,
+        "ignore" => FailurePolicy::Ignore,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let endpoint = match side.as_str() {
+        "validate" => Endpoint::ValidateOnly(only),
+        "mutate" => Endpoint::MutateOnly(only),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    admit(state, endpoint, query, body).await
 }
 
 async fn admit(
