@@ -472,7 +472,7 @@ async fn on_sigterm_readiness_fails_at_once_while_admission_goes_on_for_the_dela
     })
     .await;
     let signalled = Instant::now();
-    server.send_sigterm();
+    server.signal("TERM");
     // Readiness goes false at once…
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {

@@ -10,6 +10,7 @@ mod gpu_placement;
 mod gpu_quota;
 mod hardening;
 mod install;
+mod live;
 mod pod_security;
 mod sandbox;
 mod serve;

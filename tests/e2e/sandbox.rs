@@ -206,17 +206,26 @@ policies:
     );
     let server = Server::start(Options {
         config: Some(&config),
-        expect_unready: true,
         ..Options::default()
     })
     .await;
+    // Ready: every replica would fail to load them the same way; their
+    // failurePolicy answers instead.
     let (status, body) = server.get("/readyz").await;
-    assert_eq!(status, 503);
+    assert_eq!(status, 200);
     assert_eq!(
         body,
-        "policy \"stuck\" failed to load: validate-settings failed: policy exceeded its deadline of 30 ms\n\
-         policy \"starting\" failed to load: validate-settings failed: policy's start function exceeded its deadline of 30 ms\n"
+        "ready: 1 policies loaded, 2 failed to load and answer with their failurePolicy (see /readyz?verbose)\n"
     );
+    let (status, body) = server.get("/readyz?verbose").await;
+    assert_eq!(status, 200);
+    for line in [
+        "policy \"stuck\" failed to load: validate-settings failed: policy exceeded its deadline of 30 ms; its failurePolicy (fail) answers its requests\n",
+        "policy \"starting\" failed to load: validate-settings failed: policy's start function exceeded its deadline of 30 ms; its failurePolicy (fail) answers its requests\n",
+        "policy \"fine\": loaded (failurePolicy fail)\n",
+    ] {
+        assert!(body.contains(line), "{body}");
+    }
     assert_eq!(
         server.review("/validate", &pod("default")).await["allowed"],
         true

@@ -79,8 +79,6 @@ pub struct Server {
 pub struct Options<'a> {
     /// Configuration YAML; `None` runs the embedded default.
     pub config: Option<&'a str>,
-    /// Wait for `/readyz` to be 200 (otherwise only for `/healthz`).
-    pub expect_unready: bool,
     /// More arguments for `serve` (e.g. `--context PATH`).
     pub args: &'a [&'a str],
     /// More environment variables (e.g. `POD_NAME`).
@@ -176,15 +174,10 @@ impl Server {
             dir,
             client,
         };
-        let path = if options.expect_unready {
-            "/healthz"
-        } else {
-            "/readyz"
-        };
         loop {
             // Probes are plain HTTP: no client certificate is needed even
             // when the TLS port asks for one.
-            if let Ok(response) = server.client.get(server.probe(path)).send().await
+            if let Ok(response) = server.client.get(server.probe("/readyz")).send().await
                 && response.status() == 200
             {
                 break;
@@ -202,17 +195,6 @@ impl Server {
                 server.log()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        if options.expect_unready {
-            // Loading has finished once /readyz stops saying "loading".
-            while server.get("/readyz").await.1.contains("loading") {
-                assert!(
-                    Instant::now() < deadline,
-                    "policies never finished loading:\n{}",
-                    server.log()
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
         }
         server
     }
@@ -281,7 +263,7 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        self.send_sigterm();
+        self.signal("TERM");
         self.wait()
     }
 
@@ -291,11 +273,11 @@ impl Server {
         child.wait().expect("waiting for tollgate")
     }
 
-    /// Sends SIGTERM, without waiting.
-    pub fn send_sigterm(&self) {
+    /// Sends the signal `name` (`TERM`, `HUP`), without waiting.
+    pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("running");
         Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(child.id().to_string())
             .status()
             .expect("kill");

@@ -103,6 +103,10 @@ pub struct Decision {
     pub name: String,
     /// Whether the request had no side effects.
     pub dry_run: bool,
+    /// The generation of the configuration that decided (lines written
+    /// before it was recorded have none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
     /// The answer.
     pub allowed: bool,
     /// Every policy that ran.
@@ -613,6 +617,7 @@ pub(crate) mod tests {
             namespace: "ml".into(),
             name: "train".into(),
             dry_run: false,
+            config: "0123456789ab".into(),
             allowed: false,
             policies: vec![PolicyDecision {
                 name: "gpu-quota".into(),

@@ -19,7 +19,12 @@ use crate::policy::{Outcome, Request};
 /// The decision-log entry for an answered request (built on the request
 /// path: copies only; patch counts are computed by the writer, from the
 /// mutations taken out of `outcome`).
-pub fn decision(endpoint: &str, request: &Request<'_>, outcome: &mut Outcome) -> Decision {
+pub fn decision(
+    endpoint: &str,
+    generation: &str,
+    request: &Request<'_>,
+    outcome: &mut Outcome,
+) -> Decision {
     let operation = match request.operation {
         crate::policy::config::Operation::Create => "CREATE",
         crate::policy::config::Operation::Update => "UPDATE",
@@ -69,6 +74,7 @@ pub fn decision(endpoint: &str, request: &Request<'_>, outcome: &mut Outcome) ->
         namespace: request.namespace.to_string(),
         name: request.name.to_string(),
         dry_run: request.dry_run,
+        config: generation.to_owned(),
         allowed: outcome.allowed,
         policies,
         mutations,

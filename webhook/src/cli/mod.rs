@@ -25,6 +25,7 @@ use crate::context::snapshot::Snapshot;
 use crate::context::{Context, Ledger, ledger};
 use crate::policy::Config;
 use crate::policy::config::LedgerBackend;
+use crate::policy::source::{self, Source, Text};
 
 /// Tollgate: a Kubernetes admission webhook whose policies are WebAssembly
 /// components.
@@ -60,10 +61,16 @@ enum Command {
 /// Options shared by the commands that load policies.
 #[derive(Debug, clap::Args)]
 struct PolicyArgs {
-    /// Configuration file (YAML); without it, the embedded default
-    /// configuration runs the built-in policies.
-    #[arg(long, env = "TOLLGATE_CONFIG")]
-    config: Option<PathBuf>,
+    /// Configuration file (YAML), or `configmap:NAMESPACE/NAME` (its key
+    /// `config.yaml`, read through the apiserver); `serve` watches either
+    /// and reloads it. Without it, the embedded default configuration runs
+    /// the built-in policies.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONFIG",
+        value_name = "FILE|configmap:NAMESPACE/NAME"
+    )]
+    config: Option<String>,
     /// Directory of compiled policy artifacts (created if missing).
     #[arg(long, env = "TOLLGATE_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -79,17 +86,45 @@ struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    fn load_config(&self) -> anyhow::Result<Config> {
-        Ok(match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => crate::builtin::default_config()
-                .context("the embedded default configuration is invalid")?,
+    fn source(&self) -> anyhow::Result<Source> {
+        Ok(Source::parse(self.config.as_deref())?)
+    }
+
+    /// The configuration's text: a file's, the embedded default's, or a
+    /// ConfigMap's (read once, through the apiserver).
+    fn read_config(&self) -> anyhow::Result<Text> {
+        let source = self.source()?;
+        if let Some(text) = source.read_local() {
+            return Ok(text?);
+        }
+        let Source::ConfigMap { namespace, name } = &source else {
+            unreachable!("read_local reads every other source");
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let client = live::client(self.kubeconfig.as_deref()).await?;
+            anyhow::Ok(source::read_configmap(client, namespace, name).await?)
         })
     }
 
+    fn load_config(&self) -> anyhow::Result<Config> {
+        self.parse_config(&self.read_config()?)
+    }
+
+    fn parse_config(&self, text: &Text) -> anyhow::Result<Config> {
+        let config = text.parse();
+        if self.config.is_none() {
+            return config.context("the embedded default configuration is invalid");
+        }
+        Ok(config?)
+    }
+
     /// The cluster context: the snapshot given with `--context`, else the
-    /// cluster (when `runtime` is given and a kubeconfig or in-cluster
-    /// account is found and a policy needs it), else none.
+    /// cluster (when `runtime` is given, for `serve`, and a kubeconfig or
+    /// in-cluster account is found: a reload may add policies that read
+    /// it), else none.
     fn cluster_context(
         &self,
         config: &Config,
@@ -104,7 +139,7 @@ impl PolicyArgs {
         let shared = config.quota.ledger == LedgerBackend::Apiserver;
         let needed = shared || !config.context_kinds().is_empty();
         let client = match runtime {
-            Some(runtime) if needed => {
+            Some(runtime) => {
                 match runtime.block_on(live::client(self.kubeconfig.as_deref())) {
                     Ok(client) => Some(client),
                     // A kubeconfig named on purpose must work.
@@ -115,7 +150,7 @@ impl PolicyArgs {
                     }
                 }
             }
-            _ => None,
+            None => None,
         };
         let (Some(client), Some(runtime)) = (client, runtime) else {
             if shared && runtime.is_some() {

@@ -11,8 +11,10 @@ use anyhow::Context as _;
 use super::serving;
 use crate::audit::log::{self, DecisionLog, Fsync, WhenFull};
 use crate::audit::seal::Key;
+use crate::context::live;
 use crate::engine::{self, Compiler, Engine};
-use crate::policy::PolicySet;
+use crate::policy::source::Source;
+use crate::server::reload::{Loaded, Reloader};
 use crate::server::{self, AppState, Limits, routes, tls};
 
 #[derive(Debug, clap::Args)]
@@ -129,7 +131,9 @@ fn init_tracing(format: &str) {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     init_tracing(&args.log_format);
-    let config = args.policies.load_config()?;
+    let source = args.policies.source()?;
+    let text = args.policies.read_config()?;
+    let config = args.policies.parse_config(&text)?;
     let limits = args.limits();
     let engine = Engine::new(engine::Config {
         cache_dir: args.policies.cache_dir(),
@@ -179,6 +183,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let context = args
         .policies
         .cluster_context(&config, Some(runtime.handle()))?;
+    // A ConfigMap is watched through the apiserver.
+    let watch_client = match &source {
+        Source::ConfigMap { .. } => {
+            Some(runtime.block_on(live::client(args.policies.kubeconfig.as_deref()))?)
+        }
+        _ => None,
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
@@ -186,27 +197,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // The bound address, so that `--addr 127.0.0.1:0` says its port.
         let addr = listener.local_addr().unwrap_or(args.addr);
         tracing::info!(%addr, "listening (HTTPS)");
-        let loading = state.clone();
-        let keep_mutations = state.decisions.is_some();
-        tokio::task::spawn_blocking(move || {
-            let mut set = PolicySet::load(&config, &engine, context);
-            if keep_mutations {
-                set.keep_mutations();
-            }
-            let failed = set.failures().count();
-            let total = set.policies().len();
-            loading.policies.store(Some(Arc::new(set)));
+        let reloader = Arc::new(Reloader::new(
+            state.clone(),
+            engine,
+            context,
+            config.quota.clone(),
+        ));
+        let first = reloader.clone();
+        tokio::spawn(async move {
+            let loaded = tokio::task::spawn_blocking({
+                let first = first.clone();
+                move || first.load(&text)
+            })
+            .await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            if failed == 0 {
-                tracing::info!(policies = total, elapsed_ms, "ready");
-            } else {
-                tracing::error!(
+            match (loaded, first.loaded_policies()) {
+                (Ok(Loaded::Loaded), Some((total, 0))) => {
+                    tracing::info!(policies = total, elapsed_ms, "ready")
+                }
+                (Ok(Loaded::Loaded), Some((total, failed))) => tracing::error!(
                     policies = total,
                     failed,
                     elapsed_ms,
-                    "serving, but some policies failed to load (see /readyz)"
-                );
+                    "serving, but some policies failed to load (see /readyz?verbose)"
+                ),
+                (outcome, _) => tracing::error!("the configuration did not load: {outcome:?}"),
             }
+            first.follow(source, watch_client).await;
         });
         let delay = args.shutdown_delay;
         let draining = state.clone();

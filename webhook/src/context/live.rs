@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -17,24 +18,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
 use super::store::Incoming;
-use super::{Kind, ObjectKey, Provider, Store};
-
-/// Where each kind's watcher is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum State {
-    /// Resolving the kind or listing.
-    Listing,
-    /// The initial list is in; watching.
-    Synced,
-    /// The kind could not be resolved.
-    Failed(String),
-}
+use super::{Kind, KindHealth, KindState, ObjectKey, Provider, Store};
 
 /// Watchers on a cluster.
 pub struct Live {
     client: kube::Client,
     runtime: tokio::runtime::Handle,
-    kinds: Arc<Mutex<BTreeMap<Kind, State>>>,
+    kinds: Arc<Mutex<BTreeMap<Kind, KindHealth>>>,
 }
 
 impl Live {
@@ -59,7 +49,10 @@ impl Provider for Live {
             if states.contains_key(kind) {
                 continue;
             }
-            states.insert(kind.clone(), State::Listing);
+            states.insert(
+                kind.clone(),
+                KindHealth::new(kind.clone(), KindState::Listing),
+            );
             let watch = Watch {
                 client: self.client.clone(),
                 kind: kind.clone(),
@@ -70,21 +63,9 @@ impl Provider for Live {
         }
     }
 
-    fn synced(&self) -> Result<(), super::Error> {
+    fn kinds(&self) -> Vec<KindHealth> {
         let states = self.kinds.lock().expect("watchers lock poisoned");
-        let pending: Vec<String> = states
-            .iter()
-            .filter_map(|(kind, state)| match state {
-                State::Synced => None,
-                State::Listing => Some(format!("{kind}: initial list in progress")),
-                State::Failed(error) => Some(format!("{kind}: {error}")),
-            })
-            .collect();
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err(super::Error::Syncing(pending))
-        }
+        states.values().cloned().collect()
     }
 }
 
@@ -93,15 +74,16 @@ struct Watch {
     client: kube::Client,
     kind: Kind,
     store: Arc<Store>,
-    states: Arc<Mutex<BTreeMap<Kind, State>>>,
+    states: Arc<Mutex<BTreeMap<Kind, KindHealth>>>,
 }
 
 impl Watch {
-    fn set(&self, state: State) {
-        self.states
-            .lock()
-            .expect("watchers lock poisoned")
-            .insert(self.kind.clone(), state);
+    /// Updates this kind's health.
+    fn note(&self, change: impl FnOnce(&mut KindHealth)) {
+        let mut states = self.states.lock().expect("watchers lock poisoned");
+        if let Some(health) = states.get_mut(&self.kind) {
+            change(health);
+        }
     }
 
     async fn run(self) {
@@ -114,9 +96,11 @@ impl Watch {
             Ok((resource, _)) => resource,
             Err(error) => {
                 tracing::error!(kind = %self.kind, "cannot cache kind: {error}");
-                self.set(State::Failed(format!(
-                    "not served by the apiserver: {error}"
-                )));
+                let reason = format!("not served by the apiserver: {error}");
+                self.note(|health| {
+                    health.state = KindState::Failed(reason);
+                    health.errors += 1;
+                });
                 return;
             }
         };
@@ -127,8 +111,14 @@ impl Watch {
         let mut buffer: Vec<Incoming> = Vec::new();
         let mut synced = false;
         while let Some(event) = events.next().await {
+            if event.is_ok() {
+                self.note(|health| health.last_event = Some(Instant::now()));
+            }
             match event {
-                Ok(watcher::Event::Init) => buffer.clear(),
+                Ok(watcher::Event::Init) => {
+                    buffer.clear();
+                    self.note(|health| health.lists += 1);
+                }
                 Ok(watcher::Event::InitApply(object)) => {
                     buffer.push(self.incoming(&resource, object))
                 }
@@ -140,7 +130,7 @@ impl Watch {
                     let _ =
                         tokio::task::spawn_blocking(move || store.replace(&kind, objects)).await;
                     tracing::info!(kind = %self.kind, objects = count, "cluster context synced");
-                    self.set(State::Synced);
+                    self.note(|health| health.state = KindState::Synced);
                     synced = true;
                 }
                 Ok(watcher::Event::Apply(object)) => {
@@ -158,9 +148,13 @@ impl Watch {
                 // and until the first list is in, /readyz says why not.
                 Err(error) => {
                     tracing::warn!(kind = %self.kind, "watch failed, retrying: {error}");
-                    if !synced {
-                        self.set(State::Failed(format!("listing failed, retrying: {error}")));
-                    }
+                    let reason = format!("listing failed, retrying: {error}");
+                    self.note(|health| {
+                        health.errors += 1;
+                        if !synced {
+                            health.state = KindState::Failed(reason);
+                        }
+                    });
                 }
             }
         }

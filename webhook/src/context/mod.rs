@@ -113,12 +113,52 @@ pub trait Provider: Send + Sync {
     /// as they are).
     fn cache(&self, kinds: &[Kind], store: &Arc<Store>);
 
-    /// `Ok` once every cached kind has its initial list.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Syncing`]: what is still loading or failed.
-    fn synced(&self) -> Result<(), Error>;
+    /// Every kind it keeps, and how each is doing (`objects` left at 0:
+    /// [`Context::kinds`] counts them in the store).
+    fn kinds(&self) -> Vec<KindHealth>;
+}
+
+/// Where one cached kind stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KindState {
+    /// Resolving the kind, or its first list is not in yet.
+    Listing,
+    /// Listed; watching.
+    Synced,
+    /// It cannot be listed (not served, or refused): reads of it fail, and
+    /// the policies that read it apply their failurePolicy.
+    Failed(String),
+}
+
+/// How one cached kind is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindHealth {
+    /// The kind.
+    pub kind: Kind,
+    /// Where it stands.
+    pub state: KindState,
+    /// Objects cached.
+    pub objects: usize,
+    /// When its last list or watch event arrived.
+    pub last_event: Option<std::time::Instant>,
+    /// Lists so far (the first, then one per re-list after a broken watch).
+    pub lists: u64,
+    /// Failed lists and watches.
+    pub errors: u64,
+}
+
+impl KindHealth {
+    /// A kind in `state`, with no events yet.
+    pub fn new(kind: Kind, state: KindState) -> Self {
+        KindHealth {
+            kind,
+            state,
+            objects: 0,
+            last_event: None,
+            lists: 0,
+            errors: 0,
+        }
+    }
 }
 
 /// The process's cluster context: the cache, its provider (if any) and the
@@ -173,12 +213,35 @@ impl Context {
     /// What is missing or still loading.
     pub fn status(&self) -> Result<String, Error> {
         let provider = self.provider.as_ref().ok_or(Error::NoContext)?;
-        provider.synced()?;
+        let pending: Vec<String> = provider
+            .kinds()
+            .into_iter()
+            .filter_map(|health| match health.state {
+                KindState::Synced => None,
+                KindState::Listing => Some(format!("{}: initial list in progress", health.kind)),
+                KindState::Failed(error) => Some(format!("{}: {error}", health.kind)),
+            })
+            .collect();
+        if !pending.is_empty() {
+            return Err(Error::Syncing(pending));
+        }
         Ok(format!(
             "cluster context: {} ({} objects)",
             provider.describe(),
             self.store.len()
         ))
+    }
+
+    /// Every cached kind and how it is doing (none without a provider).
+    pub fn kinds(&self) -> Vec<KindHealth> {
+        let Some(provider) = &self.provider else {
+            return Vec::new();
+        };
+        let mut kinds = provider.kinds();
+        for health in &mut kinds {
+            health.objects = self.store.count(&health.kind);
+        }
+        kinds
     }
 
     /// Releases what the request `uid` reserved (its admission was denied).

@@ -317,10 +317,12 @@ impl Store {
     /// cached; later writes keep it up to date.
     pub fn register(&self, indexer: Arc<dyn Indexer>) {
         let name = indexer.name().clone();
-        self.indexers
-            .write()
-            .expect("indexers lock poisoned")
-            .push(indexer.clone());
+        {
+            // A reloaded policy's index replaces its previous one.
+            let mut indexers = self.indexers.write().expect("indexers lock poisoned");
+            indexers.retain(|i| *i.name() != name);
+            indexers.push(indexer.clone());
+        }
         // From here on writers compute this index's entries too; objects
         // cached before are indexed now, outside the lock, then swapped in
         // unless a writer replaced them meanwhile.
@@ -368,6 +370,16 @@ impl Store {
                     .set(&key, entries);
             }
         }
+    }
+
+    /// Drops the indexes of policies not named in `names` (a reloaded
+    /// configuration no longer has them).
+    pub fn keep_indexes(&self, names: &[Arc<str>]) {
+        self.indexers
+            .write()
+            .expect("indexers lock poisoned")
+            .retain(|i| names.contains(i.name()));
+        self.write().indexes.retain(|name, _| names.contains(name));
     }
 
     /// One object's JSON, and the generation read.
@@ -496,7 +508,15 @@ impl Store {
             .map(|o| o.since)
     }
 
-    /// How many objects are cached.
+    /// Objects cached of `kind`.
+    pub fn count(&self, kind: &Kind) -> usize {
+        self.read()
+            .kinds
+            .get(kind)
+            .map_or(0, |o| o.namespaces.values().map(BTreeMap::len).sum())
+    }
+
+    /// Objects cached, of every kind.
     pub fn len(&self) -> usize {
         self.read()
             .kinds

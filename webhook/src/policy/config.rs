@@ -14,7 +14,7 @@
 //! file, the policy and the field.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use tollgate_sdk::selector::Selector;
@@ -24,15 +24,6 @@ use crate::context::Kind;
 /// Errors in a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The file could not be read.
-    #[error("{path}: cannot read the configuration: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
     /// The file is not YAML of the expected shape at the top level.
     #[error(
         "{path}: {message} (expected a mapping with a `policies:` list; see docs/configuration.md)"
@@ -358,6 +349,9 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// Where it was read from (for messages and relative paths).
     pub origin: String,
+    /// Which text it is: the first 12 hex digits of its SHA-256, named in
+    /// the decision log and `/readyz?verbose`.
+    pub generation: String,
     base_dir: PathBuf,
 }
 
@@ -374,20 +368,6 @@ struct RawConfig {
 const MAX_TIMEOUT_MS: u64 = 30_000;
 
 impl Config {
-    /// Reads and checks a configuration file.
-    ///
-    /// # Errors
-    ///
-    /// An unreadable file, bad YAML, or a bad field (named).
-    pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
-        Self::parse(&text, &path.display().to_string(), base_dir)
-    }
-
     /// Parses configuration text; `origin` names it in errors and `base_dir`
     /// anchors relative module paths.
     ///
@@ -440,6 +420,7 @@ impl Config {
             policies,
             quota: raw.quota,
             origin: origin.to_owned(),
+            generation: generation(text),
             base_dir,
         })
     }
@@ -471,6 +452,12 @@ impl Config {
             None => ModuleSource::File(self.base_dir.join(&policy.module)),
         }
     }
+}
+
+/// The generation of a configuration text.
+pub fn generation(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(text)[..6])
 }
 
 fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Result<(), Error> {

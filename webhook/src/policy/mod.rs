@@ -15,6 +15,7 @@ pub mod patch;
 pub mod registration;
 pub mod request;
 pub mod set;
+pub mod source;
 
 pub use chain::Outcome;
 pub use config::Config;

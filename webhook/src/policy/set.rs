@@ -66,6 +66,10 @@ pub struct PolicySet {
     /// Whether outcomes keep each mutation's object (the decision log
     /// counts each policy's patch operations from them).
     pub(super) keep_mutations: bool,
+    /// Which configuration text it was loaded from.
+    generation: Arc<str>,
+    /// The kinds its policies read.
+    kinds: Vec<Kind>,
 }
 
 /// Output cap per call: the apiserver refuses objects over 3 MiB anyway.
@@ -76,13 +80,21 @@ const OUTPUT_BYTES: usize = 4 << 20;
 const OUTPUT_ITEMS: usize = 256;
 
 impl PolicySet {
-    /// Loads every policy of `config`, in parallel. A policy that fails to
-    /// load (unreadable module, invalid component, settings refused) is kept
-    /// with its error: requests it matches get its `failurePolicy`, and
-    /// [`PolicySet::failures`] reports it. Policies that index cluster
-    /// objects are registered with `context`'s cache, and the cache is asked
-    /// for every kind the policies read.
+    /// Loads every policy of `config`, in parallel, and puts the set to
+    /// work on `context` ([`PolicySet::prepare`], then
+    /// [`PolicySet::activate`]).
     pub fn load(config: &Config, engine: &Engine, context: Arc<Context>) -> Self {
+        let set = Self::prepare(config, engine, context);
+        set.activate();
+        set
+    }
+
+    /// Loads every policy of `config`, in parallel, without touching the
+    /// shared context: a reload checks the new set first. A policy that
+    /// fails to load (unreadable module, invalid component, settings
+    /// refused) is kept with its error: requests it matches get its
+    /// `failurePolicy`, and [`PolicySet::failures`] reports it.
+    pub fn prepare(config: &Config, engine: &Engine, context: Arc<Context>) -> Self {
         let policies: Vec<LoadedPolicy> = std::thread::scope(|scope| {
             let handles: Vec<_> = config
                 .policies
@@ -98,25 +110,6 @@ impl PolicySet {
             if let Err(error) = &policy.module {
                 tracing::error!(policy = &*policy.name, "policy failed to load: {error}");
             }
-        }
-        for policy in &policies {
-            if let (Ok(module), false) = (&policy.module, policy.grants.is_empty())
-                && module.indexes()
-            {
-                context.store().register(Arc::new(PolicyIndex {
-                    name: policy.name.clone(),
-                    kinds: policy.grants.to_vec(),
-                    module: module.clone(),
-                    settings: policy.settings.clone(),
-                    limits: policy.limits,
-                }));
-            }
-        }
-        let kinds = config.context_kinds();
-        if !kinds.is_empty()
-            && let Err(error) = context.cache(&kinds)
-        {
-            tracing::warn!("cluster context: {error}");
         }
         let mutating = Index::build(
             policies
@@ -138,7 +131,42 @@ impl PolicySet {
             validating,
             context,
             keep_mutations: false,
+            generation: config.generation.as_str().into(),
+            kinds: config.context_kinds(),
         }
+    }
+
+    /// Registers the policies that index cluster objects with the context's
+    /// cache (replacing a previous set's), drops the indexes of policies
+    /// the set no longer has, and asks the cache for every kind the
+    /// policies read.
+    pub fn activate(&self) {
+        let store = self.context.store();
+        for policy in &self.policies {
+            if let (Ok(module), false) = (&policy.module, policy.grants.is_empty())
+                && module.indexes()
+            {
+                store.register(Arc::new(PolicyIndex {
+                    name: policy.name.clone(),
+                    kinds: policy.grants.to_vec(),
+                    module: module.clone(),
+                    settings: policy.settings.clone(),
+                    limits: policy.limits,
+                }));
+            }
+        }
+        let names: Vec<Arc<str>> = self.policies.iter().map(|p| p.name.clone()).collect();
+        store.keep_indexes(&names);
+        if !self.kinds.is_empty()
+            && let Err(error) = self.context.cache(&self.kinds)
+        {
+            tracing::warn!("cluster context: {error}");
+        }
+    }
+
+    /// The configuration's generation (see [`Config::generation`]).
+    pub fn generation(&self) -> &Arc<str> {
+        &self.generation
     }
 
     /// Makes outcomes keep each mutation's object, for the decision log.

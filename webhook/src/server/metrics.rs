@@ -3,9 +3,13 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::AtomicU64;
+
+use crate::context::KindHealth;
 use crate::policy::Outcome;
 
 /// Latency buckets in seconds, fine below a millisecond where Tollgate's
@@ -42,6 +46,16 @@ struct PolicyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     policy: String,
     reason: &'static str,
@@ -57,6 +71,12 @@ pub struct Metrics {
     evaluation_seconds: Family<PolicyLabels, Histogram, fn() -> Histogram>,
     failures: Family<FailureLabels, Counter>,
     decisions_dropped: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    generation: Gauge,
+    context_objects: Family<KindLabels, Gauge>,
+    context_age: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    context_relists: Family<KindLabels, Gauge>,
+    context_errors: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -100,7 +120,49 @@ impl Default for Metrics {
             "Decisions not written to the decision log because its queue was full (--decision-log-when-full drop)",
             decisions_dropped.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration loads by result (loaded, unchanged, failed)",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "How many configurations this process has served (1: the first; each reload that is taken adds one)",
+            generation.clone(),
+        );
+        let context_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "context_objects",
+            "Cluster objects cached, by kind",
+            context_objects.clone(),
+        );
+        let context_age = Family::<KindLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "context_last_event_age_seconds",
+            "Seconds since the last list or watch event of a cached kind",
+            context_age.clone(),
+        );
+        let context_relists = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "context_relists",
+            "Lists of a cached kind after its first (each after a broken watch)",
+            context_relists.clone(),
+        );
+        let context_errors = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "context_errors",
+            "Failed lists and watches of a cached kind",
+            context_errors.clone(),
+        );
         Metrics {
+            context_objects,
+            context_age,
+            context_relists,
+            context_errors,
+            reloads,
+            generation,
             registry,
             requests,
             request_seconds,
@@ -149,6 +211,36 @@ impl Metrics {
     /// Counts a decision the log's full queue dropped.
     pub fn record_dropped_decision(&self) {
         self.decisions_dropped.inc();
+    }
+
+    /// Records a configuration load: `loaded` (then serving generation
+    /// `serving`), `unchanged` or `failed`.
+    pub fn record_reload(&self, result: &'static str, serving: u64) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        self.generation.set(serving as i64);
+    }
+
+    /// Sets the cluster context's health, per kind (at each scrape).
+    pub fn record_context(&self, kinds: &[KindHealth]) {
+        for health in kinds {
+            let labels = KindLabels {
+                kind: health.kind.to_string(),
+            };
+            self.context_objects
+                .get_or_create(&labels)
+                .set(health.objects as i64);
+            if let Some(at) = health.last_event {
+                self.context_age
+                    .get_or_create(&labels)
+                    .set(at.elapsed().as_secs_f64());
+            }
+            self.context_relists
+                .get_or_create(&labels)
+                .set(health.lists.saturating_sub(1) as i64);
+            self.context_errors
+                .get_or_create(&labels)
+                .set(health.errors as i64);
+        }
     }
 
     /// Records a request refused before evaluation (bad body).

@@ -17,6 +17,8 @@ pub mod body;
 mod handshake;
 pub mod limits;
 pub mod metrics;
+pub mod readiness;
+pub mod reload;
 pub mod review;
 pub mod routes;
 mod silence;

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use super::body::{self, Budget};
 use super::limits::{self, BadTimeout, Limits, MAX_BODY_BYTES};
 use super::metrics::Metrics;
-use super::review;
+use super::{readiness, reload, review};
 use crate::audit;
 use crate::audit::log::{Decision, DecisionLog};
 use crate::policy::PolicySet;
@@ -30,6 +30,8 @@ pub struct AppState {
     /// lock: every request loads it, reloads replace it, and in-flight
     /// requests keep the set they started with.
     pub policies: ArcSwapOption<PolicySet>,
+    /// Which configuration serves, and why the last change was refused.
+    pub configuration: ArcSwapOption<reload::Status>,
     /// Metrics registry.
     pub metrics: Metrics,
     /// Set on shutdown, so that readiness goes false before connections
@@ -49,6 +51,7 @@ impl AppState {
     pub fn new(limits: Limits, decisions: Option<DecisionLog>) -> Self {
         AppState {
             policies: ArcSwapOption::empty(),
+            configuration: ArcSwapOption::empty(),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             decisions,
@@ -226,10 +229,14 @@ async fn evaluate(
     state
         .metrics
         .record(endpoint.name(), &outcome, started.elapsed().as_secs_f64());
-    let decision = state
-        .decisions
-        .is_some()
-        .then(|| audit::decision(endpoint.name(), &request, &mut outcome));
+    let decision = state.decisions.is_some().then(|| {
+        audit::decision(
+            endpoint.name(),
+            policies.generation(),
+            &request,
+            &mut outcome,
+        )
+    });
     Ok((answer, decision))
 }
 
@@ -237,49 +244,40 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+/// `/readyz`: 200 or 503 with what it is waiting for; `?verbose` adds the
+/// configuration, every policy and every cached kind.
+async fn readyz(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> (StatusCode, String) {
     if state.shutting_down.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
     }
     let Some(policies) = state.policies.load_full() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "loading policies\n".into());
     };
-    let failures: Vec<String> = policies
-        .failures()
-        .map(|(name, error)| format!("policy {name:?} failed to load: {error}"))
-        .collect();
-    let needing: Vec<&str> = policies.context_aware().collect();
-    let context = if needing.is_empty() {
-        Ok(String::new())
+    let configuration = state.configuration.load_full();
+    let readiness = readiness::assess(&policies, configuration.as_deref());
+    let verbose = query
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("verbose")));
+    let status = if readiness.ready {
+        StatusCode::OK
     } else {
-        match policies.context().status() {
-            Ok(line) => Ok(format!("{line}\n")),
-            // Reads fail, and each policy's failurePolicy applies: serving
-            // is still possible, and says so.
-            Err(error) if !policies.context().available() => Ok(format!(
-                "{error}; policies {} fail per their failurePolicy\n",
-                needing.join(", ")
-            )),
-            Err(syncing) => Err(syncing),
-        }
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    if failures.is_empty() {
-        match context {
-            Ok(context) => (
-                StatusCode::OK,
-                format!(
-                    "ready: {} policies loaded\n{context}",
-                    policies.policies().len()
-                ),
-            ),
-            Err(syncing) => (StatusCode::SERVICE_UNAVAILABLE, format!("{syncing}\n")),
-        }
+    let body = if verbose {
+        readiness.summary + &readiness.details
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, failures.join("\n") + "\n")
-    }
+        readiness.summary
+    };
+    (status, body)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if let Some(policies) = state.policies.load_full() {
+        state.metrics.record_context(&policies.context().kinds());
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,170 @@
+//! What `/readyz` answers. A replica is unready only while its first
+//! configuration loads, while shutting down, or while a kind that a
+//! fail-closed policy reads has no first list yet: a policy that failed to
+//! load, or whose kind cannot be listed, answers with its failurePolicy and
+//! never takes the replica out (every replica would fail the same way).
+
+use std::fmt::Write as _;
+
+use super::reload::Status;
+use crate::context::{Kind, KindState};
+use crate::policy::PolicySet;
+use crate::policy::config::FailurePolicy;
+use crate::policy::set::LoadedPolicy;
+
+/// The answer of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Whether the replica should receive requests.
+    pub ready: bool,
+    /// What `/readyz` says.
+    pub summary: String,
+    /// What `/readyz?verbose` adds: the configuration, each policy, each
+    /// cached kind.
+    pub details: String,
+}
+
+/// The kinds `policy` reads: its grants, and Namespaces for a namespace
+/// selector.
+fn reads(policy: &LoadedPolicy) -> impl Iterator<Item = Kind> + '_ {
+    let namespaces = policy
+        .config
+        .matches
+        .namespace_selector
+        .is_some()
+        .then(Kind::namespace);
+    policy.grants.iter().cloned().chain(namespaces)
+}
+
+/// Judges `set`, loaded from `configuration`.
+pub fn assess(set: &PolicySet, configuration: Option<&Status>) -> Readiness {
+    let mut summary = String::new();
+    let mut details = String::new();
+    let mut ready = true;
+    let policies = set.policies();
+    let failed = set.failures().count();
+    if failed == 0 {
+        let _ = writeln!(summary, "ready: {} policies loaded", policies.len());
+    } else {
+        let _ = writeln!(
+            summary,
+            "ready: {} policies loaded, {failed} failed to load and answer with their failurePolicy (see /readyz?verbose)",
+            policies.len() - failed
+        );
+    }
+    if let Some(status) = configuration {
+        let _ = writeln!(
+            details,
+            "configuration: generation {} (#{}) from {}",
+            status.generation, status.sequence, status.origin
+        );
+        if let Some(error) = &status.error {
+            let _ = writeln!(details, "last change refused: {error}");
+        }
+    }
+    for policy in policies {
+        let failure_policy = match policy.config.failure_policy {
+            FailurePolicy::Fail => "fail",
+            FailurePolicy::Ignore => "ignore",
+        };
+        match &policy.module {
+            Ok(_) => {
+                let _ = writeln!(
+                    details,
+                    "policy {:?}: loaded (failurePolicy {failure_policy})",
+                    &*policy.name
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(
+                    details,
+                    "policy {:?} failed to load: {error}; its failurePolicy ({failure_policy}) answers its requests",
+                    &*policy.name
+                );
+            }
+        }
+    }
+
+    let readers: Vec<&LoadedPolicy> = policies
+        .iter()
+        .filter(|p| p.module.is_ok() && reads(p).next().is_some())
+        .collect();
+    if readers.is_empty() {
+        return Readiness {
+            ready,
+            summary,
+            details,
+        };
+    }
+    let context = set.context();
+    if !context.available() {
+        let names: Vec<&str> = readers.iter().map(|p| &*p.name).collect();
+        let _ = writeln!(
+            summary,
+            "{}; policies {} fail per their failurePolicy",
+            crate::context::Error::NoContext,
+            names.join(", ")
+        );
+        return Readiness {
+            ready,
+            summary,
+            details,
+        };
+    }
+    let names = |kind: &Kind, fail_closed_only: bool| -> Vec<&str> {
+        readers
+            .iter()
+            .filter(|p| !fail_closed_only || p.config.failure_policy == FailurePolicy::Fail)
+            .filter(|p| reads(p).any(|k| k == *kind))
+            .map(|p| &*p.name)
+            .collect()
+    };
+    for health in context.kinds() {
+        let kind = &health.kind;
+        let age = health.last_event.map_or_else(
+            || "none yet".to_owned(),
+            |t| format!("{:.0?} ago", t.elapsed()),
+        );
+        let _ = writeln!(
+            details,
+            "context {kind}: {}, {} objects, last event {age}, {} relists, {} errors",
+            match &health.state {
+                KindState::Listing => "listing".to_owned(),
+                KindState::Synced => "synced".to_owned(),
+                KindState::Failed(reason) => format!("failed ({reason})"),
+            },
+            health.objects,
+            health.lists.saturating_sub(1),
+            health.errors
+        );
+        match &health.state {
+            KindState::Synced => {}
+            KindState::Listing => {
+                let waiting = names(kind, true);
+                if !waiting.is_empty() {
+                    ready = false;
+                    let _ = writeln!(
+                        summary,
+                        "waiting for the first list of {kind} (read by fail-closed policies {})",
+                        waiting.join(", ")
+                    );
+                }
+            }
+            KindState::Failed(reason) => {
+                let _ = writeln!(
+                    summary,
+                    "{kind}: {reason}; policies {} fail per their failurePolicy",
+                    names(kind, false).join(", ")
+                );
+            }
+        }
+    }
+    if let Ok(line) = context.status() {
+        let _ = writeln!(summary, "{line}");
+    }
+    Readiness {
+        ready,
+        summary,
+        details,
+    }
+}
