@@ -676,7 +676,7 @@ pub(crate) mod tests {
         assert_eq!(all[10].decision.uid, "after-restart");
         let first = std::fs::read_to_string(&files[0]).unwrap();
         let text = first.lines().next().unwrap();
-        assert!(text.starts_with(r#"{"seq":0,"time":"2025-11-28T16:00:00.123Z","endpoint":"validate","uid":"u0","user":"alice","groups":["system:authenticated"],"operation":"CREATE","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ml","name":"train","dryRun":false,"allowed":false,"policies":[{"name":"gpu-quota","mode":"enforce","verdict":"denied","message":"over quota","patchOperations":0,"micros":41}],"prev":""#), "{text}");
+        assert!(text.starts_with(r#"{"seq":0,"time":"2025-11-28T16:00:00.123Z","endpoint":"validate","uid":"u0","user":"alice","groups":["system:authenticated"],"operation":"CREATE","kind":{"group":"","version":"v1","kind":"Pod"},"namespace":"ml","name":"train","dryRun":false,"config":"0123456789ab","allowed":false,"policies":[{"name":"gpu-quota","mode":"enforce","verdict":"denied","message":"over quota","patchOperations":0,"micros":41}],"prev":""#), "{text}");
         let intact = crate::audit::verify::verify(std::slice::from_ref(&path), &[]).unwrap();
         assert_eq!(intact.lines, 11);
         assert_eq!(intact.seq, Some((0, 10)));
