@@ -259,3 +259,57 @@ policies:
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn a_configuration_in_a_configmap_is_watched_through_the_apiserver() {
+    let apiserver = tollgate_e2e::apiserver::Apiserver::start().await;
+    let path = "/api/v1/namespaces/tollgate-system/configmaps/tollgate-config";
+    let configmap = |text: String| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "tollgate-config", "namespace": "tollgate-system"},
+               "data": {"config.yaml": text}})
+    };
+    apiserver.put(path, configmap(registries(&["nvcr.io/"])));
+    let scratch = tempfile::tempdir().unwrap();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    apiserver.kubeconfig(&kubeconfig);
+    let server = Server::start(Options {
+        args: &[
+            "--config",
+            "configmap:tollgate-system/tollgate-config",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let docker = || review("CREATE", &pod("docker.io/library/python:3.12"));
+    assert_eq!(
+        server.review("/validate", &docker()).await["allowed"],
+        false
+    );
+    let (_, body) = server.get("/readyz?verbose").await;
+    assert!(
+        body.contains("from configmap:tollgate-system/tollgate-config"),
+        "{body}"
+    );
+
+    // An edit of the ConfigMap reaches the server through its watch.
+    apiserver.put(path, configmap(registries(&["nvcr.io/", "docker.io/"])));
+    until_metric(&server, "tollgate_config_generation", |g| g == 2.0).await;
+    assert_eq!(server.review("/validate", &docker()).await["allowed"], true);
+
+    // A version without config.yaml is refused; the last one serves on.
+    apiserver.put(
+        path,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "tollgate-config", "namespace": "tollgate-system"},
+               "data": {"other": "x"}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("has no key \"config.yaml\"") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.review("/validate", &docker()).await["allowed"], true);
+}

@@ -1,25 +1,36 @@
-//! A stand-in for the kube-apiserver's REST storage, for the replicas of
-//! `tollgate serve --certs self-managed`: objects by path, in memory, with
-//! the apiserver's rules for the verbs the lifecycle uses (GET, POST of a
-//! new name, PUT with the `resourceVersion` last read; 404 and 409 as
-//! `Status` objects). Plain HTTP on loopback, reached through a kubeconfig.
+//! A stand-in for the kube-apiserver's REST storage, for what `tollgate
+//! serve` asks of a cluster (the self-managed certificate's Secret, Lease
+//! and webhook configurations; a watched ConfigMap): objects by path, in
+//! memory, with the apiserver's rules for the verbs used (GET of an object
+//! or of a collection filtered by `fieldSelector=metadata.name=…`, a watch
+//! of a collection, POST of a new name, PUT with the `resourceVersion` last
+//! read; 404 and 409 as `Status` objects). Plain HTTP on loopback, reached
+//! through a kubeconfig.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use std::convert::Infallible;
+
+use futures::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
-/// The stored objects by path (`/api/v1/namespaces/NS/secrets/NAME`).
-#[derive(Default)]
+/// The stored objects by path (`/api/v1/namespaces/NS/secrets/NAME`), and
+/// every write for the watches.
 struct Storage {
     version: u64,
     objects: BTreeMap<String, Value>,
+    writes: broadcast::Sender<(String, Value)>,
 }
+
+type Body = BoxBody<Bytes, Infallible>;
 
 /// A running stand-in apiserver.
 pub struct Apiserver {
@@ -33,7 +44,11 @@ impl Apiserver {
     pub async fn start() -> Apiserver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let storage = Arc::new(Mutex::new(Storage::default()));
+        let storage = Arc::new(Mutex::new(Storage {
+            version: 0,
+            objects: BTreeMap::new(),
+            writes: broadcast::channel(64).0,
+        }));
         let serving = storage.clone();
         tokio::spawn(async move {
             loop {
@@ -66,11 +81,9 @@ impl Apiserver {
     }
 
     /// Stores `object` at `path` as a user's write would.
-    pub fn put(&self, path: &str, mut object: Value) {
+    pub fn put(&self, path: &str, object: Value) {
         let mut storage = self.storage.lock().unwrap();
-        storage.version += 1;
-        object["metadata"]["resourceVersion"] = storage.version.to_string().into();
-        storage.objects.insert(path.to_owned(), object);
+        store(&mut storage, path.to_owned(), object, StatusCode::OK);
     }
 
     /// The object at `path`.
@@ -79,7 +92,7 @@ impl Apiserver {
     }
 }
 
-fn status(code: StatusCode, reason: &str, message: String) -> Response<Full<Bytes>> {
+fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     respond(
         code,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -87,28 +100,121 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response<Full<Byte
     )
 }
 
-fn respond(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+fn respond(code: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())))
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed())
         .unwrap()
 }
 
-async fn answer(storage: &Mutex<Storage>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The `metadata.name` a query's `fieldSelector` asks for, and whether it
+/// asks for a watch.
+fn query(uri: &hyper::Uri) -> (Option<String>, bool) {
+    let mut name = None;
+    let mut watch = false;
+    for pair in uri.query().unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "fieldSelector" => {
+                let value = value.replace("%3D", "=").replace("%3d", "=");
+                name = value.strip_prefix("metadata.name=").map(str::to_owned);
+            }
+            "watch" => watch = value == "true" || value == "1",
+            _ => {}
+        }
+    }
+    (name, watch)
+}
+
+/// Whether `path` names one object (`…/KIND/NAME`) rather than a
+/// collection (`…/KIND`).
+fn names_an_object(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["api", _, rest @ ..] | ["apis", _, _, rest @ ..] => rest,
+        _ => return false,
+    };
+    match rest {
+        ["namespaces", _, rest @ ..] => rest.len() == 2,
+        rest => rest.len() == 2,
+    }
+}
+
+/// Whether `path` is an object of `collection` that `name` selects.
+fn selected(collection: &str, name: Option<&str>, path: &str) -> bool {
+    path.strip_prefix(collection)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|object| !object.contains('/') && name.is_none_or(|n| n == object))
+}
+
+/// A watch of `collection`: every later write of an object it selects, as
+/// one JSON event per line, until the client goes away.
+fn watch(storage: &Storage, collection: String, name: Option<String>) -> Response<Body> {
+    let writes = tokio_stream_of(storage.writes.subscribe());
+    let events = writes.filter_map(move |(path, object)| {
+        let event = selected(&collection, name.as_deref(), &path).then(|| {
+            let line = json!({"type": "MODIFIED", "object": object});
+            let mut bytes = serde_json::to_vec(&line).unwrap();
+            bytes.push(b'\n');
+            Ok::<_, Infallible>(Frame::data(Bytes::from(bytes)))
+        });
+        async move { event }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(events)))
+        .unwrap()
+}
+
+/// The writes a receiver sees, as a stream (a lagging one skips ahead).
+fn tokio_stream_of(
+    receiver: broadcast::Receiver<(String, Value)>,
+) -> impl futures::Stream<Item = (String, Value)> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(write) => return Some((write, receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+async fn answer(storage: &Mutex<Storage>, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let (name, watching) = query(request.uri());
     let body = request.into_body().collect().await.unwrap().to_bytes();
     let object: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut storage = storage.lock().unwrap();
     match method {
+        Method::GET if watching => watch(&storage, path, name),
         Method::GET => match storage.objects.get(&path) {
             Some(found) => respond(StatusCode::OK, found),
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{path} not found"),
-            ),
+            None => {
+                let items: Vec<&Value> = storage
+                    .objects
+                    .iter()
+                    .filter(|(stored, _)| selected(&path, name.as_deref(), stored))
+                    .map(|(_, object)| object)
+                    .collect();
+                if items.is_empty() && names_an_object(&path) {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{path} not found"),
+                    );
+                }
+                respond(
+                    StatusCode::OK,
+                    &json!({"kind": "List", "apiVersion": "v1",
+                            "metadata": {"resourceVersion": storage.version.to_string()},
+                            "items": items}),
+                )
+            }
         },
         Method::POST => {
             let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
@@ -149,10 +255,12 @@ fn store(
     path: String,
     mut object: Value,
     code: StatusCode,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     storage.version += 1;
     object["metadata"]["resourceVersion"] = storage.version.to_string().into();
     let answer = respond(code, &object);
+    // No watcher: nobody to tell.
+    let _ = storage.writes.send((path.clone(), object.clone()));
     storage.objects.insert(path, object);
     answer
 }
