@@ -35,6 +35,14 @@ pub fn request(operation: &str, object: Value) -> String {
     .to_string()
 }
 
+/// An AdmissionRequest for an UPDATE of `old` into `object`, as JSON text.
+pub fn update(old: Value, object: Value) -> String {
+    let mut request: Value =
+        serde_json::from_str(&self::request("UPDATE", object)).expect("request is JSON");
+    request["oldObject"] = old;
+    request.to_string()
+}
+
 /// Validates settings as the host would at load.
 ///
 /// # Errors

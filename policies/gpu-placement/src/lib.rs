@@ -77,9 +77,12 @@ fn place_object(
 ) -> tollgate_sdk::Result<Verdict> {
     let kind = &request.kind;
     let is_pod = kind.is_pod();
-    // A Pod's spec is immutable after creation; templates may change.
-    let mutable = request.operation == "CREATE" || (!is_pod && request.operation == "UPDATE");
-    if !mutable || !request.sub_resource.is_empty() {
+    let placing = match request.operation.as_str() {
+        "CREATE" => true,
+        "UPDATE" => update_may_place(request, &root, paths)?,
+        _ => false,
+    };
+    if !placing || !request.sub_resource.is_empty() {
         return Ok(Verdict::allow());
     }
     let templates = paths.template_pointers(&kind.group, &kind.kind, &root);
@@ -125,6 +128,51 @@ fn place_object(
     } else {
         Verdict::allow()
     })
+}
+
+/// Whether an UPDATE may carry the policy's additions: only for kinds whose
+/// pod templates may change after creation (a Pod's spec, a Job's template
+/// and the templates of the ML jobs are immutable, or made into pods once),
+/// and only when the user changed a template themselves, so that an edit of
+/// labels, replicas or status never starts a rollout through our patch.
+fn update_may_place(
+    request: &Request<'_>,
+    root: &Node<'_>,
+    paths: &TemplatePaths,
+) -> tollgate_sdk::Result<bool> {
+    let kind = &request.kind;
+    let templates_may_change = matches!(
+        (kind.group.as_str(), kind.kind.as_str()),
+        (
+            "apps",
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+        ) | ("", "ReplicationController" | "PodTemplate")
+            | ("batch", "CronJob")
+            | ("leaderworkerset.x-k8s.io", "LeaderWorkerSet")
+            | ("ray.io", "RayCluster")
+    );
+    let Some(old) = request.raw_old_object() else {
+        return Ok(false);
+    };
+    if !templates_may_change {
+        return Ok(false);
+    }
+    let new: Value = serde_json::from_str(&root.to_json())?;
+    let old: Value = serde_json::from_str(old)?;
+    Ok(templates(paths, &new) != templates(paths, &old))
+}
+
+/// Every pod template of `object` (its metadata and spec), by pointer.
+fn templates<'v>(paths: &TemplatePaths, object: &'v Value) -> Vec<(String, Option<&'v Value>)> {
+    paths
+        .pod_spec_pointers(object)
+        .into_iter()
+        .map(|pointer| {
+            let template = pointer.strip_suffix("/spec").unwrap_or(&pointer);
+            let found = object.pointer(template);
+            (pointer, found)
+        })
+        .collect()
 }
 
 tollgate_sdk::export!(GpuPlacement);
@@ -420,6 +468,77 @@ mod tests {
                 .pointer("/metadata/labels/kueue.x-k8s.io~1queue-name")
                 .is_none()
         );
+    }
+
+    /// What an UPDATE of `old` into `new` gets: the mutated object, or
+    /// `None` for no patch.
+    fn update(old: &Value, new: &Value) -> Option<Value> {
+        let verdict =
+            testing::evaluate::<GpuPlacement>(&testing::update(old.clone(), new.clone()), "{}")
+                .unwrap();
+        assert!(verdict.allowed, "{:?}", verdict.message);
+        verdict.mutated()
+    }
+
+    fn workload(api_version: &str, kind: &str, template_path: &str) -> Value {
+        let mut object = json!({"apiVersion": api_version, "kind": kind,
+            "metadata": {"name": "w", "namespace": "ml"}, "spec": {}});
+        let template = json!({"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [
+            {"name": "c", "image": "nvcr.io/x:1", "resources": {"limits": {"nvidia.com/gpu": 1}}}]}});
+        let mut slot = &mut object;
+        for segment in template_path.split('.') {
+            slot = &mut slot[segment];
+        }
+        *slot = template;
+        object
+    }
+
+    #[test]
+    fn updates_touch_templates_only_where_they_may_change_and_changed() {
+        let pointer = |path: &str| format!("/{}", path.replace('.', "/"));
+        for (api_version, kind, path, may_change) in [
+            ("apps/v1", "Deployment", "spec.template", true),
+            ("apps/v1", "StatefulSet", "spec.template", true),
+            ("apps/v1", "DaemonSet", "spec.template", true),
+            (
+                "batch/v1",
+                "CronJob",
+                "spec.jobTemplate.spec.template",
+                true,
+            ),
+            ("batch/v1", "Job", "spec.template", false),
+            (
+                "kubeflow.org/v1",
+                "PyTorchJob",
+                "spec.pytorchReplicaSpecs.Worker.template",
+                false,
+            ),
+            (
+                "jobset.x-k8s.io/v1alpha2",
+                "JobSet",
+                "spec.replicatedJobs",
+                false,
+            ),
+        ] {
+            let created = workload(api_version, kind, path);
+            let stored = apply(&created, json!({}));
+            // A label-only edit of what is stored: no patch, no rollout.
+            let mut relabelled = stored.clone();
+            relabelled["metadata"]["labels"] = json!({"team": "a"});
+            assert_eq!(update(&stored, &relabelled), None, "{kind}: label edit");
+            // The original manifest applied again (our additions missing):
+            // put back where templates may change, so nothing rolls.
+            let reapplied = update(&stored, &created);
+            if may_change {
+                let placed = reapplied.unwrap_or_else(|| panic!("{kind}: re-apply"));
+                assert_eq!(
+                    placed.pointer(&pointer(path)),
+                    stored.pointer(&pointer(path))
+                );
+            } else {
+                assert_eq!(reapplied, None, "{kind}: its template is immutable");
+            }
+        }
     }
 
     #[test]

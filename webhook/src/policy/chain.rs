@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::breaker::Suspended;
-use super::config::{FailurePolicy, Mode};
+use super::config::{FailurePolicy, Mode, Operation};
 use super::output::{self, Identity, Invalid};
 use super::request::Request;
 use super::set::{LoadError, LoadedPolicy, PolicySet};
-use super::{matcher, patch};
+use super::{immutable, matcher, patch};
 use crate::context::{Access, Kind, ObjectKey, Subject};
 use crate::engine::{self, Host};
 
@@ -218,8 +218,26 @@ impl PolicySet {
                             "the request carries no object to mutate".into(),
                         )),
                     };
-                    match checked {
-                        Ok(()) => {
+                    let immutable = match (checked.is_ok(), request.operation) {
+                        (true, Operation::Update) => {
+                            self.immutable_change(request, current.as_deref(), &object)
+                        }
+                        _ => None,
+                    };
+                    match (checked, immutable) {
+                        // Applied, the whole UPDATE would be refused: the
+                        // workload keeps running as it is, without it.
+                        (Ok(()), Some(path)) => {
+                            verdict.warnings.push(format!(
+                                "its change of {path} was left out: {} {} may not change it on UPDATE",
+                                request.kind, request.name
+                            ));
+                            Step::Verdict {
+                                verdict,
+                                mutated: false,
+                            }
+                        }
+                        (Ok(()), None) => {
                             if policy.config.mode == Mode::Enforce {
                                 if self.keep_mutations {
                                     outcome
@@ -233,7 +251,7 @@ impl PolicySet {
                                 mutated: true,
                             }
                         }
-                        Err(invalid) => Step::Failed(invalid.into()),
+                        (Err(invalid), _) => Step::Failed(invalid.into()),
                     }
                 }
                 step => step,
@@ -319,6 +337,19 @@ impl PolicySet {
             .extend(validated.audit_annotations);
         outcome.evaluations.extend(validated.evaluations);
         outcome
+    }
+
+    /// The first field an UPDATE may not change that `mutated` changes from
+    /// the chain's current object (`current`, else the request's).
+    fn immutable_change(
+        &self,
+        request: &Request<'_>,
+        current: Option<&str>,
+        mutated: &str,
+    ) -> Option<String> {
+        let before = current.or_else(|| request.object_text())?;
+        let patch = patch::diff(before, mutated).ok()?;
+        immutable::first_violation(&request.group, &request.kind, &patch).map(str::to_owned)
     }
 
     /// Whether `policy` runs for `request` in a call for `only` (`None`:
@@ -552,6 +583,37 @@ mod tests {
         let mut object = object.clone();
         json_patch::patch(&mut object, patch).unwrap();
         object
+    }
+
+    #[test]
+    fn a_mutation_of_a_field_fixed_after_creation_is_left_out_of_an_update() {
+        let set = policy_set(
+            r#"
+policies:
+  - name: defaults
+    module: builtin:resource-defaults
+    mutating: true
+    settings: {requests: {cpu: 100m}}
+    match: {operations: [CREATE, UPDATE]}
+"#,
+        );
+        let object = pod("nvcr.io/x:1");
+        let mut text: Value = serde_json::from_str(&request_text(&object)).unwrap();
+        text["operation"] = json!("UPDATE");
+        text["oldObject"] = object.clone();
+        let text = text.to_string();
+        let outcome = block_on(set.mutate(&request(&text), no_deadline()));
+        assert!(outcome.allowed);
+        assert!(outcome.patch.is_none(), "{:?}", outcome.patch);
+        assert_eq!(
+            outcome.warnings,
+            [
+                "defaults: its change of /spec/containers/0/resources was left out: Pod p may not change it on UPDATE"
+            ]
+        );
+        // On CREATE the same mutation applies.
+        let outcome = block_on(set.mutate(&request(&request_text(&object)), no_deadline()));
+        assert!(outcome.patch.is_some());
     }
 
     const TWO_DEFAULTS: &str = r#"
