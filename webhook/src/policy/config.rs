@@ -143,9 +143,14 @@ pub struct Match {
     /// context; without it, only a Namespace object's own labels are known).
     #[serde(default)]
     pub namespace_selector: Option<Selector>,
-    /// Objects whose labels match.
+    /// Objects whose labels match: the new object's or, on UPDATE and
+    /// DELETE, the old one's (as Kubernetes matches a webhook's).
     #[serde(default)]
     pub object_selector: Option<Selector>,
+    /// Subresources the policy also sees (`status`, `ephemeralContainers`,
+    /// `*` for all); by default none, only the resource itself.
+    #[serde(default)]
+    pub subresources: Vec<String>,
 }
 
 impl Default for Match {
@@ -158,6 +163,7 @@ impl Default for Match {
             exclude_namespaces: Vec::new(),
             namespace_selector: None,
             object_selector: None,
+            subresources: Vec::new(),
         }
     }
 }

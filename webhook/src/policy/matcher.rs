@@ -98,8 +98,17 @@ pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLa
             return false;
         }
     }
+    if !request.subresource.is_empty()
+        && !rule
+            .subresources
+            .iter()
+            .any(|s| s == "*" || *s == request.subresource)
+    {
+        return false;
+    }
     if let Some(selector) = &rule.object_selector
         && !selector.matches_labels(request.labels())
+        && (request.old_object.is_none() || !selector.matches_labels(request.old_labels()))
     {
         return false;
     }
@@ -111,6 +120,7 @@ mod tests {
     use tollgate_sdk::selector::Selector;
 
     use super::*;
+    use crate::policy::config::Operation;
 
     /// No namespace's labels are known.
     struct Unknown;
@@ -169,6 +179,45 @@ mod tests {
         assert!(!admits(&rule, text, "web", "CREATE", &Unknown));
         rule.object_selector = Some(Selector::parse("gpu=no").unwrap());
         assert!(!admits(&rule, text, "ml", "CREATE", &Unknown));
+    }
+
+    #[test]
+    fn an_object_selector_matches_the_old_object_or_the_new_one() {
+        let mut rule = rule(&[""], &["Pod"]);
+        rule.operations = vec![Operation::Update];
+        rule.object_selector = Some(Selector::parse("gpu=yes").unwrap());
+        let update = |new: &str, old: &str| {
+            let text = format!(
+                r#"{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"UPDATE","namespace":"ml","name":"p","object":{new},"oldObject":{old}}}"#
+            );
+            matches(&rule, &Request::parse(&text).unwrap(), &Unknown)
+        };
+        let labelled = r#"{"metadata":{"labels":{"gpu":"yes"}}}"#;
+        let bare = r#"{"metadata":{}}"#;
+        assert!(update(labelled, bare), "the new object matches");
+        assert!(update(bare, labelled), "the label is being removed: the old one matches");
+        assert!(!update(bare, bare));
+    }
+
+    #[test]
+    fn subresources_are_seen_only_when_asked_for() {
+        let mut rule = rule(&[""], &["Pod"]);
+        let request = |subresource: &str| {
+            format!(
+                r#"{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"UPDATE","subResource":"{subresource}","namespace":"ml","name":"p","object":{{}}}}"#
+            )
+        };
+        rule.operations = vec![Operation::Update];
+        let sees = |rule: &Match, subresource: &str| {
+            matches(rule, &Request::parse(&request(subresource)).unwrap(), &Unknown)
+        };
+        assert!(sees(&rule, ""));
+        assert!(!sees(&rule, "status"));
+        rule.subresources = vec!["ephemeralcontainers".into()];
+        assert!(sees(&rule, "ephemeralcontainers"));
+        assert!(!sees(&rule, "status"));
+        rule.subresources = vec!["*".into()];
+        assert!(sees(&rule, "status"));
     }
 
     #[test]

@@ -199,10 +199,19 @@ fn rules(policies: &[&PolicyConfig]) -> Vec<RuleWithOperations> {
         } else {
             "Namespaced"
         };
+        // The resource, and each subresource the policy asks for.
+        let resources = matches.kinds.iter().flat_map(|kind| {
+            let plural = resource(kind);
+            let subresources = matches
+                .subresources
+                .iter()
+                .map(move |sub| format!("{}/{sub}", resource(kind)));
+            std::iter::once(plural).chain(subresources)
+        });
         shapes
             .entry((groups, operations.into_iter().collect(), scope))
             .or_default()
-            .extend(matches.kinds.iter().map(|kind| resource(kind)));
+            .extend(resources);
     }
     shapes
         .into_iter()
@@ -275,6 +284,9 @@ policies:
     module: builtin:pod-security
     failurePolicy: ignore
     match: {apiGroups: [networking.k8s.io], kinds: [NetworkPolicy], namespaces: [team-a]}
+  - name: debug
+    module: builtin:pod-security
+    match: {apiGroups: [""], kinds: [Pod], operations: [UPDATE], subresources: [ephemeralcontainers]}
 "#,
         );
         let registration = register(&config, &target());
@@ -298,6 +310,17 @@ policies:
         assert_eq!(rules[0].operations, Some(vec!["CREATE".into()]));
 
         let validating = registration.validating.unwrap().webhooks.unwrap();
+        let update_rule = validating[0]
+            .rules
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|r| r.operations == Some(vec!["UPDATE".into()]))
+            .unwrap();
+        assert_eq!(
+            update_rule.resources,
+            Some(vec!["pods".into(), "pods/ephemeralcontainers".into()])
+        );
         let names: Vec<_> = validating.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(
             names,

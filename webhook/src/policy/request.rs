@@ -58,9 +58,15 @@ pub struct Request<'a> {
     pub object: Option<Range<usize>>,
     /// Where the old object lies in `text`.
     pub old_object: Option<Range<usize>>,
+    /// The subresource (`status`, `ephemeralContainers`, …); empty for the
+    /// resource itself.
+    pub subresource: Cow<'a, str>,
     /// Labels of the object (or, without one, the old object); read only
     /// when a policy has an object selector.
     labels: OnceLock<BTreeMap<String, String>>,
+    /// Labels of the old object, read only when a selector does not match
+    /// the object's.
+    old_labels: OnceLock<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +108,8 @@ struct RequestIn<'a> {
     object: Option<&'a RawValue>,
     #[serde(borrow, default)]
     old_object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sub_resource: Cow<'a, str>,
 }
 
 /// Where `inner` lies within `outer` (it must be a sub-slice), unless it is
@@ -159,7 +167,9 @@ impl<'a> Request<'a> {
             dry_run: request.dry_run.unwrap_or(false),
             object: span(text, request.object),
             old_object: span(text, request.old_object),
+            subresource: request.sub_resource,
             labels: OnceLock::new(),
+            old_labels: OnceLock::new(),
         })
     }
 
@@ -186,13 +196,22 @@ impl<'a> Request<'a> {
     /// The object's labels (the old object's when there is no object).
     pub fn labels(&self) -> &BTreeMap<String, String> {
         self.labels.get_or_init(|| {
-            let range = self.object.clone().or_else(|| self.old_object.clone());
-            range
-                .and_then(|range| serde_json::from_str::<WithMetadata>(&self.text[range]).ok())
-                .and_then(|object| object.metadata)
-                .unwrap_or_default()
-                .labels
+            self.labels_at(self.object.clone().or_else(|| self.old_object.clone()))
         })
+    }
+
+    /// The old object's labels (none without an old object).
+    pub fn old_labels(&self) -> &BTreeMap<String, String> {
+        self.old_labels
+            .get_or_init(|| self.labels_at(self.old_object.clone()))
+    }
+
+    fn labels_at(&self, range: Option<Range<usize>>) -> BTreeMap<String, String> {
+        range
+            .and_then(|range| serde_json::from_str::<WithMetadata>(&self.text[range]).ok())
+            .and_then(|object| object.metadata)
+            .unwrap_or_default()
+            .labels
     }
 }
 
@@ -215,9 +234,19 @@ impl<'a> Request<'a> {
             username: self.username.clone(),
             groups: self.groups.clone(),
             dry_run: self.dry_run,
+            // The old object moves by as much as the object grew, if it
+            // comes after it.
+            old_object: self.old_object.clone().map(|old| match &self.object {
+                Some(was) if old.start >= was.end => {
+                    let moved = |at: usize| at - was.end + object.end;
+                    moved(old.start)..moved(old.end)
+                }
+                _ => old,
+            }),
             object: Some(object),
-            old_object: None,
+            subresource: self.subresource.clone(),
             labels: OnceLock::new(),
+            old_labels: OnceLock::new(),
         }
     }
 }
