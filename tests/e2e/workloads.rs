@@ -308,3 +308,86 @@ async fn gpu_workloads_are_denied_exactly_for_bad_images_and_baseline_violations
         "no GPU system workload broke baseline: the fixtures changed"
     );
 }
+
+/// The patch of a `/mutate` answer, if any.
+fn patch_of(response: &Value) -> Option<json_patch::Patch> {
+    let encoded = response.get("patch")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    Some(serde_json::from_slice(&bytes).unwrap())
+}
+
+fn update(old: &Value, new: &Value) -> Value {
+    let mut request = review("UPDATE", new);
+    request["request"]["oldObject"] = old.clone();
+    request
+}
+
+#[tokio::test]
+async fn updates_of_every_gpu_workload_never_touch_what_kubernetes_fixes_or_start_a_rollout() {
+    let server = Server::start_default().await;
+    let (mut relabelled, mut reapplied) = (0, 0);
+    for (file, object) in manifests() {
+        if pod_specs(&object).is_empty() {
+            continue;
+        }
+        let kind = object["kind"].as_str().unwrap_or("").to_owned();
+        let created = server.review("/mutate", &review("CREATE", &object)).await;
+        let mut stored = object.clone();
+        if let Some(patch) = patch_of(&created) {
+            json_patch::patch(&mut stored, &patch).unwrap();
+        }
+
+        // A label edit of what is stored: no patch, so no rollout.
+        let mut edited = stored.clone();
+        edited["metadata"]["labels"]["edited"] = json!("yes");
+        let answer = server.review("/mutate", &update(&stored, &edited)).await;
+        assert_eq!(answer["allowed"], true, "{file}: {answer}");
+        assert!(
+            answer.get("patch").is_none(),
+            "{file} ({kind}): a label edit got a patch: {answer}"
+        );
+        relabelled += 1;
+
+        // The original manifest applied again over what is stored.
+        let answer = server.review("/mutate", &update(&stored, &object)).await;
+        assert_eq!(answer["allowed"], true, "{file}: {answer}");
+        let patch = patch_of(&answer);
+        let templates_may_change = matches!(
+            kind.as_str(),
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+        );
+        if templates_may_change {
+            // Our additions come back: the templates end as stored, so the
+            // apply starts no rollout.
+            let mut result = object.clone();
+            if let Some(patch) = &patch {
+                json_patch::patch(&mut result, patch).unwrap();
+            }
+            assert_eq!(
+                pod_specs(&result),
+                pod_specs(&stored),
+                "{file} ({kind}): re-applying the manifest would roll the pods"
+            );
+        } else if let Some(patch) = &patch {
+            // A Pod's spec, a Job's and an ML job's templates are fixed:
+            // nothing of ours may touch them.
+            let touched: Vec<String> = serde_json::to_value(patch)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|op| op["path"].as_str().unwrap().to_owned())
+                .filter(|path| path.starts_with("/spec"))
+                .collect();
+            assert!(
+                touched.is_empty(),
+                "{file} ({kind}): an UPDATE patch touches {touched:?}"
+            );
+        }
+        reapplied += 1;
+    }
+    println!("UPDATE matrix: {relabelled} label edits, {reapplied} re-applied manifests");
+    assert!(relabelled >= 15, "{relabelled}");
+}

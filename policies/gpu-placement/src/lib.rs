@@ -79,7 +79,12 @@ fn place_object(
     let is_pod = kind.is_pod();
     let placing = match request.operation.as_str() {
         "CREATE" => true,
-        "UPDATE" => update_may_place(request, &root, paths)?,
+        "UPDATE" => paths.may_add_on_update(
+            &kind.group,
+            &kind.kind,
+            request.raw_old_object(),
+            &root.to_json(),
+        )?,
         _ => false,
     };
     if !placing || !request.sub_resource.is_empty() {
@@ -128,51 +133,6 @@ fn place_object(
     } else {
         Verdict::allow()
     })
-}
-
-/// Whether an UPDATE may carry the policy's additions: only for kinds whose
-/// pod templates may change after creation (a Pod's spec, a Job's template
-/// and the templates of the ML jobs are immutable, or made into pods once),
-/// and only when the user changed a template themselves, so that an edit of
-/// labels, replicas or status never starts a rollout through our patch.
-fn update_may_place(
-    request: &Request<'_>,
-    root: &Node<'_>,
-    paths: &TemplatePaths,
-) -> tollgate_sdk::Result<bool> {
-    let kind = &request.kind;
-    let templates_may_change = matches!(
-        (kind.group.as_str(), kind.kind.as_str()),
-        (
-            "apps",
-            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
-        ) | ("", "ReplicationController" | "PodTemplate")
-            | ("batch", "CronJob")
-            | ("leaderworkerset.x-k8s.io", "LeaderWorkerSet")
-            | ("ray.io", "RayCluster")
-    );
-    let Some(old) = request.raw_old_object() else {
-        return Ok(false);
-    };
-    if !templates_may_change {
-        return Ok(false);
-    }
-    let new: Value = serde_json::from_str(&root.to_json())?;
-    let old: Value = serde_json::from_str(old)?;
-    Ok(templates(paths, &new) != templates(paths, &old))
-}
-
-/// Every pod template of `object` (its metadata and spec), by pointer.
-fn templates<'v>(paths: &TemplatePaths, object: &'v Value) -> Vec<(String, Option<&'v Value>)> {
-    paths
-        .pod_spec_pointers(object)
-        .into_iter()
-        .map(|pointer| {
-            let template = pointer.strip_suffix("/spec").unwrap_or(&pointer);
-            let found = object.pointer(template);
-            (pointer, found)
-        })
-        .collect()
 }
 
 tollgate_sdk::export!(GpuPlacement);

@@ -62,6 +62,10 @@ impl Policy for ResourceDefaults {
     }
 
     fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
+        let paths = TemplatePaths::with(&settings.template_paths);
+        if !may_add(request, &paths, || request.raw_object())? {
+            return Ok(Verdict::allow());
+        }
         let Some(raw_object) = request.raw_object() else {
             return Ok(Verdict::allow());
         };
@@ -72,9 +76,14 @@ impl Policy for ResourceDefaults {
 
     fn evaluate_text(request: &str, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
         let paths = TemplatePaths::with(&settings.template_paths);
-        let (_, specs) = Request::parse_with(request, |kind| {
+        let (parsed, specs) = Request::parse_with(request, |kind| {
             paths.pod_specs_seed(&kind.group, &kind.kind)
         })?;
+        // The whole object is read again only for an UPDATE.
+        let whole = || Request::parse(request).ok().and_then(|r| r.raw_object());
+        if !may_add(&parsed, &paths, whole)? {
+            return Ok(Verdict::allow());
+        }
         let Some(specs) = specs else {
             return Ok(Verdict::allow());
         };
@@ -84,6 +93,29 @@ impl Policy for ResourceDefaults {
                 .raw_object()
                 .ok_or_else(|| tollgate_sdk::Error("the request lost its object".into()))
         })
+    }
+}
+
+/// Whether defaults may be added: on CREATE, and on an UPDATE that changes
+/// a template that may change (never a fixed one, never a rollout of ours
+/// alone); `object` gives the new object's text.
+fn may_add<'a>(
+    request: &Request<'_>,
+    paths: &TemplatePaths,
+    object: impl FnOnce() -> Option<&'a str>,
+) -> tollgate_sdk::Result<bool> {
+    match request.operation.as_str() {
+        "CREATE" => Ok(true),
+        "UPDATE" => match object() {
+            Some(new) => paths.may_add_on_update(
+                &request.kind.group,
+                &request.kind.kind,
+                request.raw_old_object(),
+                new,
+            ),
+            None => Ok(false),
+        },
+        _ => Ok(false),
     }
 }
 

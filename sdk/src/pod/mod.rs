@@ -233,7 +233,64 @@ pub fn group_of(api_version: &str) -> &str {
     api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }
 
+/// Whether Kubernetes (or the kind's controller) lets the pod templates of
+/// `group`/`kind` change after creation, for new pods to get: a Pod's spec,
+/// a Job's template and the templates of the ML jobs are fixed, or made
+/// into pods once; kinds added by configuration count as fixed.
+pub fn templates_may_change(group: &str, kind: &str) -> bool {
+    matches!(
+        (group, kind),
+        (
+            "apps",
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet"
+        ) | ("", "ReplicationController" | "PodTemplate")
+            | ("batch", "CronJob")
+            | ("leaderworkerset.x-k8s.io", "LeaderWorkerSet")
+            | ("ray.io", "RayCluster")
+    )
+}
+
 impl TemplatePaths {
+    /// Whether a mutating policy may add to the pod templates of an UPDATE
+    /// from `old` to `new` (JSON texts) of `group`/`kind`: only where the
+    /// templates may change ([`templates_may_change`]) and the user changed
+    /// one, so that an edit of labels, replicas or status never starts a
+    /// rollout through the policy's patch, and re-applying a manifest
+    /// without the policy's additions puts them back.
+    ///
+    /// # Errors
+    ///
+    /// Either text is not JSON.
+    pub fn may_add_on_update(
+        &self,
+        group: &str,
+        kind: &str,
+        old: Option<&str>,
+        new: &str,
+    ) -> crate::Result<bool> {
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        if !templates_may_change(group, kind) {
+            return Ok(false);
+        }
+        let old: Value = serde_json::from_str(old)?;
+        let new: Value = serde_json::from_str(new)?;
+        Ok(self.templates(&old) != self.templates(&new))
+    }
+
+    /// Every pod template of `object` (its metadata and spec), by pointer.
+    fn templates<'v>(&self, object: &'v Value) -> Vec<(String, Option<&'v Value>)> {
+        self.pod_spec_pointers(object)
+            .into_iter()
+            .map(|pointer| {
+                let template = pointer.strip_suffix("/spec").unwrap_or(&pointer);
+                let found = object.pointer(template);
+                (pointer, found)
+            })
+            .collect()
+    }
+
     /// The built-in table with `rules` added; a rule for a kind the table
     /// knows replaces that kind's paths.
     pub fn with(rules: &[TemplatePathRule]) -> Self {

@@ -195,7 +195,10 @@ mod tests {
         let labelled = r#"{"metadata":{"labels":{"gpu":"yes"}}}"#;
         let bare = r#"{"metadata":{}}"#;
         assert!(update(labelled, bare), "the new object matches");
-        assert!(update(bare, labelled), "the label is being removed: the old one matches");
+        assert!(
+            update(bare, labelled),
+            "the label is being removed: the old one matches"
+        );
         assert!(!update(bare, bare));
     }
 
@@ -209,7 +212,11 @@ mod tests {
         };
         rule.operations = vec![Operation::Update];
         let sees = |rule: &Match, subresource: &str| {
-            matches(rule, &Request::parse(&request(subresource)).unwrap(), &Unknown)
+            matches(
+                rule,
+                &Request::parse(&request(subresource)).unwrap(),
+                &Unknown,
+            )
         };
         assert!(sees(&rule, ""));
         assert!(!sees(&rule, "status"));

@@ -195,9 +195,8 @@ impl<'a> Request<'a> {
 
     /// The object's labels (the old object's when there is no object).
     pub fn labels(&self) -> &BTreeMap<String, String> {
-        self.labels.get_or_init(|| {
-            self.labels_at(self.object.clone().or_else(|| self.old_object.clone()))
-        })
+        self.labels
+            .get_or_init(|| self.labels_at(self.object.clone().or_else(|| self.old_object.clone())))
     }
 
     /// The old object's labels (none without an old object).
