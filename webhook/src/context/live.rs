@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
 use super::store::Incoming;
-use super::{Kind, KindHealth, KindState, ObjectKey, Provider, Store};
+use super::{Fetched, Kind, KindHealth, KindState, ObjectKey, Provider, Store};
 
 /// Watchers on a cluster.
 pub struct Live {
@@ -66,6 +66,34 @@ impl Provider for Live {
     fn kinds(&self) -> Vec<KindHealth> {
         let states = self.kinds.lock().expect("watchers lock poisoned");
         states.values().cloned().collect()
+    }
+
+    fn fetch(&self, kind: &Kind, namespace: &str, name: &str, deadline: Instant) -> Fetched<'_> {
+        let (group, version) = match kind.api_version.rsplit_once('/') {
+            Some((group, version)) => (group, version),
+            None => ("", kind.api_version.as_str()),
+        };
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind.kind));
+        let api: Api<DynamicObject> = if namespace.is_empty() {
+            Api::all_with(self.client.clone(), &resource)
+        } else {
+            Api::namespaced_with(self.client.clone(), namespace, &resource)
+        };
+        let name = name.to_owned();
+        Box::pin(async move {
+            let read = tokio::time::timeout_at(deadline.into(), api.get_opt(&name)).await;
+            match read {
+                Err(_) => Err("the apiserver did not answer within the request's deadline".into()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Ok(Ok(found)) => Ok(found.map(|mut object| {
+                    object.types = Some(kube::api::TypeMeta {
+                        api_version: resource.api_version.clone(),
+                        kind: resource.kind.clone(),
+                    });
+                    serde_json::to_value(&object).unwrap_or(Value::Null)
+                })),
+            }
+        })
     }
 }
 

@@ -63,6 +63,16 @@ pub enum Error {
     /// The quota ledger could not answer.
     #[error(transparent)]
     Ledger(#[from] ledger::Error),
+    /// An object the cache did not hold could not be read from the source.
+    #[error("cannot read {kind} {name:?}: {message}")]
+    Fetch {
+        /// Its kind.
+        kind: Kind,
+        /// Its name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Kinds whose first list is not in yet, or failed.
     #[error("cluster context not ready: {}", .0.join("; "))]
     Syncing(Vec<String>),
@@ -116,7 +126,16 @@ pub trait Provider: Send + Sync {
     /// Every kind it keeps, and how each is doing (`objects` left at 0:
     /// [`Context::kinds`] counts them in the store).
     fn kinds(&self) -> Vec<KindHealth>;
+
+    /// Reads one object the cache does not hold (yet), by `deadline`;
+    /// `None` when it does not exist.
+    fn fetch(&self, kind: &Kind, namespace: &str, name: &str, deadline: Instant) -> Fetched<'_>;
 }
+
+/// What [`Provider::fetch`] gives: the object, `None` when it does not
+/// exist, or why it could not be read.
+pub type Fetched<'p> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Option<serde_json::Value>, String>> + Send + 'p>>;
 
 /// Where one cached kind stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +249,41 @@ impl Context {
             provider.describe(),
             self.store.len()
         ))
+    }
+
+    /// The labels of `namespace`: from the cache, else read from the
+    /// source (by `deadline`) and cached; a Namespace that does not exist
+    /// has none.
+    ///
+    /// # Errors
+    ///
+    /// No context, or the read failed: the labels are unknown.
+    pub async fn namespace_labels(
+        &self,
+        namespace: &str,
+        deadline: Instant,
+    ) -> Result<std::collections::BTreeMap<String, String>, Error> {
+        let kind = Kind::namespace();
+        if let Some(labels) = self.store.labels(&kind, "", namespace) {
+            return Ok(labels);
+        }
+        let provider = self.provider.as_ref().ok_or(Error::NoContext)?;
+        let fetched = provider
+            .fetch(&kind, "", namespace, deadline)
+            .await
+            .map_err(|message| Error::Fetch {
+                kind: kind.clone(),
+                name: namespace.to_owned(),
+                message,
+            })?;
+        let Some(value) = fetched else {
+            return Ok(Default::default());
+        };
+        self.store.apply(store::Incoming {
+            kind: kind.clone(),
+            value,
+        });
+        Ok(self.store.labels(&kind, "", namespace).unwrap_or_default())
     }
 
     /// Every cached kind and how it is doing (none without a provider).

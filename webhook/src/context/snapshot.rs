@@ -5,11 +5,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::Value;
 
 use super::store::Incoming;
-use super::{Kind, KindHealth, KindState, Provider, Store};
+use super::{Fetched, Kind, KindHealth, KindState, Provider, Store};
 
 /// Objects read from manifests.
 pub struct Snapshot {
@@ -284,6 +285,17 @@ impl Provider for Snapshot {
             store.replace(&kind, objects);
             cached.insert(kind);
         }
+    }
+
+    /// A snapshot is all there is: what it lacks does not exist.
+    fn fetch(
+        &self,
+        _kind: &Kind,
+        _namespace: &str,
+        _name: &str,
+        _deadline: Instant,
+    ) -> Fetched<'_> {
+        Box::pin(std::future::ready(Ok(None)))
     }
 
     fn kinds(&self) -> Vec<KindHealth> {

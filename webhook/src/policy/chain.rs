@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use super::breaker::Suspended;
 use super::config::{FailurePolicy, Mode, Operation};
+use super::matcher::{self, Matched};
 use super::output::{self, Identity, Invalid};
 use super::request::Request;
 use super::set::{LoadError, LoadedPolicy, PolicySet};
-use super::{immutable, matcher, patch};
+use super::{immutable, patch};
 use crate::context::{Access, Kind, ObjectKey, Subject};
 use crate::engine::{self, Host};
 
@@ -70,6 +71,10 @@ pub enum Failure {
     /// The request's deadline had passed before its turn.
     #[error("the request's deadline passed before the policy ran")]
     NotRun,
+    /// Its namespace selector could not be checked: the namespace's labels
+    /// are unknown.
+    #[error("its namespaceSelector cannot be checked: {0}")]
+    Namespace(crate::context::Error),
 }
 
 impl Failure {
@@ -81,6 +86,7 @@ impl Failure {
             Failure::Output(_) => "output",
             Failure::Suspended(_) => "suspended",
             Failure::NotRun => "request-deadline",
+            Failure::Namespace(_) => "namespace",
         }
     }
 }
@@ -194,8 +200,17 @@ impl PolicySet {
         };
         for position in self.mutating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
-            if !self.applies(policy, request, only) {
-                continue;
+            match self.applies(policy, request, only, deadline).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(failure) => {
+                    record(&mut outcome, policy, Step::Failed(failure), Duration::ZERO);
+                    if !outcome.allowed {
+                        self.release_if_denied(&outcome, request);
+                        return outcome;
+                    }
+                    continue;
+                }
             }
             let text = current.as_ref().map(|object| request.with_object(object));
             let (step, duration) = self
@@ -302,8 +317,13 @@ impl PolicySet {
         let mut outcome = Outcome::allowed();
         for position in self.validating.candidates(&request.group, &request.kind) {
             let policy = &self.policies[position];
-            if !self.applies(policy, request, only) {
-                continue;
+            match self.applies(policy, request, only, deadline).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(failure) => {
+                    record(&mut outcome, policy, Step::Failed(failure), Duration::ZERO);
+                    continue;
+                }
             }
             let (step, duration) = self.run(policy, request, request.text, deadline).await;
             record(&mut outcome, policy, step, duration);
@@ -354,14 +374,33 @@ impl PolicySet {
 
     /// Whether `policy` runs for `request` in a call for `only` (`None`:
     /// every failure policy).
-    fn applies(
+    ///
+    /// # Errors
+    ///
+    /// Its namespace selector needs labels that could not be read.
+    async fn applies(
         &self,
         policy: &LoadedPolicy,
         request: &Request<'_>,
         only: Option<FailurePolicy>,
-    ) -> bool {
-        only.is_none_or(|only| policy.config.failure_policy == only)
-            && matcher::matches(&policy.config.matches, request, self.context.as_ref())
+        deadline: Instant,
+    ) -> std::result::Result<bool, Failure> {
+        if only.is_some_and(|only| policy.config.failure_policy != only) {
+            return Ok(false);
+        }
+        let rule = &policy.config.matches;
+        match matcher::matches(rule, request, self.context.as_ref()) {
+            Matched::Yes => Ok(true),
+            Matched::No => Ok(false),
+            Matched::NeedsNamespace => {
+                let labels = self
+                    .context
+                    .namespace_labels(&request.namespace, deadline)
+                    .await
+                    .map_err(Failure::Namespace)?;
+                Ok(matcher::matches_with_labels(rule, request, Some(&labels)))
+            }
+        }
     }
 
     /// Evaluates one policy on `text` (the request, or the request with the
@@ -591,9 +630,9 @@ mod tests {
             r#"
 policies:
   - name: defaults
-    module: builtin:resource-defaults
+    module: "{misbehave}"
     mutating: true
-    settings: {requests: {cpu: 100m}}
+    settings: {behaviour: mutate-spec}
     match: {operations: [CREATE, UPDATE]}
 "#,
         );
@@ -608,12 +647,84 @@ policies:
         assert_eq!(
             outcome.warnings,
             [
-                "defaults: its change of /spec/containers/0/resources was left out: Pod p may not change it on UPDATE"
+                "defaults: its change of /spec/priorityClassName was left out: Pod p may not change it on UPDATE"
             ]
         );
         // On CREATE the same mutation applies.
         let outcome = block_on(set.mutate(&request(&request_text(&object)), no_deadline()));
         assert!(outcome.patch.is_some());
+    }
+
+    /// A cluster whose Namespaces are never cached: each is read on demand,
+    /// giving `labels`, or failing when `None`.
+    struct Uncached {
+        labels: Option<serde_json::Value>,
+    }
+
+    impl crate::context::Provider for Uncached {
+        fn describe(&self) -> String {
+            "uncached".into()
+        }
+
+        fn cache(&self, _kinds: &[Kind], _store: &Arc<crate::context::Store>) {}
+
+        fn kinds(&self) -> Vec<crate::context::KindHealth> {
+            Vec::new()
+        }
+
+        fn fetch(
+            &self,
+            _kind: &Kind,
+            _namespace: &str,
+            name: &str,
+            _deadline: Instant,
+        ) -> crate::context::Fetched<'_> {
+            let answer = match &self.labels {
+                Some(labels) => Ok(Some(json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": name, "labels": labels}}))),
+                None => Err("connection refused".to_owned()),
+            };
+            Box::pin(std::future::ready(answer))
+        }
+    }
+
+    #[test]
+    fn namespace_labels_the_cache_lacks_are_read_and_a_failed_read_applies_the_failure_policy() {
+        let yaml = r#"
+policies:
+  - name: tier-gold
+    module: builtin:image-registries
+    settings: {allowedRegistries: [nvcr.io/]}
+    match: {namespaceSelector: {matchLabels: {tier: gold}}}
+"#;
+        let context = |labels| {
+            Arc::new(crate::context::Context::new(
+                Some(Box::new(Uncached { labels })),
+                Box::new(crate::context::ledger::Local::default()),
+            ))
+        };
+        let text = request_text(&pod("docker.io/x:1"));
+        let gold =
+            crate::test_support::policy_set_with(yaml, context(Some(json!({"tier": "gold"}))));
+        let outcome = block_on(gold.validate(&request(&text), no_deadline()));
+        assert!(
+            !outcome.allowed,
+            "read from the apiserver: the selector matches"
+        );
+        assert!(outcome.message.unwrap().starts_with("tier-gold:"));
+        let silver =
+            crate::test_support::policy_set_with(yaml, context(Some(json!({"tier": "silver"}))));
+        assert!(block_on(silver.validate(&request(&text), no_deadline())).allowed);
+        let unknown = crate::test_support::policy_set_with(yaml, context(None));
+        let outcome = block_on(unknown.validate(&request(&text), no_deadline()));
+        assert!(
+            !outcome.allowed,
+            "unknown labels: the failurePolicy (fail) applies"
+        );
+        assert_eq!(
+            outcome.message.unwrap(),
+            "policy \"tier-gold\" failed: its namespaceSelector cannot be checked: cannot read v1/Namespace \"ml\": connection refused (failurePolicy: fail)"
+        );
     }
 
     const TWO_DEFAULTS: &str = r#"

@@ -76,8 +76,63 @@ impl Index {
     }
 }
 
-/// Whether a candidate's remaining conditions hold for `request`.
-pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLabels) -> bool {
+/// Whether a candidate's remaining conditions hold for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matched {
+    /// They hold.
+    Yes,
+    /// They do not.
+    No,
+    /// They hold but for the namespace selector, and the namespace's labels
+    /// are not cached: read them, then ask [`matches_with_labels`].
+    NeedsNamespace,
+}
+
+/// Whether a candidate's remaining conditions hold for `request`, with the
+/// namespace labels `namespaces` has cached.
+pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLabels) -> Matched {
+    let selects_namespace = rule.namespace_selector.is_some() && namespaced(request);
+    let labels = if !selects_namespace {
+        None
+    } else if is_namespace(request) {
+        Some(request.labels().clone())
+    } else {
+        match namespaces.labels(&request.namespace) {
+            Some(labels) => Some(labels),
+            None => {
+                return if matches_with_labels(rule, request, None) {
+                    Matched::NeedsNamespace
+                } else {
+                    Matched::No
+                };
+            }
+        }
+    };
+    if matches_with_labels(rule, request, labels.as_ref()) {
+        Matched::Yes
+    } else {
+        Matched::No
+    }
+}
+
+/// Whether the namespace selector applies: Kubernetes leaves cluster-scoped
+/// objects to it only when they are Namespaces (matched by their own
+/// labels).
+fn namespaced(request: &Request<'_>) -> bool {
+    !request.namespace.is_empty() || is_namespace(request)
+}
+
+fn is_namespace(request: &Request<'_>) -> bool {
+    request.kind == "Namespace" && request.group.is_empty()
+}
+
+/// Whether the conditions hold with `labels` as the namespace's (`None`:
+/// the namespace selector is not checked).
+pub fn matches_with_labels(
+    rule: &Match,
+    request: &Request<'_>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     if !rule.operations.contains(&request.operation) {
         return false;
     }
@@ -88,15 +143,10 @@ pub fn matches(rule: &Match, request: &Request<'_>, namespaces: &dyn NamespaceLa
     if rule.exclude_namespaces.iter().any(|n| n == namespace) {
         return false;
     }
-    if let Some(selector) = &rule.namespace_selector {
-        let labels = if request.kind == "Namespace" && request.group.is_empty() {
-            Some(request.labels().clone())
-        } else {
-            namespaces.labels(namespace)
-        };
-        if !selector.matches_labels(&labels.unwrap_or_default()) {
-            return false;
-        }
+    if let (Some(selector), Some(labels)) = (&rule.namespace_selector, labels)
+        && !selector.matches_labels(labels)
+    {
+        return false;
     }
     if !request.subresource.is_empty()
         && !rule
@@ -150,7 +200,7 @@ mod tests {
         let text = format!(
             r#"{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"{operation}","namespace":"{namespace}","name":"p","object":{object}}}"#
         );
-        matches(rule, &Request::parse(&text).unwrap(), namespaces)
+        matches(rule, &Request::parse(&text).unwrap(), namespaces) == Matched::Yes
     }
 
     #[test]
@@ -190,7 +240,7 @@ mod tests {
             let text = format!(
                 r#"{{"uid":"u","kind":{{"group":"","version":"v1","kind":"Pod"}},"operation":"UPDATE","namespace":"ml","name":"p","object":{new},"oldObject":{old}}}"#
             );
-            matches(&rule, &Request::parse(&text).unwrap(), &Unknown)
+            matches(&rule, &Request::parse(&text).unwrap(), &Unknown) == Matched::Yes
         };
         let labelled = r#"{"metadata":{"labels":{"gpu":"yes"}}}"#;
         let bare = r#"{"metadata":{}}"#;
@@ -212,11 +262,8 @@ mod tests {
         };
         rule.operations = vec![Operation::Update];
         let sees = |rule: &Match, subresource: &str| {
-            matches(
-                rule,
-                &Request::parse(&request(subresource)).unwrap(),
-                &Unknown,
-            )
+            let text = request(subresource);
+            matches(rule, &Request::parse(&text).unwrap(), &Unknown) == Matched::Yes
         };
         assert!(sees(&rule, ""));
         assert!(!sees(&rule, "status"));
@@ -240,6 +287,16 @@ mod tests {
         let text = "{}";
         assert!(admits(&rule, text, "ml", "CREATE", &Teams));
         assert!(!admits(&rule, text, "web", "CREATE", &Teams));
-        assert!(!admits(&rule, text, "ml", "CREATE", &Unknown));
+        // Unknown labels are never taken as none: they are to be read.
+        let text = r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"ml","name":"p","object":{}}"#;
+        let request = Request::parse(text).unwrap();
+        assert_eq!(matches(&rule, &request, &Unknown), Matched::NeedsNamespace);
+        // A cluster-scoped object is not excluded by a namespace selector.
+        let node = r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Node"},"operation":"CREATE","namespace":"","name":"n","object":{}}"#;
+        rule.kinds = vec!["*".into()];
+        assert_eq!(
+            matches(&rule, &Request::parse(node).unwrap(), &Unknown),
+            Matched::Yes
+        );
     }
 }

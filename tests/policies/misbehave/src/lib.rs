@@ -30,6 +30,9 @@ pub enum Behaviour {
     Error,
     /// Add a label (a mutation).
     Mutate,
+    /// Set the object's `spec.priorityClassName` (fixed after a Pod's
+    /// creation).
+    MutateSpec,
     /// Loop forever in `validate-settings`.
     LoopInSettings,
     /// Return `count` empty warnings (ten million by default).
@@ -163,6 +166,11 @@ impl Policy for Misbehave {
             Behaviour::Mutate => {
                 let mut object = request.object()?.clone();
                 object["metadata"]["labels"] = json!({"misbehave": "was-here"});
+                Ok(Verdict::mutate(object))
+            }
+            Behaviour::MutateSpec => {
+                let mut object = request.object()?.clone();
+                object["spec"]["priorityClassName"] = json!("misbehave");
                 Ok(Verdict::mutate(object))
             }
         }
