@@ -87,30 +87,10 @@ fn objects(case: &Case) -> [Value; 2] {
     [pod, deployment]
 }
 
-#[tokio::test]
-async fn every_psa_fixture_agrees_as_a_pod_and_as_a_deployment() {
-    let cases = cases();
-    let levels: BTreeSet<(String, String)> = cases
-        .iter()
-        .map(|c| (c.level.clone(), c.version.clone()))
-        .collect();
-    let mut config = String::from(
-        "policies:\n  - name: psa\n    module: builtin:pod-security\n    match: {apiGroups: [\"\", apps], kinds: [Pod, Deployment]}\n    settings:\n      level: privileged\n      namespaceOverrides:\n",
-    );
-    for (level, version) in &levels {
-        config.push_str(&format!(
-            "        {}: {{level: {level}, version: {version}}}\n",
-            namespace(level, version)
-        ));
-    }
-    let server = Arc::new(
-        Server::start(Options {
-            config: Some(&config),
-            ..Options::default()
-        })
-        .await,
-    );
-    let cases = Arc::new(cases);
+/// Every fixture, as a Pod and as a Deployment in the namespace of its
+/// level and version, through `server`: how many evaluations, and those
+/// that disagree with PSA.
+async fn conform(server: Arc<Server>, cases: Arc<Vec<Case>>) -> (usize, Vec<String>) {
     let workers = 8;
     let mut tasks = Vec::new();
     for worker in 0..workers {
@@ -148,18 +128,95 @@ async fn every_psa_fixture_agrees_as_a_pod_and_as_a_deployment() {
         evaluated += count;
         disagreements.extend(wrong);
     }
+    (evaluated, disagreements)
+}
+
+fn assert_agrees(
+    how: &str,
+    cases: usize,
+    levels: usize,
+    (evaluated, disagreements): (usize, Vec<String>),
+) {
     assert!(
         disagreements.is_empty(),
-        "{} of {evaluated} evaluations disagree with PSA, e.g.:\n{}",
+        "{how}: {} of {evaluated} evaluations disagree with PSA, e.g.:\n{}",
         disagreements.len(),
         disagreements[..disagreements.len().min(20)].join("\n")
     );
     println!(
-        "pod-security conformance: {evaluated} evaluations ({} fixtures × Pod and Deployment, {} level/version pairs) agree with PSA",
-        cases.len(),
-        levels.len()
+        "pod-security conformance ({how}): {evaluated} evaluations ({cases} fixtures × Pod and Deployment, {levels} level/version pairs) agree with PSA"
     );
     assert_eq!(evaluated, 9_074, "the fixture set changed");
+}
+
+fn level_pairs(cases: &[Case]) -> BTreeSet<(String, String)> {
+    cases
+        .iter()
+        .map(|c| (c.level.clone(), c.version.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_psa_fixture_agrees_as_a_pod_and_as_a_deployment() {
+    let cases = cases();
+    let levels = level_pairs(&cases);
+    let mut config = String::from(
+        "policies:\n  - name: psa\n    module: builtin:pod-security\n    match: {apiGroups: [\"\", apps], kinds: [Pod, Deployment]}\n    settings:\n      level: privileged\n      namespaceOverrides:\n",
+    );
+    for (level, version) in &levels {
+        config.push_str(&format!(
+            "        {}: {{level: {level}, version: {version}}}\n",
+            namespace(level, version)
+        ));
+    }
+    let server = Arc::new(
+        Server::start(Options {
+            config: Some(&config),
+            ..Options::default()
+        })
+        .await,
+    );
+    let count = cases.len();
+    let result = conform(server, Arc::new(cases)).await;
+    assert_agrees("settings", count, levels.len(), result);
+}
+
+#[tokio::test]
+async fn every_psa_fixture_agrees_when_levels_come_from_namespace_labels() {
+    let cases = cases();
+    let levels = level_pairs(&cases);
+    // The namespaces, labelled as PSA reads them, as the cluster context.
+    let namespaces: Vec<Value> = levels
+        .iter()
+        .map(|(level, version)| {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": namespace(level, version),
+            "labels": {
+                "pod-security.kubernetes.io/enforce": level,
+                "pod-security.kubernetes.io/enforce-version": version,
+            }}})
+        })
+        .collect();
+    let scratch = tempfile::tempdir().unwrap();
+    let snapshot = scratch.path().join("namespaces.json");
+    std::fs::write(
+        &snapshot,
+        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": namespaces}))
+            .unwrap(),
+    )
+    .unwrap();
+    let config = "policies:\n  - name: psa\n    module: builtin:pod-security\n    context: [{apiVersion: v1, kind: Namespace}]\n    match: {apiGroups: [\"\", apps], kinds: [Pod, Deployment]}\n    settings: {level: privileged, namespaceLabels: true}\n";
+    let server = Arc::new(
+        Server::start(Options {
+            config: Some(config),
+            args: &["--context", snapshot.to_str().unwrap()],
+            ..Options::default()
+        })
+        .await,
+    );
+    let count = cases.len();
+    let result = conform(server, Arc::new(cases)).await;
+    assert_agrees("namespace labels", count, levels.len(), result);
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! changed container count or a new ephemeral container is checked.
 
 mod checks;
+mod labels;
 mod settings;
 
 use tollgate_sdk::pod::model::{self, Template};
@@ -17,6 +18,7 @@ use tollgate_sdk::pod::{TemplatePaths, field_path};
 use tollgate_sdk::{Policy, Request, Verdict};
 
 use checks::Failure;
+use labels::{Modes, Standard};
 pub use settings::{Exemptions, Level, Override, Settings, Version};
 
 /// Subresources of a Pod that PSA does not check; `ephemeralcontainers` is
@@ -49,11 +51,28 @@ impl Policy for PodSecurity {
             return Ok(Verdict::allow());
         }
         let kind = &request.kind;
+        if settings.namespace_labels && kind.group.is_empty() && kind.kind == "Namespace" {
+            return namespace_change(request, object, settings);
+        }
         let is_pod = kind.is_pod();
         let checked_subresource = request.sub_resource.is_empty()
             || (is_pod && !IGNORED_POD_SUBRESOURCES.contains(&request.sub_resource.as_str()));
-        let (level, version) = settings.for_namespace(&request.namespace);
-        if !checked_subresource || level == Level::Privileged {
+        let modes = if settings.namespace_labels {
+            Modes::from_labels(&labels::of_namespace(&request.namespace)?, settings)
+        } else {
+            let (level, version) = settings.for_namespace(&request.namespace);
+            Modes::enforce((level, version.clone()))
+        };
+        let standards = [
+            Some(&modes.enforce),
+            modes.warn.as_ref(),
+            modes.audit.as_ref(),
+        ];
+        let anything = standards
+            .iter()
+            .flatten()
+            .any(|(level, _)| *level != Level::Privileged);
+        if !checked_subresource || !anything {
             return Ok(Verdict::allow());
         }
         let paths = TemplatePaths::with(&settings.template_paths);
@@ -68,26 +87,110 @@ impl Policy for PodSecurity {
                 return Ok(Verdict::allow());
             }
         }
-        let minor = version.effective_minor();
-        let violations: Vec<(&str, Vec<Failure>)> = templates
-            .iter()
-            .filter(|(_, template)| !exempt_runtime_class(template, exemptions))
-            .map(|(pointer, template)| {
-                let failures = checks::run(level, minor, &template.metadata, &template.spec);
-                (pointer.as_str(), failures)
-            })
-            .filter(|(_, failures)| !failures.is_empty())
-            .collect();
-        if violations.is_empty() {
-            return Ok(Verdict::allow());
+        let judge = |(level, version): &Standard| judge(*level, version, &templates, exemptions);
+        let mut verdict = match judge(&modes.enforce) {
+            Some(message) => Verdict::deny(message),
+            None => Verdict::allow(),
+        };
+        if let Some(message) = modes.warn.as_ref().and_then(judge) {
+            verdict = verdict.warn(format!(
+                "would {}",
+                message.replacen("violates", "violate", 1)
+            ));
         }
-        Ok(Verdict::deny(message(
-            level,
-            version,
-            templates.len(),
-            &violations,
-        )))
+        if let Some(message) = modes.audit.as_ref().and_then(judge) {
+            verdict = verdict.annotate(
+                "audit-violations",
+                format!("would {}", message.replacen("violates", "violate", 1)),
+            );
+        }
+        Ok(verdict)
     }
+}
+
+/// PSA's message for the templates that break `level` at `version`, if any.
+fn judge(
+    level: Level,
+    version: &Version,
+    templates: &[(String, Template<'_>)],
+    exemptions: &Exemptions,
+) -> Option<String> {
+    if level == Level::Privileged {
+        return None;
+    }
+    let minor = version.effective_minor();
+    let violations: Vec<(&str, Vec<Failure>)> = templates
+        .iter()
+        .filter(|(_, template)| !exempt_runtime_class(template, exemptions))
+        .map(|(pointer, template)| {
+            let failures = checks::run(level, minor, &template.metadata, &template.spec);
+            (pointer.as_str(), failures)
+        })
+        .filter(|(_, failures)| !failures.is_empty())
+        .collect();
+    (!violations.is_empty()).then(|| message(level, version, templates.len(), &violations))
+}
+
+/// Most pods named in the warnings of a tightened namespace.
+const MAX_NAMED_PODS: usize = 10;
+
+/// A Namespace created or relabelled: allowed, with PSA's warnings when the
+/// new `enforce` standard is stricter than the old and pods already in the
+/// namespace (read through context, granted `v1/Pod`) would violate it.
+fn namespace_change(
+    request: &Request<'_>,
+    object: &str,
+    settings: &Settings,
+) -> tollgate_sdk::Result<Verdict> {
+    let new = Modes::from_labels(&labels::of(object)?, settings).enforce;
+    let old = match request.raw_old_object() {
+        Some(old) => Modes::from_labels(&labels::of(old)?, settings).enforce,
+        None => return Ok(Verdict::allow()),
+    };
+    if new == old || new.0 == Level::Privileged {
+        return Ok(Verdict::allow());
+    }
+    let pods = match tollgate_sdk::context::list("v1", "Pod", &request.name, "") {
+        Ok(pods) => pods,
+        Err(error) => {
+            return Ok(Verdict::allow().warn(format!(
+                "cannot check the pods in namespace {:?} against the new PodSecurity enforce level: {error}",
+                request.name
+            )));
+        }
+    };
+    let pods: Vec<&serde_json::value::RawValue> = serde_json::from_str(&pods)?;
+    let paths = TemplatePaths::with(&settings.template_paths);
+    let mut violating = Vec::new();
+    for pod in pods {
+        let templates = paths.pod_templates_in("", "Pod", pod.get())?;
+        if let Some(message) = judge(new.0, &new.1, &templates, &settings.exemptions) {
+            let name = templates
+                .first()
+                .and_then(|(_, t)| t.metadata.name.as_ref().map(model::Text::as_str))
+                .unwrap_or("")
+                .to_owned();
+            violating.push((name, message));
+        }
+    }
+    if violating.is_empty() {
+        return Ok(Verdict::allow());
+    }
+    let mut verdict = Verdict::allow().warn(format!(
+        "existing pods in namespace {:?} violate the new PodSecurity enforce level \"{}:{}\"",
+        request.name, new.0, new.1
+    ));
+    let total = violating.len();
+    for (name, message) in violating.into_iter().take(MAX_NAMED_PODS) {
+        let reasons = message
+            .split_once("\": ")
+            .map_or(message.as_str(), |(_, r)| r);
+        verdict = verdict.warn(format!("{name}: {reasons}"));
+    }
+    if total > MAX_NAMED_PODS {
+        verdict = verdict.warn(format!("(and {} other pods)", total - MAX_NAMED_PODS));
+    }
+    Ok(verdict)
 }
 
 tollgate_sdk::export!(PodSecurity);
@@ -559,6 +662,61 @@ mod tests {
         assert!(
             error(json!({"level": "baseline", "namespaceOverrides": {"a": {"level": "none"}}}))
                 .contains("unknown variant `none`")
+        );
+    }
+
+    #[test]
+    fn namespace_labels_set_each_mode_and_tightening_a_namespace_names_its_pods() {
+        use std::rc::Rc;
+        let namespace = |labels: Value| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml", "labels": labels}});
+        let running = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "runner", "namespace": "ml"},
+            "spec": {"containers": [{"name": "c", "image": "i", "securityContext": {"privileged": true}}]}});
+        let settings = r#"{"level": "privileged", "namespaceLabels": true}"#;
+        let labelled = namespace(json!({
+            "pod-security.kubernetes.io/enforce": "baseline",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted",
+        }));
+        let cluster = Rc::new(testing::Cluster::new::<PodSecurity>(
+            vec![labelled.clone(), running.clone()],
+            settings,
+        ));
+        let evaluate = |request: String| {
+            testing::with_host(cluster.clone(), || {
+                testing::evaluate::<PodSecurity>(&request, settings).unwrap()
+            })
+        };
+        // enforce baseline: the privileged pod is refused.
+        let refused = evaluate(testing::review(running.clone()));
+        assert!(!refused.allowed);
+        assert!(
+            refused
+                .message
+                .unwrap()
+                .starts_with("violates PodSecurity \"baseline:latest\": privileged")
+        );
+        // Baseline but not restricted: admitted, warned and audited.
+        let plain = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ml"},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let admitted = evaluate(testing::review(plain));
+        assert!(admitted.allowed);
+        assert!(
+            admitted.warnings[0].starts_with("would violate PodSecurity \"restricted:latest\": "),
+            "{:?}",
+            admitted.warnings
+        );
+        assert_eq!(admitted.audit_annotations[0].0, "audit-violations");
+        // Tightening the namespace to baseline names the pod that breaks it.
+        let before = namespace(json!({}));
+        let tightened = evaluate(testing::update(before, labelled));
+        assert!(tightened.allowed);
+        assert_eq!(
+            tightened.warnings,
+            [
+                "existing pods in namespace \"ml\" violate the new PodSecurity enforce level \"baseline:latest\"".to_owned(),
+                "runner: privileged (container \"c\" must not set securityContext.privileged=true)".to_owned(),
+            ]
         );
     }
 }

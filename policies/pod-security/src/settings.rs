@@ -131,6 +131,13 @@ pub struct Settings {
     /// Where pod templates live in kinds the SDK does not know (ML CRDs).
     #[serde(default)]
     pub template_paths: Vec<TemplatePathRule>,
+    /// Read each mode's level and version from the namespace's
+    /// `pod-security.kubernetes.io/*` labels, as Pod Security Admission
+    /// does (needs `context: [{apiVersion: v1, kind: Namespace}]`); `level`
+    /// and `version` are then the default for namespaces without an
+    /// `enforce` label.
+    #[serde(default)]
+    pub namespace_labels: bool,
 }
 
 impl Settings {
