@@ -168,6 +168,22 @@ policies:
     assert_eq!(status, 200);
     assert!(ready.contains("cluster context: snapshot of "), "{ready}");
     assert!(ready.contains("(9 objects)"), "{ready}");
+    // Each cached kind's health, in /readyz?verbose and in /metrics.
+    let (_, verbose) = server.get("/readyz?verbose").await;
+    assert!(
+        verbose.contains("context v1/Pod: synced, 6 objects, last event none yet, 0 relists, 0 errors"),
+        "{verbose}"
+    );
+    assert!(verbose.contains("context v1/Namespace: synced, 3 objects"), "{verbose}");
+    let (_, metrics) = server.get("/metrics").await;
+    for line in [
+        "tollgate_context_objects{kind=\"v1/Pod\"} 6",
+        "tollgate_context_objects{kind=\"v1/Namespace\"} 3",
+        "tollgate_context_relists{kind=\"v1/Pod\"} 0",
+        "tollgate_context_errors{kind=\"v1/Pod\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
     let response = server
         .review(
             "/validate",
