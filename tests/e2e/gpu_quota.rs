@@ -171,10 +171,15 @@ policies:
     // Each cached kind's health, in /readyz?verbose and in /metrics.
     let (_, verbose) = server.get("/readyz?verbose").await;
     assert!(
-        verbose.contains("context v1/Pod: synced, 6 objects, last event none yet, 0 relists, 0 errors"),
+        verbose.contains(
+            "context v1/Pod: synced, 6 objects, last event none yet, 0 relists, 0 errors"
+        ),
         "{verbose}"
     );
-    assert!(verbose.contains("context v1/Namespace: synced, 3 objects"), "{verbose}");
+    assert!(
+        verbose.contains("context v1/Namespace: synced, 3 objects"),
+        "{verbose}"
+    );
     let (_, metrics) = server.get("/metrics").await;
     for line in [
         "tollgate_context_objects{kind=\"v1/Pod\"} 6",

@@ -313,3 +313,74 @@ async fn a_configuration_in_a_configmap_is_watched_through_the_apiserver() {
     }
     assert_eq!(server.review("/validate", &docker()).await["allowed"], true);
 }
+
+#[tokio::test]
+async fn watched_kinds_report_their_health_and_follow_the_apiserver() {
+    let apiserver = tollgate_e2e::apiserver::Apiserver::start().await;
+    let gpu_pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ml"},
+               "spec": {"containers": [{"name": "c", "image": "nvcr.io/x:1",
+                   "resources": {"limits": {"nvidia.com/gpu": 1}}}]}})
+    };
+    apiserver.put(
+        "/api/v1/namespaces/ml",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"}}),
+    );
+    for name in ["a", "b"] {
+        apiserver.put(&format!("/api/v1/namespaces/ml/pods/{name}"), gpu_pod(name));
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let kubeconfig = scratch.path().join("kubeconfig");
+    apiserver.kubeconfig(&kubeconfig);
+    let config = r#"
+policies:
+  - name: gpu-quota
+    module: builtin:gpu-quota
+    match: {kinds: [Pod], operations: [CREATE]}
+    context: [{apiVersion: v1, kind: Pod}, {apiVersion: v1, kind: Namespace}]
+    settings:
+      scopes:
+        - namespaces: [ml]
+          limits: {nvidia.com/gpu: 3}
+"#;
+    // Ready only once the fail-closed policy's kinds are listed.
+    let server = Server::start(Options {
+        config: Some(config),
+        args: &["--kubeconfig", kubeconfig.to_str().unwrap()],
+        ..Options::default()
+    })
+    .await;
+    let (_, verbose) = server.get("/readyz?verbose").await;
+    assert!(
+        verbose.contains("context v1/Pod: synced, 2 objects, last event "),
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("cluster context: live cluster (3 objects)"),
+        "{verbose}"
+    );
+    until_metric(&server, "tollgate_context_objects{kind=\"v1/Pod\"}", |n| {
+        n == 2.0
+    })
+    .await;
+    assert!(
+        metric(
+            &server,
+            "tollgate_context_last_event_age_seconds{kind=\"v1/Pod\"}"
+        )
+        .await
+            >= 0.0
+    );
+
+    // A pod created in the cluster reaches the cache through the watch,
+    // and the quota counts it.
+    apiserver.put("/api/v1/namespaces/ml/pods/c", gpu_pod("c"));
+    until_metric(&server, "tollgate_context_objects{kind=\"v1/Pod\"}", |n| {
+        n == 3.0
+    })
+    .await;
+    let answer = server
+        .review("/validate", &review("CREATE", &gpu_pod("d")))
+        .await;
+    assert_eq!(answer["allowed"], false, "3 of 3 GPUs are in use: {answer}");
+}

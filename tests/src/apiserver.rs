@@ -108,6 +108,20 @@ fn respond(code: StatusCode, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// The core group's resources this stand-in serves.
+fn core_resources() -> Value {
+    let resource = |name: &str, kind: &str, namespaced: bool| {
+        json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+               "verbs": ["create", "get", "list", "update", "watch"]})
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
+        resource("pods", "Pod", true),
+        resource("namespaces", "Namespace", false),
+        resource("configmaps", "ConfigMap", true),
+        resource("secrets", "Secret", true),
+    ]})
+}
+
 /// The `metadata.name` a query's `fieldSelector` asks for, and whether it
 /// asks for a watch.
 fn query(uri: &hyper::Uri) -> (Option<String>, bool) {
@@ -141,11 +155,21 @@ fn names_an_object(path: &str) -> bool {
     }
 }
 
-/// Whether `path` is an object of `collection` that `name` selects.
+/// Whether `path` is an object of `collection` that `name` selects; a
+/// collection without a namespace (`/api/v1/pods`) holds the objects of
+/// every namespace.
 fn selected(collection: &str, name: Option<&str>, path: &str) -> bool {
-    path.strip_prefix(collection)
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|object| !object.contains('/') && name.is_none_or(|n| n == object))
+    let Some((parent, object)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let everywhere = match parent.split_once("/namespaces/") {
+        Some((root, rest)) => rest
+            .split_once('/')
+            .map(|(_, kind)| format!("{root}/{kind}")),
+        None => None,
+    };
+    (parent == collection || everywhere.as_deref() == Some(collection))
+        && name.is_none_or(|n| n == object)
 }
 
 /// A watch of `collection`: every later write of an object it selects, as
@@ -192,6 +216,12 @@ async fn answer(storage: &Mutex<Storage>, request: Request<Incoming>) -> Respons
     let mut storage = storage.lock().unwrap();
     match method {
         Method::GET if watching => watch(&storage, path, name),
+        // Discovery of the core group, for clients that resolve a kind.
+        Method::GET if path == "/api" => respond(
+            StatusCode::OK,
+            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+        ),
+        Method::GET if path == "/api/v1" => respond(StatusCode::OK, &core_resources()),
         Method::GET => match storage.objects.get(&path) {
             Some(found) => respond(StatusCode::OK, found),
             None => {
