@@ -10,10 +10,10 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use super::body::{self, Budget};
 use super::limits::{self, BadTimeout, Limits, MAX_BODY_BYTES};
@@ -98,7 +98,22 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
-        .route("/{side}/{failure_policy}", post(admit_only))
+        .route(
+            "/validate/fail",
+            only(Endpoint::ValidateOnly(FailurePolicy::Fail)),
+        )
+        .route(
+            "/validate/ignore",
+            only(Endpoint::ValidateOnly(FailurePolicy::Ignore)),
+        )
+        .route(
+            "/mutate/fail",
+            only(Endpoint::MutateOnly(FailurePolicy::Fail)),
+        )
+        .route(
+            "/mutate/ignore",
+            only(Endpoint::MutateOnly(FailurePolicy::Ignore)),
+        )
         .merge(probe_router())
         .with_state(state)
 }
@@ -149,23 +164,12 @@ async fn mutate(
 }
 
 /// `/validate/fail`, `/mutate/ignore`, …: one failure policy's webhook.
-async fn admit_only(
-    State(state): State<Arc<AppState>>,
-    Path((side, only)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    let only = match only.as_str() {
-        "fail" => FailurePolicy::Fail,
-        "ignore" => FailurePolicy::Ignore,
-        _ => return StatusCode::NOT_FOUND.into_response(),
-    };
-    let endpoint = match side.as_str() {
-        "validate" => Endpoint::ValidateOnly(only),
-        "mutate" => Endpoint::MutateOnly(only),
-        _ => return StatusCode::NOT_FOUND.into_response(),
-    };
-    admit(state, endpoint, query, body).await
+fn only(endpoint: Endpoint) -> MethodRouter<Arc<AppState>> {
+    post(
+        move |State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, body: Body| {
+            admit(state, endpoint, query, body)
+        },
+    )
 }
 
 async fn admit(
