@@ -191,6 +191,11 @@ async fn a_configuration_edited_under_load_is_swapped_in_without_a_failed_reques
         |n| n >= 1.0,
     )
     .await;
+    let (_, body) = server.get("/readyz?verbose").await;
+    assert!(
+        !body.contains("last change refused"),
+        "back to the serving text: {body}"
+    );
     let before = metric(
         &server,
         "tollgate_config_reloads_total{result=\"unchanged\"}",

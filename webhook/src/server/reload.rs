@@ -99,7 +99,18 @@ impl Reloader {
                 tracing::info!(origin = %text.origin, sequence, "configuration loaded");
                 self.state.metrics.record_reload("loaded", sequence);
             }
-            Loaded::Unchanged => self.state.metrics.record_reload("unchanged", sequence),
+            Loaded::Unchanged => {
+                self.state.metrics.record_reload("unchanged", sequence);
+                // Back to the text serving: no refused change is pending.
+                let status = self.state.configuration.load_full();
+                if let Some(status) = status.filter(|s| s.error.is_some()) {
+                    let cleared = Status {
+                        error: None,
+                        ..(*status).clone()
+                    };
+                    self.state.configuration.store(Some(Arc::new(cleared)));
+                }
+            }
             Loaded::Failed(error) => {
                 tracing::error!(origin = %text.origin, "configuration refused, the previous one serves on: {error}");
                 self.state.metrics.record_reload("failed", sequence);
