@@ -168,3 +168,79 @@ pub fn assess(set: &PolicySet, configuration: Option<&Status>) -> Readiness {
         details,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::context::{Context, Fetched, KindHealth, Provider, Store, ledger};
+    use crate::test_support::policy_set_with;
+
+    /// A cluster whose Pods are still listing and whose Nodes cannot be.
+    struct Starting;
+
+    impl Provider for Starting {
+        fn describe(&self) -> String {
+            "starting".into()
+        }
+
+        fn cache(&self, _kinds: &[Kind], _store: &Arc<Store>) {}
+
+        fn kinds(&self) -> Vec<KindHealth> {
+            vec![
+                KindHealth::new(Kind::new("v1", "Pod"), KindState::Listing),
+                KindHealth::new(
+                    Kind::new("v1", "Node"),
+                    KindState::Failed("forbidden".into()),
+                ),
+            ]
+        }
+
+        fn fetch(&self, _: &Kind, _: &str, _: &str, _: Instant) -> Fetched<'_> {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+    }
+
+    fn assessed(failure_policy: &str, kind: &str) -> Readiness {
+        let yaml = format!(
+            "policies:\n  - name: reader\n    module: builtin:image-registries\n    settings: {{allowedRegistries: [nvcr.io/]}}\n    failurePolicy: {failure_policy}\n    context: [{{apiVersion: v1, kind: {kind}}}]\n"
+        );
+        let context = Arc::new(Context::new(
+            Some(Box::new(Starting)),
+            Box::new(ledger::Local::default()),
+        ));
+        assess(&policy_set_with(&yaml, context), None)
+    }
+
+    #[test]
+    fn only_a_list_a_fail_closed_policy_waits_for_makes_the_replica_unready() {
+        let waiting = assessed("fail", "Pod");
+        assert!(!waiting.ready);
+        assert!(
+            waiting.summary.contains(
+                "waiting for the first list of v1/Pod (read by fail-closed policies reader)"
+            ),
+            "{}",
+            waiting.summary
+        );
+        // Fail-open: it answers with its failurePolicy meanwhile.
+        assert!(assessed("ignore", "Pod").ready);
+        // A kind that cannot be listed never takes the replica out.
+        let refused = assessed("fail", "Node");
+        assert!(refused.ready, "{}", refused.summary);
+        assert!(
+            refused
+                .summary
+                .contains("v1/Node: forbidden; policies reader fail per their failurePolicy"),
+            "{}",
+            refused.summary
+        );
+        assert!(
+            refused
+                .details
+                .contains("context v1/Node: failed (forbidden), 0 objects")
+        );
+    }
+}
