@@ -207,25 +207,44 @@ fn normal_name(name: &str) -> String {
     }
 }
 
-/// The DNS names a Service is reached by, from `NAME.NAMESPACE`:
-/// `NAME.NAMESPACE.svc` and `NAME.NAMESPACE.svc.cluster.local`.
-///
-/// # Errors
-///
-/// The text is not `NAME.NAMESPACE`.
-pub fn service_names(service: &str) -> Result<[String; 2], String> {
-    match service.split_once('.') {
-        Some((name, namespace))
-            if !name.is_empty() && !namespace.is_empty() && !namespace.contains('.') =>
-        {
-            Ok([
-                format!("{name}.{namespace}.svc"),
-                format!("{name}.{namespace}.svc.cluster.local"),
-            ])
+/// A Service, written `NAME.NAMESPACE` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+}
+
+impl std::str::FromStr for Service {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once('.') {
+            Some((name, namespace))
+                if !name.is_empty() && !namespace.is_empty() && !namespace.contains('.') =>
+            {
+                Ok(Service {
+                    name: name.to_owned(),
+                    namespace: namespace.to_owned(),
+                })
+            }
+            _ => Err(format!(
+                "{text:?}: write the Service as NAME.NAMESPACE (e.g. tollgate.tollgate-system)"
+            )),
         }
-        _ => Err(format!(
-            "--service {service:?}: write the Service as NAME.NAMESPACE (e.g. tollgate.tollgate-system)"
-        )),
+    }
+}
+
+impl Service {
+    /// The DNS names it is reached by: `NAME.NAMESPACE.svc` and
+    /// `NAME.NAMESPACE.svc.cluster.local`.
+    pub fn names(&self) -> [String; 2] {
+        let Service { name, namespace } = self;
+        [
+            format!("{name}.{namespace}.svc"),
+            format!("{name}.{namespace}.svc.cluster.local"),
+        ]
     }
 }
 
@@ -284,15 +303,16 @@ mod tests {
 
     #[test]
     fn service_names_are_the_two_cluster_dns_names() {
+        let service = |text: &str| text.parse::<Service>();
         assert_eq!(
-            service_names("tollgate.tollgate-system").unwrap(),
+            service("tollgate.tollgate-system").unwrap().names(),
             [
                 "tollgate.tollgate-system.svc".to_owned(),
                 "tollgate.tollgate-system.svc.cluster.local".to_owned()
             ]
         );
         for bad in ["tollgate", "a.b.c", ".ns", "name."] {
-            assert!(service_names(bad).is_err(), "{bad}");
+            assert!(service(bad).is_err(), "{bad}");
         }
     }
 }

@@ -105,18 +105,18 @@ pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
         }
         None => {
             let ca = authority::new_ca(now, CA_LIFETIME)?;
-            write(&ca_key, &ca.key, 0o600)?;
+            write_file(&ca_key, &ca.key, 0o600)?;
             (ca, Outcome::Created)
         }
     };
     let served = authority::issue(&ca, &names, now, SERVING_LIFETIME)?;
     // The key first: a reader that sees the new certificate finds its key.
-    write(&made.key, &served.key, 0o600)?;
-    write(&made.cert, &served.cert, 0o644)?;
+    write_file(&made.key, &served.key, 0o600)?;
+    write_file(&made.cert, &served.cert, 0o644)?;
     // A new CA's certificate is written last: its presence says the
     // directory is complete.
     if outcome == Outcome::Created {
-        write(&made.ca, &ca.cert, 0o644)?;
+        write_file(&made.ca, &ca.cert, 0o644)?;
     }
     Ok(SelfMade { outcome, ..made })
 }
@@ -129,9 +129,9 @@ pub fn ensure(dir: &Path, extra: &[String]) -> Result<SelfMade, Error> {
 /// When a file cannot be written.
 pub fn write_pair(dir: &Path, pair: &Pair, bundle: &str) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    write(&dir.join("tls.key"), &pair.key, 0o600)?;
-    write(&dir.join("tls.crt"), &pair.cert, 0o644)?;
-    write(&dir.join("ca.crt"), bundle, 0o644)
+    write_file(&dir.join("tls.key"), &pair.key, 0o600)?;
+    write_file(&dir.join("tls.crt"), &pair.cert, 0o644)?;
+    write_file(&dir.join("ca.crt"), bundle, 0o644)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -174,10 +174,10 @@ fn problem(pem: &str, names: &[String], now: SystemTime) -> Option<String> {
     })
 }
 
-/// Writes `path` whole or not at all: a temporary sibling renamed into
+/// Writes `path` whole or not at all, readable as `mode` says: a temporary sibling renamed into
 /// place, so a client reading the CA, a server reloading its certificate or
 /// a restart after a crash never sees a half-written file.
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
+pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), Error> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tollgate_e2e::{Options, Server, review};
+use tollgate_e2e::{Options, Server, gpu_pod, review};
 
 /// One scope: namespace `ml`, at most `limit` GPUs.
 fn config(limit: u64, ttl_seconds: u64) -> String {
@@ -23,13 +23,6 @@ policies:
         - {{namespaces: [ml], limits: {{nvidia.com/gpu: {limit}}}}}
 "#
     )
-}
-
-fn gpu_pod(namespace: &str, name: &str, gpus: u64) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
-        "spec": {"containers": [{"name": "train", "image": "nvcr.io/nvidia/pytorch:24.05-py3",
-            "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
-        "status": {"phase": "Running"}})
 }
 
 async fn start(config: &str, snapshot: &Path) -> Server {

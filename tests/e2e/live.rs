@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate_e2e::{Options, Server, review, standard_request, test_policy};
+use tollgate_e2e::{Options, Server, gpu_pod, review, standard_request, test_policy};
 
 fn registries(allowed: &[&str]) -> String {
     format!(
@@ -322,11 +322,7 @@ async fn a_configuration_in_a_configmap_is_watched_through_the_apiserver() {
 #[tokio::test]
 async fn watched_kinds_report_their_health_and_follow_the_apiserver() {
     let apiserver = tollgate_e2e::apiserver::Apiserver::start().await;
-    let gpu_pod = |name: &str| {
-        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ml"},
-               "spec": {"containers": [{"name": "c", "image": "nvcr.io/x:1",
-                   "resources": {"limits": {"nvidia.com/gpu": 1}}}]}})
-    };
+    let gpu_pod = |name: &str| gpu_pod("ml", name, 1);
     apiserver.put(
         "/api/v1/namespaces/ml",
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"}}),

@@ -175,7 +175,7 @@ fn selected(collection: &str, name: Option<&str>, path: &str) -> bool {
 /// A watch of `collection`: every later write of an object it selects, as
 /// one JSON event per line, until the client goes away.
 fn watch(storage: &Storage, collection: String, name: Option<String>) -> Response<Body> {
-    let writes = tokio_stream_of(storage.writes.subscribe());
+    let writes = writes_of(storage.writes.subscribe());
     let events = writes.filter_map(move |(path, object)| {
         let event = selected(&collection, name.as_deref(), &path).then(|| {
             let line = json!({"type": "MODIFIED", "object": object});
@@ -193,7 +193,7 @@ fn watch(storage: &Storage, collection: String, name: Option<String>) -> Respons
 }
 
 /// The writes a receiver sees, as a stream (a lagging one skips ahead).
-fn tokio_stream_of(
+fn writes_of(
     receiver: broadcast::Receiver<(String, Value)>,
 ) -> impl futures::Stream<Item = (String, Value)> {
     futures::stream::unfold(receiver, |mut receiver| async move {

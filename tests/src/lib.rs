@@ -358,6 +358,14 @@ pub fn review(operation: &str, object: &Value) -> Value {
     })
 }
 
+/// A running Pod in `namespace` whose one container asks for `gpus` GPUs.
+pub fn gpu_pod(namespace: &str, name: &str, gpus: u64) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [{"name": "train", "image": "nvcr.io/nvidia/pytorch:24.05-py3",
+            "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]},
+        "status": {"phase": "Running"}})
+}
+
 /// The standard benchmark request (`../shared/bench/pod-gpu-create.json`).
 pub fn standard_request() -> Value {
     let text = std::fs::read_to_string(shared("bench/pod-gpu-create.json"))

@@ -77,17 +77,20 @@ fn place_object(
 ) -> tollgate_sdk::Result<Verdict> {
     let kind = &request.kind;
     let is_pod = kind.is_pod();
-    let placing = match request.operation.as_str() {
-        "CREATE" => true,
-        "UPDATE" => paths.may_add_on_update(
-            &kind.group,
-            &kind.kind,
-            request.raw_old_object(),
-            &root.to_json(),
-        )?,
-        _ => false,
-    };
-    if !placing || !request.sub_resource.is_empty() {
+    // A subresource is never placed: settle that before reading an
+    // UPDATE's objects.
+    let placing = request.sub_resource.is_empty()
+        && match request.operation.as_str() {
+            "CREATE" => true,
+            "UPDATE" => paths.may_add_on_update(
+                &kind.group,
+                &kind.kind,
+                request.raw_old_object(),
+                &root.to_json(),
+            )?,
+            _ => false,
+        };
+    if !placing {
         return Ok(Verdict::allow());
     }
     let templates = paths.template_pointers(&kind.group, &kind.kind, &root);

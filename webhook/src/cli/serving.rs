@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use tollgate_certs::authority;
+use tollgate_certs::authority::Service;
 use tollgate_certs::dir::{self, Outcome};
 use tollgate_certs::lifecycle::{Lifecycle, Settings};
 use tollgate_certs::objects::Kube;
@@ -53,7 +53,7 @@ pub struct CertArgs {
     /// NAME.NAMESPACE.svc and NAME.NAMESPACE.svc.cluster.local, and the
     /// Secret and Lease of --certs self-managed live in NAMESPACE.
     #[arg(long, value_name = "NAME.NAMESPACE")]
-    service: Option<String>,
+    service: Option<Service>,
     /// More names for the certificate (DNS names or IPs). May repeat.
     #[arg(long = "tls-san")]
     tls_sans: Vec<String>,
@@ -104,13 +104,13 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
 
 impl CertArgs {
     /// The certificate names: the Service's and every --tls-san.
-    fn names(&self) -> anyhow::Result<Vec<String>> {
+    fn names(&self) -> Vec<String> {
         let mut names = Vec::new();
         if let Some(service) = &self.service {
-            names.extend(authority::service_names(service).map_err(anyhow::Error::msg)?);
+            names.extend(service.names());
         }
         names.extend(self.tls_sans.iter().cloned());
-        Ok(names)
+        names
     }
 
     /// The resolver serving the chosen certificate, with whatever keeps it
@@ -129,7 +129,7 @@ impl CertArgs {
                 cert: self.cert_dir.join("tls.crt"),
                 key: self.cert_dir.join("tls.key"),
             },
-            (_, _, Source::SelfMade) => self_made(&self.cert_dir, &self.names()?)?,
+            (_, _, Source::SelfMade) => self_made(&self.cert_dir, &self.names())?,
             (_, _, Source::SelfManaged) => return self.self_managed(runtime, kubeconfig),
         };
         let resolver = Resolver::from_files(files)?;
@@ -144,13 +144,13 @@ impl CertArgs {
         runtime: &tokio::runtime::Handle,
         kubeconfig: Option<&std::path::Path>,
     ) -> anyhow::Result<Arc<Resolver>> {
-        let service = self
+        let namespace = &self
             .service
-            .as_deref()
-            .context("--certs self-managed needs --service NAME.NAMESPACE")?;
-        let (_, namespace) = service.split_once('.').unwrap_or_default();
+            .as_ref()
+            .context("--certs self-managed needs --service NAME.NAMESPACE")?
+            .namespace;
         let client = runtime.block_on(live::client(kubeconfig))?;
-        let mut settings = Settings::new(&identity(), self.names()?);
+        let mut settings = Settings::new(&identity(), self.names());
         settings.secret = self.cert_secret.clone();
         settings.lease = self.cert_secret.clone();
         settings.webhook_configs = self.webhook_configs.clone();

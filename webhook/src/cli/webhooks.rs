@@ -3,6 +3,8 @@
 
 use anyhow::Context as _;
 
+use tollgate_certs::authority::Service;
+
 use crate::policy::registration::{self, Target};
 
 #[derive(Debug, clap::Args)]
@@ -18,7 +20,7 @@ pub struct Args {
         value_name = "NAME.NAMESPACE",
         default_value = "tollgate.tollgate-system"
     )]
-    service: String,
+    service: Service,
     /// The Service's port.
     #[arg(long, default_value_t = 443)]
     port: i32,
@@ -37,11 +39,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.policies.load_config()?;
-    let (service, namespace) = args
-        .service
-        .split_once('.')
-        .filter(|(name, namespace)| !name.is_empty() && !namespace.is_empty())
-        .with_context(|| format!("--service {:?}: write NAME.NAMESPACE", args.service))?;
+    let namespace = args.service.namespace.as_str();
     let account = match &args.service_account {
         Some(account) => account
             .split_once(':')
@@ -55,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let target = Target {
         name: args.name.clone(),
-        service: Some((service.to_owned(), namespace.to_owned(), args.port)),
+        service: Some((args.service.name.clone(), namespace.to_owned(), args.port)),
         url: args.url.clone(),
         skip_namespaces,
         skip_user: Some(account),

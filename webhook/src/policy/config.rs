@@ -266,6 +266,17 @@ pub struct Metadata {
 }
 
 impl PolicyConfig {
+    /// The kinds of cluster objects it reads: its grants, and Namespaces
+    /// for a namespace selector.
+    pub fn reads(&self) -> impl Iterator<Item = Kind> + '_ {
+        let namespaces = self
+            .matches
+            .namespace_selector
+            .is_some()
+            .then(Kind::namespace);
+        self.context.iter().cloned().chain(namespaces)
+    }
+
     /// Severity, category and controls: as configured, else the built-in
     /// module's defaults, else `medium` and `General`.
     pub fn metadata(&self) -> Metadata {
@@ -434,18 +445,7 @@ impl Config {
     /// Every kind some policy reads: its grants, and Namespaces when a
     /// policy matches by namespace selector.
     pub fn context_kinds(&self) -> Vec<Kind> {
-        let mut kinds: Vec<Kind> = self
-            .policies
-            .iter()
-            .flat_map(|p| p.context.iter().cloned())
-            .collect();
-        if self
-            .policies
-            .iter()
-            .any(|p| p.matches.namespace_selector.is_some())
-        {
-            kinds.push(Kind::namespace());
-        }
+        let mut kinds: Vec<Kind> = self.policies.iter().flat_map(PolicyConfig::reads).collect();
         kinds.sort();
         kinds.dedup();
         kinds

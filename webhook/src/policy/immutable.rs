@@ -2,7 +2,7 @@
 //! mutation that touches one would make the whole UPDATE fail, so the chain
 //! drops it (with a warning) instead of breaking a running workload.
 
-use json_patch::{Patch, PatchOperation};
+use json_patch::Patch;
 
 /// Whether `pointer` (a JSON Pointer in an object of `group`/`kind`) may
 /// not change on UPDATE.
@@ -48,17 +48,11 @@ fn pod_spec_may_change(pointer: &str) -> bool {
 /// The first path of `patch` that an UPDATE of `group`/`kind` may not
 /// change, if any.
 pub fn first_violation<'p>(group: &str, kind: &str, patch: &'p Patch) -> Option<&'p str> {
-    patch.0.iter().find_map(|operation| {
-        let path = match operation {
-            PatchOperation::Add(op) => op.path.as_str(),
-            PatchOperation::Remove(op) => op.path.as_str(),
-            PatchOperation::Replace(op) => op.path.as_str(),
-            PatchOperation::Move(op) => op.path.as_str(),
-            PatchOperation::Copy(op) => op.path.as_str(),
-            PatchOperation::Test(op) => op.path.as_str(),
-        };
-        immutable(group, kind, path).then_some(path)
-    })
+    patch
+        .0
+        .iter()
+        .map(|operation| operation.path().as_str())
+        .find(|path| immutable(group, kind, path))
 }
 
 #[cfg(test)]

@@ -179,14 +179,6 @@ impl PolicySet {
         &self.context
     }
 
-    /// Policies granted cluster context, which fail without one.
-    pub fn context_aware(&self) -> impl Iterator<Item = &str> {
-        self.policies
-            .iter()
-            .filter(|p| !p.grants.is_empty())
-            .map(|p| &*p.name)
-    }
-
     /// Policies that failed to load, with why.
     pub fn failures(&self) -> impl Iterator<Item = (&str, &LoadError)> {
         self.policies

@@ -24,18 +24,6 @@ pub struct Readiness {
     pub details: String,
 }
 
-/// The kinds `policy` reads: its grants, and Namespaces for a namespace
-/// selector.
-fn reads(policy: &LoadedPolicy) -> impl Iterator<Item = Kind> + '_ {
-    let namespaces = policy
-        .config
-        .matches
-        .namespace_selector
-        .is_some()
-        .then(Kind::namespace);
-    policy.grants.iter().cloned().chain(namespaces)
-}
-
 /// Judges `set`, loaded from `configuration`.
 pub fn assess(set: &PolicySet, configuration: Option<&Status>) -> Readiness {
     let mut summary = String::new();
@@ -87,7 +75,7 @@ pub fn assess(set: &PolicySet, configuration: Option<&Status>) -> Readiness {
 
     let readers: Vec<&LoadedPolicy> = policies
         .iter()
-        .filter(|p| p.module.is_ok() && reads(p).next().is_some())
+        .filter(|p| p.module.is_ok() && p.config.reads().next().is_some())
         .collect();
     if readers.is_empty() {
         return Readiness {
@@ -115,7 +103,7 @@ pub fn assess(set: &PolicySet, configuration: Option<&Status>) -> Readiness {
         readers
             .iter()
             .filter(|p| !fail_closed_only || p.config.failure_policy == FailurePolicy::Fail)
-            .filter(|p| reads(p).any(|k| k == *kind))
+            .filter(|p| p.config.reads().any(|k| k == *kind))
             .map(|p| &*p.name)
             .collect()
     };

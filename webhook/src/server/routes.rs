@@ -96,23 +96,23 @@ impl IntoResponse for Error {
 /// `/ignore`, one webhook each) and the probes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/validate", post(validate))
-        .route("/mutate", post(mutate))
+        .route("/validate", admission(Endpoint::Validate))
+        .route("/mutate", admission(Endpoint::Mutate))
         .route(
             "/validate/fail",
-            only(Endpoint::ValidateOnly(FailurePolicy::Fail)),
+            admission(Endpoint::ValidateOnly(FailurePolicy::Fail)),
         )
         .route(
             "/validate/ignore",
-            only(Endpoint::ValidateOnly(FailurePolicy::Ignore)),
+            admission(Endpoint::ValidateOnly(FailurePolicy::Ignore)),
         )
         .route(
             "/mutate/fail",
-            only(Endpoint::MutateOnly(FailurePolicy::Fail)),
+            admission(Endpoint::MutateOnly(FailurePolicy::Fail)),
         )
         .route(
             "/mutate/ignore",
-            only(Endpoint::MutateOnly(FailurePolicy::Ignore)),
+            admission(Endpoint::MutateOnly(FailurePolicy::Ignore)),
         )
         .merge(probe_router())
         .with_state(state)
@@ -147,24 +147,8 @@ impl Endpoint {
     }
 }
 
-async fn validate(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    admit(state, Endpoint::Validate, query, body).await
-}
-
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Response {
-    admit(state, Endpoint::Mutate, query, body).await
-}
-
-/// `/validate/fail`, `/mutate/ignore`, …: one failure policy's webhook.
-fn only(endpoint: Endpoint) -> MethodRouter<Arc<AppState>> {
+/// The POST route of `endpoint`.
+fn admission(endpoint: Endpoint) -> MethodRouter<Arc<AppState>> {
     post(
         move |State(state): State<Arc<AppState>>, RawQuery(query): RawQuery, body: Body| {
             admit(state, endpoint, query, body)
