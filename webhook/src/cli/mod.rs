@@ -166,8 +166,8 @@ impl PolicyArgs {
             return Ok(Arc::new(Context::new(None, local())));
         };
         let ledger: Box<dyn Ledger> = if shared {
-            let backend = ConfigMaps::new(client.clone(), &config.quota.namespace, runtime.clone());
-            Box::new(Shared::new(backend, ttl))
+            let backend = ConfigMaps::new(client.clone(), &config.quota.namespace);
+            Box::new(Shared::new(backend, ttl, runtime.clone()))
         } else {
             local()
         };

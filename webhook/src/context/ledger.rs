@@ -13,8 +13,10 @@
 //! same shapes the policy builds and reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
 
 pub use tollgate_sdk::quota::{Claim, Decision, Held};
 
@@ -53,7 +55,7 @@ pub struct Request<'a> {
     /// The oldest cache generation the policy read.
     pub seen: u64,
     /// The cache, to tell whether a reservation's object was counted.
-    pub store: &'a Store,
+    pub store: &'a Arc<Store>,
     /// When the answer is no longer wanted: I/O stops there.
     pub deadline: Instant,
 }
@@ -68,12 +70,12 @@ impl Request<'_> {
 /// Check-and-reserve.
 pub trait Ledger: Send + Sync {
     /// Checks every claim and, when all fit and the request is not a dry
-    /// run, reserves their asks.
+    /// run, reserves their asks. The future ends by the request's deadline.
     ///
     /// # Errors
     ///
     /// When the ledger's backing store cannot be reached in time.
-    fn reserve(&self, request: &Request<'_>) -> Result<Decision, Error>;
+    fn reserve<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Result<Decision, Error>>;
 
     /// Releases what request `uid` reserved (its admission was denied),
     /// without waiting for I/O.
@@ -183,7 +185,21 @@ impl Local {
 }
 
 impl Ledger for Local {
-    fn reserve(&self, request: &Request<'_>) -> Result<Decision, Error> {
+    fn reserve<'a>(&'a self, request: Request<'a>) -> BoxFuture<'a, Result<Decision, Error>> {
+        Box::pin(std::future::ready(Ok(self.reserve_now(&request))))
+    }
+
+    fn release(&self, uid: &str) {
+        let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
+        for held in scopes.values_mut() {
+            held.retain(|h| h.uid != uid);
+        }
+    }
+}
+
+impl Local {
+    /// Check-and-reserve under the lock: nothing here waits.
+    fn reserve_now(&self, request: &Request<'_>) -> Decision {
         let now = Instant::now();
         let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
         for claim in request.claims {
@@ -225,21 +241,12 @@ impl Ledger for Local {
                 });
             }
         }
-        Ok(decision)
-    }
-
-    fn release(&self, uid: &str) {
-        let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
-        for held in scopes.values_mut() {
-            held.retain(|h| h.uid != uid);
-        }
+        decision
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
@@ -285,28 +292,26 @@ mod tests {
 
     fn reserve(
         ledger: &Local,
-        store: &Store,
+        store: &Arc<Store>,
         name: &str,
         used: u64,
         seen: u64,
         dry_run: bool,
     ) -> Decision {
-        ledger
-            .reserve(&Request {
-                policy: "quota",
-                claims: &claim(used),
-                subject: &subject(name, dry_run),
-                seen,
-                store,
-                deadline: Instant::now() + Duration::from_secs(60),
-            })
-            .unwrap()
+        ledger.reserve_now(&Request {
+            policy: "quota",
+            claims: &claim(used),
+            subject: &subject(name, dry_run),
+            seen,
+            store,
+            deadline: Instant::now() + Duration::from_secs(60),
+        })
     }
 
     #[test]
     fn reservations_count_until_the_object_was_read_from_the_cache() {
         let ledger = Local::default();
-        let store = Store::default();
+        let store = Arc::new(Store::default());
         assert!(reserve(&ledger, &store, "a", 0, 0, false).admitted);
         assert!(reserve(&ledger, &store, "b", 0, 0, false).admitted);
         let third = reserve(&ledger, &store, "c", 0, 0, false);
@@ -328,7 +333,7 @@ mod tests {
     #[test]
     fn dry_runs_check_without_reserving_and_retries_replace() {
         let ledger = Local::default();
-        let store = Store::default();
+        let store = Arc::new(Store::default());
         for _ in 0..5 {
             assert!(reserve(&ledger, &store, "a", 0, 0, true).admitted);
         }
@@ -344,7 +349,7 @@ mod tests {
     #[test]
     fn release_frees_only_the_denied_requests_own_reservations() {
         let ledger = Local::default();
-        let store = Store::default();
+        let store = Arc::new(Store::default());
         assert!(reserve(&ledger, &store, "a", 0, 0, false).admitted);
         assert!(reserve(&ledger, &store, "b", 0, 0, false).admitted);
         ledger.release("uid-c");
@@ -357,7 +362,7 @@ mod tests {
     #[test]
     fn reservations_lapse_after_the_ttl() {
         let ledger = Local::new(Duration::from_millis(400));
-        let store = Store::default();
+        let store = Arc::new(Store::default());
         assert!(reserve(&ledger, &store, "a", 0, 0, false).admitted);
         assert!(reserve(&ledger, &store, "b", 0, 0, false).admitted);
         assert!(!reserve(&ledger, &store, "c", 0, 0, false).admitted);

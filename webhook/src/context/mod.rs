@@ -431,21 +431,22 @@ impl Access {
     /// # Errors
     ///
     /// No context, or the ledger's error.
-    pub fn reserve(&mut self, claims: &[Claim], deadline: Instant) -> Result<Decision, Error> {
+    pub async fn reserve(&self, claims: &[Claim], deadline: Instant) -> Result<Decision, Error> {
         if !self.context.available() {
             return Err(Error::NoContext);
         }
         // A call that read nothing computed its usage from nothing: every
         // reservation counts.
         let seen = if self.seen == u64::MAX { 0 } else { self.seen };
-        Ok(self.context.ledger.reserve(&ledger::Request {
+        let request = ledger::Request {
             policy: &self.policy,
             claims,
             subject: &self.subject,
             seen,
             store: &self.context.store,
             deadline,
-        })?)
+        };
+        Ok(self.context.ledger.reserve(request).await?)
     }
 }
 

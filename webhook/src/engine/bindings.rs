@@ -11,7 +11,11 @@ use super::limits::StoreState;
 wasmtime::component::bindgen!({
     world: "policy",
     path: "../sdk/wit",
-    imports: { default: trappable },
+    // Reserving may wait on the apiserver: the evaluation yields meanwhile.
+    imports: {
+        "tollgate:policy/quota.reserve": async | trappable,
+        default: trappable,
+    },
 });
 
 use self::tollgate::policy::{context, log, quota, types};
@@ -35,10 +39,21 @@ impl StoreState {
     ) -> wasmtime::Result<Result<T, String>> {
         self.meter.enter()?;
         let Some(host) = self.host.as_deref_mut() else {
-            self.refused = Some(NOT_GRANTED.to_owned());
-            return Ok(Err(NOT_GRANTED.to_owned()));
+            return Ok(self.not_granted());
         };
-        match f(host, &mut self.meter) {
+        let result = f(host, &mut self.meter);
+        self.answer(result)
+    }
+
+    /// The answer to a policy whose call has no host.
+    fn not_granted<T>(&mut self) -> Result<T, String> {
+        self.refused = Some(NOT_GRANTED.to_owned());
+        Err(NOT_GRANTED.to_owned())
+    }
+
+    /// A host's result as the import answers it.
+    fn answer<T>(&mut self, result: Result<T, Refusal>) -> wasmtime::Result<Result<T, String>> {
+        match result {
             Ok(value) => Ok(Ok(value)),
             Err(Refusal::DeadlinePassed) => Err(Abort::DeadlinePassed.into()),
             Err(Refusal::Refused(error)) => {
@@ -144,7 +159,7 @@ impl quota::Host for StoreState {
         }))
     }
 
-    fn reserve(
+    async fn reserve(
         &mut self,
         claims: Vec<quota::Claim>,
     ) -> wasmtime::Result<Result<quota::Decision, String>> {
@@ -164,7 +179,22 @@ impl quota::Host for StoreState {
                 usage: amounts(c.usage, u64::saturating_add),
             })
             .collect();
-        let result = self.with_host(|host, meter| host.reserve(&claims, meter.deadline()))?;
+        self.meter.enter()?;
+        let deadline = self.meter.deadline();
+        let Some(host) = self.host.as_deref_mut() else {
+            return Ok(self.not_granted());
+        };
+        // Waiting on the ledger takes no CPU: the slot serves others meanwhile.
+        if let Some(slot) = &mut self.slot {
+            slot.lend();
+        }
+        let result = host.reserve(claims, deadline).await;
+        if let Some(slot) = &mut self.slot
+            && !slot.take_back(deadline).await
+        {
+            return Err(Abort::DeadlinePassed.into());
+        }
+        let result = self.answer(result)?;
         Ok(result.map(|decision| quota::Decision {
             admitted: decision.admitted,
             held: decision

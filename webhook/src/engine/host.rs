@@ -11,6 +11,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+
 pub use tollgate_sdk::quota::{Claim, Decision, Usage};
 
 /// Why a host capability did not answer a call.
@@ -72,13 +74,19 @@ pub trait Host: Send {
     /// A refusal.
     fn usage(&mut self, keys: &[String]) -> Result<Vec<Usage>, Refusal>;
 
-    /// `quota.reserve`: the atomic check-and-reserve. The host gives back
-    /// what it took when it returns [`Refusal::DeadlinePassed`].
+    /// `quota.reserve`: the atomic check-and-reserve, which may wait on
+    /// I/O (a ledger shared through the apiserver) until `deadline` at
+    /// most. The host gives back what it took when it returns
+    /// [`Refusal::DeadlinePassed`].
     ///
     /// # Errors
     ///
     /// A refusal, or the deadline passed.
-    fn reserve(&mut self, claims: &[Claim], deadline: Instant) -> Result<Decision, Refusal>;
+    fn reserve(
+        &mut self,
+        claims: Vec<Claim>,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Decision, Refusal>>;
 }
 
 /// Why the meter stopped a call; carried by the trap it raises.

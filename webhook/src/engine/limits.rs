@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::host::{Host, LogRate, Meter};
+use super::slot::Slot;
 
 /// Bounds on one policy call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub struct StoreState {
     /// Whether the current call runs as a future that yields to the async
     /// executor at every epoch tick (rather than blocking its thread).
     pub yielding: bool,
+    /// The evaluation slot the current call holds, lent back while a host
+    /// call waits on I/O.
+    pub slot: Option<Slot>,
 }
 
 impl StoreState {
@@ -76,6 +80,7 @@ impl StoreState {
             log_rate,
             refused: None,
             yielding: false,
+            slot: None,
         }
     }
 

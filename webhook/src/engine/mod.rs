@@ -25,6 +25,7 @@ pub mod host;
 mod limits;
 mod output;
 mod pre;
+mod slot;
 mod spare;
 mod ticker;
 
@@ -38,6 +39,7 @@ pub use host::Host;
 pub use limits::Limits;
 pub use output::{IndexEntry, Verdict};
 pub use pre::PolicyPre;
+pub use slot::wait_for;
 
 use limits::StoreState;
 use spare::Maker;
@@ -295,25 +297,6 @@ impl Engine {
             .map_err(Error::Link)?;
         let pre = PolicyPre::new(name, pre, self.clone())?;
         Ok(pre)
-    }
-}
-
-/// A permit of `gate`, waited for until `deadline` at most; `None` when the
-/// deadline passed first. Outside a Tokio runtime (offline commands) there
-/// is no timer to wait with, and the wait is not bounded.
-pub async fn wait_for(
-    gate: &Arc<tokio::sync::Semaphore>,
-    deadline: Option<std::time::Instant>,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let wait = gate.clone().acquire_owned();
-    match deadline {
-        Some(deadline) if tokio::runtime::Handle::try_current().is_ok() => {
-            tokio::time::timeout_at(deadline.into(), wait)
-                .await
-                .ok()?
-                .ok()
-        }
-        _ => wait.await.ok(),
     }
 }
 
@@ -607,13 +590,13 @@ mod tests {
         }
         fn reserve(
             &mut self,
-            _: &[host::Claim],
+            _: Vec<host::Claim>,
             _: std::time::Instant,
-        ) -> Result<host::Decision, host::Refusal> {
-            Ok(host::Decision {
+        ) -> futures::future::BoxFuture<'_, Result<host::Decision, host::Refusal>> {
+            Box::pin(std::future::ready(Ok(host::Decision {
                 admitted: true,
                 held: Vec::new(),
-            })
+            })))
         }
     }
 

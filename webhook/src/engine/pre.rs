@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::executor::block_on;
 use wasmtime::component::{ComponentExportIndex, InstancePre};
 use wasmtime::{Store, Trap};
 
 use super::host::{Abort, Host, LogRate};
 use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
+use super::slot::Slot;
 use super::spare::{Instance, Recipe, Spares};
 use super::{Engine, Error};
 
@@ -34,6 +36,14 @@ pub struct PolicyPre {
     /// The policy's log rate, shared by every call.
     log_rate: Arc<LogRate>,
     engine: Engine,
+}
+
+/// Where an evaluation runs.
+enum Runs {
+    /// On the caller's thread, in a slot when the engine bounds them.
+    Here(Option<Slot>),
+    /// On a thread of the aside lane.
+    Aside,
 }
 
 /// When one call must end: its own timeout from now, or the request's
@@ -133,7 +143,7 @@ impl PolicyPre {
                     .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, index)
                     .map_err(Error::Link)?;
             }
-            let (raw,) = validate.call(&mut *store, (settings,)).map_err(Raw)?;
+            let (raw,) = block_on(validate.call_async(&mut *store, (settings,))).map_err(Raw)?;
             Ok(output::settings(store, raw, limits)?)
         })
     }
@@ -163,15 +173,11 @@ impl PolicyPre {
         deadline: Option<Instant>,
         host: Option<Box<dyn Host>>,
     ) -> Result<Verdict, Error> {
-        let _slot = match &self.engine.inner.slots {
-            Some(slots) => Some(
-                super::wait_for(slots, deadline)
-                    .await
-                    .ok_or(Error::Queued)?,
-            ),
+        let slot = match &self.engine.inner.slots {
+            Some(slots) => Some(Slot::take(slots, deadline).await.ok_or(Error::Queued)?),
             None => None,
         };
-        self.run(request, settings, limits, deadline, host, false)
+        self.run(request, settings, limits, deadline, host, Runs::Here(slot))
             .await
     }
 
@@ -196,15 +202,24 @@ impl PolicyPre {
             super::aside::Lane::start(threads)
         });
         let pre = self.clone();
+        // The host's I/O (a shared quota ledger) uses the server's timers.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         lane.run(move || {
-            futures::executor::block_on(pre.run(&request, &settings, &limits, deadline, host, true))
+            let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            futures::executor::block_on(pre.run(
+                &request,
+                &settings,
+                &limits,
+                deadline,
+                host,
+                Runs::Aside,
+            ))
         })
         .await
         .unwrap_or(Err(Error::Queued))
     }
 
-    /// One evaluation, yielding at every tick; `aside` when it runs on the
-    /// aside lane (its instance is then torn down on that thread).
+    /// One evaluation, yielding at every tick, where `runs` says.
     async fn run(
         &self,
         request: &str,
@@ -212,8 +227,12 @@ impl PolicyPre {
         limits: &Limits,
         deadline: Option<Instant>,
         host: Option<Box<dyn Host>>,
-        aside: bool,
+        runs: Runs,
     ) -> Result<Verdict, Error> {
+        let (slot, aside) = match runs {
+            Runs::Here(slot) => (slot, false),
+            Runs::Aside => (None, true),
+        };
         let window = Window::new(limits, deadline);
         if window.left().is_zero() {
             return Err(window.out_of_time(false));
@@ -232,6 +251,7 @@ impl PolicyPre {
         let result = {
             let _active = self.engine.inner.ticker.active();
             store.data_mut().start_call(window.end, host, true);
+            store.data_mut().slot = slot;
             store.set_epoch_deadline(1);
             let evaluated = async {
                 let evaluate = instance
@@ -246,14 +266,19 @@ impl PolicyPre {
                     .map_err(Raw)?;
                 Ok(output::verdict(&mut store, raw, limits)?)
             };
-            evaluated.await
+            let result = evaluated.await;
+            // The slot is the caller's, not the instance's.
+            store.data_mut().slot = None;
+            result
         };
         self.finish(store, &recipe, result, limits, &window, aside)
     }
 
     /// One blocking call in a fresh instance (at load, and for indexing):
     /// a spare, or one made inline within the call's window. `f` calls an
-    /// export and reads its output.
+    /// export and reads its output; the world has an async import, so `f`
+    /// makes the async kind of call and drives it on this thread (the store
+    /// never yields: one poll).
     fn call<R>(
         &self,
         limits: &Limits,
@@ -372,7 +397,8 @@ impl PolicyPre {
             let index = instance
                 .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, export)
                 .map_err(Error::Link)?;
-            let (raw,) = index.call(&mut *store, (object, settings)).map_err(Raw)?;
+            let (raw,) =
+                block_on(index.call_async(&mut *store, (object, settings))).map_err(Raw)?;
             Ok(output::index(store, raw, limits)?)
         })
         .map(Some)

@@ -106,7 +106,10 @@ impl Recipe {
     pub fn instantiate(&self, budget: Duration) -> Result<Instance, Failed> {
         let mut store = self.store_for(budget, false);
         let _active = self.ticker.active();
-        match self.pre.instantiate(&mut store) {
+        // The world has an async import, so instantiation is always the
+        // async kind; this store never yields, so the future completes in
+        // one poll on this thread.
+        match futures::executor::block_on(self.pre.instantiate_async(&mut store)) {
             Ok(instance) => Ok(Instance { store, instance }),
             Err(error) => Err(Box::new((store, error))),
         }

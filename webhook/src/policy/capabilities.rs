@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+
 use super::matcher::NamespaceLabels;
 use crate::context::{self, Access, Context, Kind, ledger};
 use crate::engine::host::{Claim, Decision, Host, Refusal, Usage};
@@ -54,8 +56,12 @@ impl Host for Access {
         Ok(Access::usage(self, keys)?)
     }
 
-    fn reserve(&mut self, claims: &[Claim], deadline: Instant) -> Result<Decision, Refusal> {
-        Ok(Access::reserve(self, claims, deadline)?)
+    fn reserve(
+        &mut self,
+        claims: Vec<Claim>,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Decision, Refusal>> {
+        Box::pin(async move { Ok(Access::reserve(self, &claims, deadline).await?) })
     }
 }
 
