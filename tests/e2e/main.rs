@@ -12,6 +12,7 @@ mod hardening;
 mod install;
 mod live;
 mod pod_security;
+mod quota_replicas;
 mod sandbox;
 mod serve;
 mod workloads;

@@ -2,15 +2,18 @@
 //! serve` asks of a cluster (the self-managed certificate's Secret, Lease
 //! and webhook configurations; a watched ConfigMap): objects by path, in
 //! memory, with the apiserver's rules for the verbs used (GET of an object
-//! or of a collection filtered by `fieldSelector=metadata.name=…`, a watch
-//! of a collection, POST of a new name, PUT with the `resourceVersion` last
-//! read; 404 and 409 as `Status` objects). Plain HTTP on loopback, reached
-//! through a kubeconfig.
+//! or of a collection filtered by `fieldSelector=metadata.name=…` or an
+//! equality `labelSelector`, a watch of a collection, POST of a new name,
+//! PUT with the `resourceVersion` last read, DELETE with a
+//! `resourceVersion` precondition; 404 and 409 as `Status` objects), and a
+//! round trip the test sets. Plain HTTP on loopback, reached through a
+//! kubeconfig.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use std::convert::Infallible;
 
@@ -32,11 +35,18 @@ struct Storage {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// What every connection shares.
+struct Shared {
+    storage: Mutex<Storage>,
+    /// How long each answer (but a watch's) waits, as a network would.
+    round_trip: Mutex<Duration>,
+}
+
 /// A running stand-in apiserver.
 pub struct Apiserver {
     /// Its address.
     pub addr: SocketAddr,
-    storage: Arc<Mutex<Storage>>,
+    shared: Arc<Shared>,
 }
 
 impl Apiserver {
@@ -44,22 +54,25 @@ impl Apiserver {
     pub async fn start() -> Apiserver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let storage = Arc::new(Mutex::new(Storage {
-            version: 0,
-            objects: BTreeMap::new(),
-            writes: broadcast::channel(64).0,
-        }));
-        let serving = storage.clone();
+        let shared = Arc::new(Shared {
+            storage: Mutex::new(Storage {
+                version: 0,
+                objects: BTreeMap::new(),
+                writes: broadcast::channel(64).0,
+            }),
+            round_trip: Mutex::new(Duration::ZERO),
+        });
+        let serving = shared.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let storage = serving.clone();
+                let shared = serving.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
-                        let storage = storage.clone();
-                        async move { Ok::<_, hyper::Error>(answer(&storage, request).await) }
+                        let shared = shared.clone();
+                        async move { Ok::<_, hyper::Error>(answer(&shared, request).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -68,7 +81,7 @@ impl Apiserver {
                 });
             }
         });
-        Apiserver { addr, storage }
+        Apiserver { addr, shared }
     }
 
     /// A kubeconfig for it, written to `path`.
@@ -82,13 +95,35 @@ impl Apiserver {
 
     /// Stores `object` at `path` as a user's write would.
     pub fn put(&self, path: &str, object: Value) {
-        let mut storage = self.storage.lock().unwrap();
+        let mut storage = self.shared.storage.lock().unwrap();
         store(&mut storage, path.to_owned(), object, StatusCode::OK);
     }
 
     /// The object at `path`.
     pub fn get(&self, path: &str) -> Option<Value> {
-        self.storage.lock().unwrap().objects.get(path).cloned()
+        self.shared
+            .storage
+            .lock()
+            .unwrap()
+            .objects
+            .get(path)
+            .cloned()
+    }
+
+    /// The objects whose paths start with `prefix`.
+    pub fn under(&self, prefix: &str) -> Vec<(String, Value)> {
+        let storage = self.shared.storage.lock().unwrap();
+        storage
+            .objects
+            .range(prefix.to_owned()..)
+            .take_while(|(path, _)| path.starts_with(prefix))
+            .map(|(path, object)| (path.clone(), object.clone()))
+            .collect()
+    }
+
+    /// Makes every later answer (but a watch's) wait `round_trip`.
+    pub fn set_round_trip(&self, round_trip: Duration) {
+        *self.shared.round_trip.lock().unwrap() = round_trip;
     }
 }
 
@@ -122,23 +157,44 @@ fn core_resources() -> Value {
     ]})
 }
 
-/// The `metadata.name` a query's `fieldSelector` asks for, and whether it
-/// asks for a watch.
-fn query(uri: &hyper::Uri) -> (Option<String>, bool) {
-    let mut name = None;
-    let mut watch = false;
-    for pair in uri.query().unwrap_or("").split('&') {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+/// What a GET's query asks for.
+#[derive(Default)]
+struct Query {
+    /// `fieldSelector=metadata.name=…`.
+    name: Option<String>,
+    /// `labelSelector=k=v,…` (equality only).
+    labels: Vec<(String, String)>,
+    /// `watch=true`.
+    watch: bool,
+}
+
+fn query(uri: &hyper::Uri) -> Query {
+    let mut query = Query::default();
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        match &*key {
             "fieldSelector" => {
-                let value = value.replace("%3D", "=").replace("%3d", "=");
-                name = value.strip_prefix("metadata.name=").map(str::to_owned);
+                query.name = value.strip_prefix("metadata.name=").map(str::to_owned);
             }
-            "watch" => watch = value == "true" || value == "1",
+            "labelSelector" => {
+                query.labels = value
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+            }
+            "watch" => query.watch = value == "true" || value == "1",
             _ => {}
         }
     }
-    (name, watch)
+    query
+}
+
+/// Whether `object` carries every label `query` asks for.
+fn labelled(query: &Query, object: &Value) -> bool {
+    query
+        .labels
+        .iter()
+        .all(|(key, value)| object["metadata"]["labels"][key] == **value)
 }
 
 /// Whether `path` names one object (`…/KIND/NAME`) rather than a
@@ -207,15 +263,20 @@ fn writes_of(
     })
 }
 
-async fn answer(storage: &Mutex<Storage>, request: Request<Incoming>) -> Response<Body> {
+async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let (name, watching) = query(request.uri());
+    let query = query(request.uri());
     let body = request.into_body().collect().await.unwrap().to_bytes();
     let object: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let mut storage = storage.lock().unwrap();
+    if !query.watch {
+        let round_trip = *shared.round_trip.lock().unwrap();
+        tokio::time::sleep(round_trip).await;
+    }
+    let mut storage = shared.storage.lock().unwrap();
+    let name = query.name.clone();
     match method {
-        Method::GET if watching => watch(&storage, path, name),
+        Method::GET if query.watch => watch(&storage, path, name),
         // Discovery of the core group, for clients that resolve a kind.
         Method::GET if path == "/api" => respond(
             StatusCode::OK,
@@ -228,7 +289,9 @@ async fn answer(storage: &Mutex<Storage>, request: Request<Incoming>) -> Respons
                 let items: Vec<&Value> = storage
                     .objects
                     .iter()
-                    .filter(|(stored, _)| selected(&path, name.as_deref(), stored))
+                    .filter(|(stored, object)| {
+                        selected(&path, name.as_deref(), stored) && labelled(&query, object)
+                    })
                     .map(|(_, object)| object)
                     .collect();
                 if items.is_empty() && names_an_object(&path) {
@@ -271,6 +334,26 @@ async fn answer(storage: &Mutex<Storage>, request: Request<Incoming>) -> Respons
                 );
             }
             store(&mut storage, path, object, StatusCode::OK)
+        }
+        Method::DELETE => {
+            let Some(current) = storage.objects.get(&path) else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{path} not found"),
+                );
+            };
+            let expected = &object["preconditions"]["resourceVersion"];
+            if !expected.is_null() && *expected != current["metadata"]["resourceVersion"] {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!("{path}: precondition failed: the object has been modified"),
+                );
+            }
+            storage.version += 1;
+            let removed = storage.objects.remove(&path).unwrap();
+            respond(StatusCode::OK, &removed)
         }
         _ => status(
             StatusCode::METHOD_NOT_ALLOWED,

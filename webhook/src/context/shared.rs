@@ -355,7 +355,7 @@ impl<B: Backend> Inner<B> {
                 None => match by(deadline, self.backend.load(scope)).await {
                     Ok(current) => current,
                     Err(error) => {
-                        self.fail(scope, waiting, released, error.into());
+                        self.fail(scope, waiting, released, error.into(), false);
                         return None;
                     }
                 },
@@ -382,6 +382,7 @@ impl<B: Backend> Inner<B> {
                 return Some(current);
             }
             let expected = current.version.as_deref();
+            let writing = Instant::now();
             match by(deadline, self.backend.store(scope, expected, &reservations)).await {
                 Ok(Some(version)) => {
                     self.answer(scope, waiting, decisions);
@@ -390,9 +391,16 @@ impl<B: Backend> Inner<B> {
                         reservations,
                     });
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Another replica wrote first. Waiting a random part of
+                    // a round trip lets the replicas' rounds drift apart
+                    // instead of colliding in step, where the one that
+                    // needs no read would win every time.
+                    let round_trip = writing.elapsed();
+                    tokio::time::sleep(round_trip.mul_f64(fastrand::f64())).await;
+                }
                 Err(error) => {
-                    self.fail(scope, waiting, released, error.into());
+                    self.fail(scope, waiting, released, error.into(), true);
                     return None;
                 }
             }
@@ -401,7 +409,7 @@ impl<B: Backend> Inner<B> {
             scope: scope.to_owned(),
             attempts: MAX_ATTEMPTS,
         };
-        self.fail(scope, waiting, &[], contended);
+        self.fail(scope, waiting, &[], contended, false);
         None
     }
 
@@ -416,15 +424,17 @@ impl<B: Backend> Inner<B> {
         }
     }
 
-    /// Answers each claim with `error`. A write that failed may still have
-    /// landed, so its claims are given back once (they lapse at their
-    /// expiry if that fails too); releases that failed lapse likewise.
+    /// Answers each claim with `error`. A write that failed (`written`)
+    /// may still have landed, so its claims are given back once (they
+    /// lapse at their expiry if that fails too); releases that failed lapse
+    /// likewise.
     fn fail(
         self: &Arc<Self>,
         scope: &str,
         waiting: Vec<Pending>,
         released: &[String],
         error: ledger::Error,
+        written: bool,
     ) {
         if !released.is_empty() {
             tracing::warn!(
@@ -433,12 +443,12 @@ impl<B: Backend> Inner<B> {
         }
         let mut unsure = Vec::new();
         for pending in waiting {
-            if !pending.subject.dry_run {
+            if written && !pending.subject.dry_run {
                 unsure.push(pending.subject.uid.clone());
             }
             let _ = pending.reply.send(Err(again(&error)));
         }
-        if !unsure.is_empty() && !matches!(error, ledger::Error::Contended { .. }) {
+        if !unsure.is_empty() {
             self.enqueue(scope, |queue| queue.released.extend(unsure));
         }
     }

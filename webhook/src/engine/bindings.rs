@@ -55,7 +55,7 @@ impl StoreState {
     fn answer<T>(&mut self, result: Result<T, Refusal>) -> wasmtime::Result<Result<T, String>> {
         match result {
             Ok(value) => Ok(Ok(value)),
-            Err(Refusal::DeadlinePassed) => Err(Abort::DeadlinePassed.into()),
+            Err(Refusal::DeadlinePassed) => Err(Abort::HostWaited.into()),
             Err(Refusal::Refused(error)) => {
                 let message = error.to_string();
                 self.refused = Some(message.clone());
@@ -192,7 +192,7 @@ impl quota::Host for StoreState {
         if let Some(slot) = &mut self.slot
             && !slot.take_back(deadline).await
         {
-            return Err(Abort::DeadlinePassed.into());
+            return Err(Abort::HostWaited.into());
         }
         let result = self.answer(result)?;
         Ok(result.map(|decision| quota::Decision {

@@ -95,6 +95,10 @@ pub enum Abort {
     /// The call's deadline passed (checked on entry to every import).
     #[error("the deadline passed during a host call")]
     DeadlinePassed,
+    /// The deadline passed while the host waited on I/O for the call (a
+    /// slow or unreachable apiserver): not the policy's doing.
+    #[error("the deadline passed while the host waited on I/O")]
+    HostWaited,
     /// More imports called than one evaluation may.
     #[error("policy made more than {0} host calls in one evaluation")]
     TooManyCalls(usize),

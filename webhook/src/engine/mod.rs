@@ -149,6 +149,12 @@ pub enum Error {
     /// The host-call meter stopped the policy.
     #[error("{0}")]
     HostCalls(host::Abort),
+    /// A host call that waits on I/O (quota through the apiserver) had not
+    /// finished by the policy's deadline.
+    #[error(
+        "the host could not answer the policy's quota.reserve within its deadline of {0} ms (the apiserver is slow or unreachable)"
+    )]
+    HostTimeout(u64),
     /// The policy ran but reported that it could not reach a verdict.
     #[error("policy error: {0}")]
     Policy(String),
@@ -180,6 +186,7 @@ impl Error {
             | Error::OutputTooManyItems { .. }
             | Error::InvalidOutput(_) => "output",
             Error::HostCalls(_) => "host-calls",
+            Error::HostTimeout(_) => "host-timeout",
             Error::Policy(_) => "policy",
             Error::Refused { .. } => "refused",
         }

@@ -461,6 +461,8 @@ fn classify(
     if let Some(abort) = error.downcast_ref::<Abort>() {
         return match abort {
             Abort::DeadlinePassed => window.out_of_time(starting),
+            Abort::HostWaited if window.cut => window.out_of_time(starting),
+            Abort::HostWaited => Error::HostTimeout(window.timeout.as_millis() as u64),
             other => Error::HostCalls(other.clone()),
         };
     }
