@@ -409,7 +409,7 @@ impl<B: Backend> Inner<B> {
             scope: scope.to_owned(),
             attempts: MAX_ATTEMPTS,
         };
-        self.fail(scope, waiting, &[], contended, false);
+        self.fail(scope, waiting, released, contended, false);
         None
     }
 
