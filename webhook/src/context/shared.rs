@@ -136,9 +136,10 @@ pub trait Backend: Send + Sync + 'static {
     fn delete(&self, scope: &str, version: &str) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
-/// Rounds per batch before giving up: each lost race means another replica
-/// made progress.
-const MAX_ATTEMPTS: usize = 16;
+/// Attempts per batch before giving up: each lost race means another
+/// replica made progress. The callers' deadlines usually end a batch first;
+/// this bounds one whose callers wait long.
+const MAX_ATTEMPTS: usize = 64;
 
 /// How long giving back one round's reservations may take.
 const GIVE_BACK_TIME: Duration = Duration::from_secs(5);
