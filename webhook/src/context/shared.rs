@@ -230,14 +230,30 @@ fn again(error: &ledger::Error) -> ledger::Error {
     }
 }
 
+/// A stored reservation during a round, with its object's key parsed once
+/// for all the claims the round decides.
+struct Held {
+    reservation: Reservation,
+    key: Option<ObjectKey>,
+}
+
+impl From<Reservation> for Held {
+    fn from(reservation: Reservation) -> Self {
+        let key = reservation.object.as_deref().and_then(object_key);
+        Held { reservation, key }
+    }
+}
+
 impl Pending {
-    /// Decides the claim against `reservations` at `now_ms`; when it fits
+    /// Decides the claim against what is `held` at `now_ms`; when it fits
     /// (and is not a dry run) its reservation replaces any earlier one of
     /// the same request or object.
-    fn decide(&self, reservations: &mut Vec<Reservation>, now_ms: u64, ttl: Duration) -> Decision {
+    fn decide(&self, held: &mut Vec<Held>, now_ms: u64, ttl: Duration) -> Decision {
         let mine = self.subject.object.as_ref().map(object_name);
-        let others =
-            |r: &Reservation| r.uid != self.subject.uid && (mine.is_none() || r.object != mine);
+        let others = |h: &Held| {
+            h.reservation.uid != self.subject.uid
+                && (mine.is_none() || h.reservation.object != mine)
+        };
         let request = Request {
             policy: &self.policy,
             claims: std::slice::from_ref(&self.claim),
@@ -247,23 +263,21 @@ impl Pending {
             deadline: self.deadline,
         };
         let decision = ledger::check(&request, |_, resource| {
-            reservations
-                .iter()
-                .filter(|r| others(r))
-                .filter(|r| {
-                    let object = r.object.as_deref().and_then(object_key);
-                    ledger::counts(object.as_ref(), self.seen, &self.store)
-                })
-                .map(|r| r.asks.get(resource).copied().unwrap_or(0))
+            held.iter()
+                .filter(|h| others(h) && ledger::counts(h.key.as_ref(), self.seen, &self.store))
+                .map(|h| h.reservation.asks.get(resource).copied().unwrap_or(0))
                 .sum()
         });
         if decision.admitted && !self.subject.dry_run {
-            reservations.retain(others);
-            reservations.push(Reservation {
-                uid: self.subject.uid.clone(),
-                object: mine,
-                asks: self.claim.asks.clone(),
-                expires_ms: now_ms + ttl.as_millis() as u64,
+            held.retain(others);
+            held.push(Held {
+                reservation: Reservation {
+                    uid: self.subject.uid.clone(),
+                    object: mine,
+                    asks: self.claim.asks.clone(),
+                    expires_ms: now_ms + ttl.as_millis() as u64,
+                },
+                key: self.subject.object.clone(),
             });
         }
         decision
@@ -283,6 +297,35 @@ impl<B: Backend> Shared<B> {
         });
         runtime.spawn(sweep(Arc::downgrade(&inner)));
         Shared { inner }
+    }
+
+    /// Takes one claim through its scope's committer, waiting until the
+    /// request's deadline at most.
+    async fn take(
+        &self,
+        request: &Request<'_>,
+        scope: &str,
+        claim: &ledger::Claim,
+    ) -> Result<Decision, ledger::Error> {
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            policy: request.policy.to_owned(),
+            claim: claim.clone(),
+            subject: request.subject.clone(),
+            seen: request.seen,
+            store: request.store.clone(),
+            deadline: request.deadline,
+            reply,
+        };
+        self.inner
+            .enqueue(scope, |queue| queue.waiting.push(pending));
+        match tokio::time::timeout_at(request.deadline.into(), answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(ledger::Error::Unavailable(
+                "the quota ledger stopped (the server is shutting down)".into(),
+            )),
+            Err(_) => Err(ledger::Error::DeadlinePassed),
+        }
     }
 }
 
@@ -364,13 +407,18 @@ impl<B: Backend> Inner<B> {
             // Callers that left while the scope was read reserve nothing.
             waiting.retain(|p| !p.reply.is_closed());
             let now = now_ms();
-            let mut reservations = current.reservations.clone();
-            reservations.retain(|r| r.expires_ms > now && !released.contains(&r.uid));
-            let mut changed = reservations.len() != current.reservations.len();
+            let mut held: Vec<Held> = current
+                .reservations
+                .iter()
+                .filter(|r| r.expires_ms > now && !released.contains(&r.uid))
+                .cloned()
+                .map(Held::from)
+                .collect();
+            let mut changed = held.len() != current.reservations.len();
             let decisions: Vec<Decision> = waiting
                 .iter()
                 .map(|pending| {
-                    let decision = pending.decide(&mut reservations, now, self.ttl);
+                    let decision = pending.decide(&mut held, now, self.ttl);
                     changed |= decision.admitted && !pending.subject.dry_run;
                     decision
                 })
@@ -382,6 +430,7 @@ impl<B: Backend> Inner<B> {
                 self.answer(scope, waiting, decisions);
                 return Some(current);
             }
+            let reservations: Vec<Reservation> = held.into_iter().map(|h| h.reservation).collect();
             let expected = current.version.as_deref();
             let writing = Instant::now();
             match by(deadline, self.backend.store(scope, expected, &reservations)).await {
@@ -500,37 +549,6 @@ impl From<Error> for ledger::Error {
         match error {
             Error::DeadlinePassed => ledger::Error::DeadlinePassed,
             other => ledger::Error::Unavailable(Box::new(other)),
-        }
-    }
-}
-
-impl<B: Backend> Shared<B> {
-    /// Takes one claim through its scope's committer, waiting until the
-    /// request's deadline at most.
-    async fn take(
-        &self,
-        request: &Request<'_>,
-        scope: &str,
-        claim: &ledger::Claim,
-    ) -> Result<Decision, ledger::Error> {
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            policy: request.policy.to_owned(),
-            claim: claim.clone(),
-            subject: request.subject.clone(),
-            seen: request.seen,
-            store: request.store.clone(),
-            deadline: request.deadline,
-            reply,
-        };
-        self.inner
-            .enqueue(scope, |queue| queue.waiting.push(pending));
-        match tokio::time::timeout_at(request.deadline.into(), answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(ledger::Error::Unavailable(
-                "the quota ledger stopped (the server is shutting down)".into(),
-            )),
-            Err(_) => Err(ledger::Error::DeadlinePassed),
         }
     }
 }
