@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::ledger::{self, Decision, Ledger, Request};
 use super::{Kind, ObjectKey, Store, Subject};
@@ -224,6 +224,8 @@ struct Queue {
     give_back: bool,
     /// When a claim was last admitted from the lease.
     used: Option<Instant>,
+    /// Wakes a lingering committer when work arrives.
+    wake: Arc<Notify>,
 }
 
 /// The room this replica holds in a scope (as its stored grant says) and
@@ -571,7 +573,9 @@ impl<B: Backend> Shared<B> {
 impl<B: Backend> Inner<B> {
     /// Starts `scope`'s committer if none runs.
     fn start(self: &Arc<Self>, scope: &str, queue: &mut Queue) {
-        if !queue.running {
+        if queue.running {
+            queue.wake.notify_one();
+        } else {
             queue.running = true;
             self.runtime.spawn(self.clone().commit(scope.to_owned()));
         }
@@ -692,15 +696,17 @@ impl<B: Backend> Inner<B> {
         let holds = |queue: &Queue| {
             queue.lease.amounts.values().any(|a| *a > 0) || !queue.lease.carved.is_empty()
         };
-        {
+        let wake = {
             let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
             let queue = scopes.get_mut(scope).expect("a running committer's queue");
             if !holds(queue) {
                 queue.running = false;
                 return false;
             }
-        }
-        tokio::time::sleep(LINGER).await;
+            queue.wake.clone()
+        };
+        // Claims the lease cannot take end the wait at once.
+        let _ = tokio::time::timeout(LINGER, wake.notified()).await;
         let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
         let queue = scopes.get_mut(scope).expect("a running committer's queue");
         let idle = queue.used.is_none_or(|at| at.elapsed() >= LINGER);
