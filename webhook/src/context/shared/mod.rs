@@ -222,8 +222,8 @@ struct Queue {
     /// The next round gives the lease back (this replica's claims wait for
     /// room others hold, or it is idle).
     give_back: bool,
-    /// When a claim was last admitted from the lease.
-    used: Option<Instant>,
+    /// When the lease was last used or renewed.
+    active: Option<Instant>,
     /// Wakes a lingering committer when work arrives.
     wake: Arc<Notify>,
 }
@@ -475,7 +475,7 @@ impl Queue {
         if !decision.admitted {
             return None;
         }
-        self.used = Some(Instant::now());
+        self.active = Some(Instant::now());
         if !asking.subject.dry_run {
             let lease = &mut self.lease;
             lease.carved.retain(|r| others(r));
@@ -602,20 +602,7 @@ impl<B: Backend> Inner<B> {
     fn work(&self, scope: &str) -> Option<Work> {
         let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
         let queue = scopes.get_mut(scope).expect("a running committer's queue");
-        let mut waiting = Vec::new();
-        for pending in std::mem::take(&mut queue.waiting) {
-            let asking = &pending.asking;
-            match queue.decide_locally(asking, &self.me, self.ttl, self.grant_ttl) {
-                Some(decision) => {
-                    let uid = asking.subject.uid.clone();
-                    if pending.reply.send(Ok(decision)).is_err() {
-                        queue.lease.carved.retain(|r| r.uid != uid);
-                    }
-                }
-                None => waiting.push(pending),
-            }
-        }
-        queue.waiting = waiting;
+        queue.waiting = self.settle_locally(queue);
         let shrinking = std::mem::take(&mut queue.give_back);
         if queue.waiting.is_empty() && queue.released.is_empty() && !shrinking {
             return None;
@@ -634,6 +621,33 @@ impl<B: Backend> Inner<B> {
             kept: if shrinking { BTreeMap::new() } else { left },
             shrinking,
         })
+    }
+
+    /// Answers the queued claims the lease can take now; the others.
+    fn settle_locally(&self, queue: &mut Queue) -> Vec<Pending> {
+        let mut left = Vec::new();
+        for pending in std::mem::take(&mut queue.waiting) {
+            let asking = &pending.asking;
+            match queue.decide_locally(asking, &self.me, self.ttl, self.grant_ttl) {
+                Some(decision) => {
+                    let uid = asking.subject.uid.clone();
+                    if pending.reply.send(Ok(decision)).is_err() {
+                        queue.lease.carved.retain(|r| r.uid != uid);
+                    }
+                }
+                None => left.push(pending),
+            }
+        }
+        left
+    }
+
+    /// Moves the claims queued for `scope` that the lease cannot take into
+    /// a round's batch.
+    fn join(&self, scope: &str, waiting: &mut Vec<Pending>) {
+        let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
+        if let Some(queue) = scopes.get_mut(scope) {
+            waiting.append(&mut self.settle_locally(queue));
+        }
     }
 
     /// A scope's committer: rounds until there is no work, then, after a
@@ -655,6 +669,7 @@ impl<B: Backend> Inner<B> {
                 let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
                 let queue = scopes.get_mut(&scope).expect("a running committer's queue");
                 queue.view = ended.view;
+                queue.active = Some(Instant::now());
                 queue.shrinking = false;
                 match ended.grant {
                     Some((amounts, expires_ms)) => {
@@ -688,32 +703,33 @@ impl<B: Backend> Inner<B> {
         }
     }
 
-    /// After the queue emptied: waits [`LINGER`]; `true` when the
-    /// committer goes on (new claims; the lease to give back, once no claim
-    /// was admitted from it for that long; or still in use), `false` when
-    /// it may stop.
+    /// After the queue emptied: `true` when the committer goes on (new
+    /// work; or the lease to give back, once it went [`LINGER`] without
+    /// being used or renewed), `false` when it may stop (nothing held).
     async fn linger(&self, scope: &str) -> bool {
-        let holds = |queue: &Queue| {
-            queue.lease.amounts.values().any(|a| *a > 0) || !queue.lease.carved.is_empty()
-        };
-        let wake = {
-            let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
-            let queue = scopes.get_mut(scope).expect("a running committer's queue");
-            if !holds(queue) {
-                queue.running = false;
-                return false;
-            }
-            queue.wake.clone()
-        };
-        // Claims the lease cannot take end the wait at once.
-        let _ = tokio::time::timeout(LINGER, wake.notified()).await;
-        let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
-        let queue = scopes.get_mut(scope).expect("a running committer's queue");
-        let idle = queue.used.is_none_or(|at| at.elapsed() >= LINGER);
-        if queue.waiting.is_empty() && queue.released.is_empty() && holds(queue) && idle {
-            queue.give_back = true;
+        loop {
+            let (wake, quiet) = {
+                let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
+                let queue = scopes.get_mut(scope).expect("a running committer's queue");
+                let holds = queue.lease.amounts.values().any(|a| *a > 0)
+                    || !queue.lease.carved.is_empty();
+                if !holds {
+                    queue.running = false;
+                    return false;
+                }
+                if !queue.waiting.is_empty() || !queue.released.is_empty() {
+                    return true;
+                }
+                let quiet = queue.active.map_or(LINGER, |at| at.elapsed());
+                if quiet >= LINGER {
+                    queue.give_back = true;
+                    return true;
+                }
+                (queue.wake.clone(), quiet)
+            };
+            // Claims the lease cannot take end the wait at once.
+            let _ = tokio::time::timeout(LINGER - quiet, wake.notified()).await;
         }
-        true
     }
 
     /// One batch: this replica's admitted claims named, the waiting claims
@@ -757,7 +773,9 @@ impl<B: Backend> Inner<B> {
                     }
                 }
             };
-            // Callers that left while the scope was read reserve nothing.
+            // Claims that queued since join the batch (a retried one too);
+            // callers that left while the scope was read reserve nothing.
+            self.join(scope, &mut waiting);
             waiting.retain(|p| !p.reply.is_closed());
             let now = now_ms();
             let mut held: Vec<Held> = current
