@@ -511,6 +511,11 @@ struct Ended {
     round_trip: Duration,
 }
 
+/// A number no other process is likely to draw.
+fn unique() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| now_ms() ^ u64::from(std::process::id()) << 32)
+}
+
 impl<B: Backend> Shared<B> {
     /// A ledger over `backend` whose reservations lapse after `ttl`; its
     /// committers and sweep run on `runtime`.
@@ -523,7 +528,7 @@ impl<B: Backend> Shared<B> {
             ttl,
             grant_ttl: ttl.min(GRANT_TTL),
             runtime: runtime.clone(),
-            me: format!("{host}-{:016x}", fastrand::u64(..)),
+            me: format!("{host}-{:016x}", unique()),
             scopes: Mutex::default(),
             taken: Mutex::default(),
         });
@@ -914,11 +919,9 @@ impl<B: Backend> Inner<B> {
                     };
                 }
                 Ok(None) => {
+                    // Another replica wrote first: read and decide again.
                     waiting = answers.into_iter().map(|(p, _)| p).chain(still).collect();
-                    // Another replica wrote first. Waiting a random part of
-                    // a round trip lets the replicas' rounds drift apart.
                     round_trip = writing.elapsed();
-                    tokio::time::sleep(round_trip.mul_f64(fastrand::f64())).await;
                 }
                 Err(error) => {
                     let waiting = answers.into_iter().map(|(p, _)| p).chain(still).collect();
