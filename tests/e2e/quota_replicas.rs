@@ -274,6 +274,9 @@ async fn bursts_across_one_two_and_three_replicas_never_admit_more_than_fits() {
             for (namespace, room) in [(&forty[case], 40), (&all[case], CLAIMS)] {
                 let outcome = burst(&replicas[..count], namespace, "burst", false).await;
                 report(round_trip, count, room, &outcome);
+                if outcome.admitted < room {
+                    println!("  refused: {:?}", outcome.denial);
+                }
                 assert_eq!(outcome.answered, CLAIMS);
                 assert!(outcome.admitted <= room, "over-admitted");
             }

@@ -4,6 +4,7 @@
 //! stops a call that ran out of time or budget inside a host call.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use super::host::{Abort, Claim, Host, Refusal, sanitize};
 use super::limits::StoreState;
@@ -189,9 +190,12 @@ impl quota::Host for StoreState {
             slot.lend();
         }
         let result = host.reserve(claims, deadline).await;
-        if let Some(slot) = &mut self.slot
-            && !slot.take_back(deadline).await
-        {
+        let taken_back = match &mut self.slot {
+            Some(slot) => slot.take_back(deadline).await,
+            None => true,
+        };
+        self.waited = Some(Instant::now());
+        if !taken_back {
             return Err(Abort::HostWaited.into());
         }
         let result = self.answer(result)?;

@@ -66,6 +66,8 @@ pub struct StoreState {
     /// The evaluation slot the current call holds, lent back while a host
     /// call waits on I/O.
     pub slot: Option<Slot>,
+    /// When the current call's last wait on host I/O ended.
+    pub waited: Option<Instant>,
 }
 
 impl StoreState {
@@ -81,6 +83,7 @@ impl StoreState {
             refused: None,
             yielding: false,
             slot: None,
+            waited: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl StoreState {
         self.host = host;
         self.meter = Meter::new(deadline, self.memory_bytes);
         self.refused = None;
+        self.waited = None;
         self.yielding = yielding;
     }
 }

@@ -448,6 +448,10 @@ fn is_stopped(store: &Store<StoreState>, error: &wasmtime::Error) -> bool {
 
 /// Names what stopped a call: the memory cap, the deadline, the host-call
 /// meter, or a trap.
+/// How soon after a wait on host I/O a deadline is still the host's doing:
+/// the policy had no real time left to finish in.
+const HOST_GRACE: Duration = Duration::from_millis(10);
+
 fn classify(
     store: &Store<StoreState>,
     error: wasmtime::Error,
@@ -458,16 +462,27 @@ fn classify(
     if store.data().memory_exceeded {
         return Error::MemoryLimit(limits.memory_bytes >> 20);
     }
+    // A deadline that came while, or just after, the host waited on I/O
+    // for the policy is the host's, not the policy's.
+    let host_waited = store
+        .data()
+        .waited
+        .is_some_and(|at| window.end.saturating_duration_since(at) < HOST_GRACE);
+    let out_of_time = || {
+        if host_waited && !window.cut {
+            Error::HostTimeout(window.timeout.as_millis() as u64)
+        } else {
+            window.out_of_time(starting)
+        }
+    };
     if let Some(abort) = error.downcast_ref::<Abort>() {
         return match abort {
-            Abort::DeadlinePassed => window.out_of_time(starting),
-            Abort::HostWaited if window.cut => window.out_of_time(starting),
-            Abort::HostWaited => Error::HostTimeout(window.timeout.as_millis() as u64),
+            Abort::DeadlinePassed | Abort::HostWaited => out_of_time(),
             other => Error::HostCalls(other.clone()),
         };
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => window.out_of_time(starting),
+        Some(Trap::Interrupt) => out_of_time(),
         Some(trap) => Error::Trap(trap.to_string()),
         // Not a trap: the result could not be lifted (pointers out of
         // bounds, more data than wasmtime's hostcall fuel allows).

@@ -716,8 +716,8 @@ impl<B: Backend> Inner<B> {
             let (wake, quiet) = {
                 let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
                 let queue = scopes.get_mut(scope).expect("a running committer's queue");
-                let holds = queue.lease.amounts.values().any(|a| *a > 0)
-                    || !queue.lease.carved.is_empty();
+                let holds =
+                    queue.lease.amounts.values().any(|a| *a > 0) || !queue.lease.carved.is_empty();
                 if !holds {
                     queue.running = false;
                     return false;
