@@ -240,12 +240,7 @@ struct Lease {
 impl Lease {
     /// What is left of `resource` to admit from.
     fn unused(&self, resource: &str) -> u64 {
-        let carved: u64 = self
-            .carved
-            .iter()
-            .map(|r| r.asks.get(resource).copied().unwrap_or(0))
-            .sum();
-        amount(&self.amounts, resource).saturating_sub(carved)
+        amount(&self.amounts, resource).saturating_sub(total(&self.carved, resource))
     }
 
     /// Everything left to admit from.
@@ -260,6 +255,21 @@ impl Lease {
 
 fn amount(amounts: &BTreeMap<String, u64>, resource: &str) -> u64 {
     amounts.get(resource).copied().unwrap_or(0)
+}
+
+/// Adds `asks` to `amounts`.
+fn add(amounts: &mut BTreeMap<String, u64>, asks: &BTreeMap<String, u64>) {
+    for (resource, ask) in asks {
+        *amounts.entry(resource.clone()).or_default() += ask;
+    }
+}
+
+/// What `reservations` hold of `resource`.
+fn total<'a>(reservations: impl IntoIterator<Item = &'a Reservation>, resource: &str) -> u64 {
+    reservations
+        .into_iter()
+        .map(|r| amount(&r.asks, resource))
+        .sum()
 }
 
 /// A scope as read or written, its reservations' objects parsed once.
@@ -447,12 +457,7 @@ impl Queue {
         let mine = asking.subject.object.as_ref().map(object_name);
         let others = |r: &Reservation| asking.others(r, mine.as_deref());
         let fits_lease = asking.claim.asks.iter().all(|(resource, ask)| {
-            let own_retry: u64 = lease
-                .carved
-                .iter()
-                .filter(|r| !others(r))
-                .map(|r| amount(&r.asks, resource))
-                .sum();
+            let own_retry = total(lease.carved.iter().filter(|r| !others(r)), resource);
             lease.unused(resource) + own_retry >= *ask
         });
         let view = self.view.as_ref()?;
@@ -463,14 +468,7 @@ impl Queue {
         // (an object that came without a reservation counts too); what this
         // replica admitted from the lease counts even if its object is
         // already in the usage: a round sorts that out.
-        let carved = |resource: &str| -> u64 {
-            lease
-                .carved
-                .iter()
-                .filter(|r| others(r))
-                .map(|r| amount(&r.asks, resource))
-                .sum()
-        };
+        let carved = |resource: &str| total(lease.carved.iter().filter(|r| others(r)), resource);
         let decision = asking.check(&view.held, &view.grants, me, now, carved);
         if !decision.admitted {
             return None;
@@ -686,9 +684,7 @@ impl<B: Backend> Inner<B> {
                         // this replica's to name again.
                         let (carved, _) = restore;
                         for reservation in &carved {
-                            for (resource, ask) in &reservation.asks {
-                                *queue.lease.amounts.entry(resource.clone()).or_default() += ask;
-                            }
+                            add(&mut queue.lease.amounts, &reservation.asks);
                         }
                         queue.lease.carved.extend(carved);
                     }
@@ -800,8 +796,8 @@ impl<B: Backend> Inner<B> {
             // What this replica took since its last round: from its lease,
             // and in this round.
             let mut demand: BTreeMap<String, u64> = BTreeMap::new();
-            for (resource, ask) in carved.iter().flat_map(|r| &r.asks) {
-                *demand.entry(resource.clone()).or_default() += ask;
+            for reservation in &carved {
+                add(&mut demand, &reservation.asks);
             }
             let mut last = None;
             for (index, pending) in waiting.iter().enumerate() {
@@ -814,9 +810,7 @@ impl<B: Backend> Inner<B> {
                         reservation: asking.reservation(now, self.ttl),
                         key: asking.subject.object.clone(),
                     });
-                    for (resource, ask) in &asking.claim.asks {
-                        *demand.entry(resource.clone()).or_default() += ask;
-                    }
+                    add(&mut demand, &asking.claim.asks);
                     last = Some(index);
                 }
                 // Room held by others may yet be given back, and room kept
