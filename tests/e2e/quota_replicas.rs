@@ -398,7 +398,7 @@ async fn a_replica_killed_mid_burst_over_admits_nothing_and_its_claims_lapse_wit
         second.admitted
     );
     println!(
-        "quota across replicas, one of two killed mid-burst: {} admitted before, {} after by the survivor, {} held by unanswered claims until they lapse",
+        "quota across replicas, one of two killed mid-burst: {} admitted before, {} after by the survivor, {} held by the dead replica (claims it never answered, room it held) until they lapse",
         first.admitted,
         second.admitted,
         40 - first.admitted - second.admitted
