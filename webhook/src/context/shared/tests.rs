@@ -282,10 +282,11 @@ async fn an_idle_replica_gives_its_room_back_to_the_others() {
 async fn room_a_dead_replica_held_comes_back_when_its_grant_expires() {
     let apiserver = FakeApiserver::with_round_trip(Duration::ZERO);
     let expires_ms = now_ms() + 400;
+    // Version 0: the fake's first write is version 1.
     apiserver.scopes.lock().unwrap().insert(
         "quota/ns/a".into(),
         Versioned {
-            version: Some("1".into()),
+            version: Some("0".into()),
             reservations: Vec::new(),
             grants: vec![Grant {
                 replica: "dead".into(),
