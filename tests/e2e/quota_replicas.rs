@@ -181,9 +181,20 @@ impl Outcome {
 /// `IN_FLIGHT` at a time, sent to the replicas in turn. A request a
 /// replica never answers (it was killed) counts as unanswered.
 async fn burst(replicas: &[&Server], namespace: &str, prefix: &str, dry_run: bool) -> Outcome {
+    burst_of(CLAIMS, replicas, namespace, prefix, dry_run).await
+}
+
+/// [`burst`] of `count` claims.
+async fn burst_of(
+    count: usize,
+    replicas: &[&Server],
+    namespace: &str,
+    prefix: &str,
+    dry_run: bool,
+) -> Outcome {
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
     let started = Instant::now();
-    let calls: Vec<_> = (0..CLAIMS)
+    let calls: Vec<_> = (0..count)
         .map(|i| {
             let replica = replicas[i % replicas.len()];
             let (client, url) = (replica.client.clone(), replica.endpoint("/validate"));
@@ -409,5 +420,43 @@ async fn a_replica_killed_mid_burst_over_admits_nothing_and_its_claims_lapse_wit
     tokio::time::sleep_until(lapsed.into()).await;
     let third = burst(&survivor, "killed", "third", false).await;
     assert_eq!(third.admitted, 40, "{:?}", third.denial);
+    cluster.replicas.pop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn room_a_killed_replica_held_counts_until_it_lapses() {
+    const TTL: u64 = 4;
+    let namespaces = vec!["held".to_owned()];
+    let mut cluster = Cluster::start(&config(TTL, &[(&namespaces, 40)]), &namespaces, 2).await;
+    cluster.apiserver.set_round_trip(Duration::from_millis(2));
+    let started = Instant::now();
+    // Twenty claims through one replica: it names some, and holds room for
+    // more in its grant; then it dies before it could give that back.
+    let victim = [&cluster.replicas[1]];
+    let before = burst_of(20, &victim, "held", "before", false).await;
+    assert_eq!(before.admitted, 20, "{:?}", before.denial);
+    cluster.replicas[1].signal("KILL");
+    let survivor = [&cluster.replicas[0]];
+    let after = burst(&survivor, "held", "after", false).await;
+    assert!(
+        before.admitted + after.admitted <= 40,
+        "over-admitted: {} + {}",
+        before.admitted,
+        after.admitted
+    );
+    println!(
+        "quota across replicas, a replica killed holding room: {} admitted through it, {} after by the survivor, {} held by the dead replica until it lapses",
+        before.admitted,
+        after.admitted,
+        40 - before.admitted - after.admitted
+    );
+    // Within the TTL everything the dead replica held has lapsed (no pod
+    // was created): the whole room is free again.
+    tokio::time::sleep_until(
+        (started + Duration::from_secs(TTL) + Duration::from_millis(500)).into(),
+    )
+    .await;
+    let later = burst(&survivor, "held", "later", false).await;
+    assert_eq!(later.admitted, 40, "{:?}", later.denial);
     cluster.replicas.pop();
 }
