@@ -533,6 +533,39 @@ mod tests {
     }
 
     #[test]
+    fn a_ray_service_serving_on_gpus_and_a_ray_job_get_tolerations_and_shm() {
+        let group = |gpus: u32| {
+            json!({"template": {"spec": {"containers": [{"name": "ray", "image": "rayproject/ray-llm:2.9",
+                "resources": {"limits": {"nvidia.com/gpu": gpus}}}]}}})
+        };
+        let cluster = json!({"headGroupSpec": group(0), "workerGroupSpecs": [group(1)]});
+        let service = json!({"apiVersion": "ray.io/v1", "kind": "RayService",
+            "metadata": {"name": "llm", "namespace": "serve"},
+            "spec": {"serveConfigV2": "applications: []", "rayClusterConfig": cluster}});
+        let job = json!({"apiVersion": "ray.io/v1", "kind": "RayJob",
+            "metadata": {"name": "tune", "namespace": "ml"},
+            "spec": {"entrypoint": "python tune.py", "rayClusterSpec": cluster}});
+        for (object, root) in [(service, "rayClusterConfig"), (job, "rayClusterSpec")] {
+            let placed = apply_idempotently(&object, json!({}));
+            let worker = &placed["spec"][root]["workerGroupSpecs"][0]["template"]["spec"];
+            assert_eq!(worker["tolerations"][0]["key"], "nvidia.com/gpu", "{root}");
+            assert_eq!(
+                worker["containers"][0]["volumeMounts"],
+                json!([{"name": "tollgate-shm", "mountPath": "/dev/shm"}])
+            );
+            let head = &placed["spec"][root]["headGroupSpec"]["template"]["spec"];
+            assert!(
+                head.get("tolerations").is_none(),
+                "{root}: the head asks no GPU"
+            );
+            assert_eq!(
+                placed["spec"]["serveConfigV2"],
+                object["spec"]["serveConfigV2"]
+            );
+        }
+    }
+
+    #[test]
     fn objects_without_templates_and_pod_updates_are_left_alone() {
         let namespace =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"}});

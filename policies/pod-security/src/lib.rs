@@ -522,6 +522,21 @@ mod tests {
                 json!({"spec": {"headGroupSpec": {"template": template}, "workerGroupSpecs": [{"template": template}]}}),
             ),
             (
+                "ray.io/v1",
+                "RayJob",
+                json!({"spec": {"submitterPodTemplate": template}}),
+            ),
+            (
+                "ray.io/v1",
+                "RayService",
+                json!({"spec": {"rayClusterConfig": {"workerGroupSpecs": [{"template": template}]}}}),
+            ),
+            (
+                "trainer.kubeflow.org/v1alpha1",
+                "TrainJob",
+                json!({"spec": {"podTemplateOverrides": [{"targetJobs": [{"name": "node"}], "spec": template["spec"]}]}}),
+            ),
+            (
                 "leaderworkerset.x-k8s.io/v1",
                 "LeaderWorkerSet",
                 json!({"spec": {"leaderWorkerTemplate": {"leaderTemplate": template, "workerTemplate": template}}}),

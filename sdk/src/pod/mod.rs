@@ -218,6 +218,34 @@ const DEFAULT_PATHS: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "ray.io",
+        "RayJob",
+        &[
+            "spec.rayClusterSpec.headGroupSpec.template.spec",
+            "spec.rayClusterSpec.workerGroupSpecs.*.template.spec",
+            "spec.submitterPodTemplate.spec",
+        ],
+    ),
+    (
+        "ray.io",
+        "RayService",
+        &[
+            "spec.rayClusterConfig.headGroupSpec.template.spec",
+            "spec.rayClusterConfig.workerGroupSpecs.*.template.spec",
+        ],
+    ),
+    // Kubeflow Trainer v2: the pod specs come from the runtime; what a
+    // TrainJob itself carries are the overrides (v2.1's templates, v2.0's
+    // spec overrides).
+    (
+        "trainer.kubeflow.org",
+        "TrainJob",
+        &[
+            "spec.podTemplateOverrides.*.spec",
+            "spec.podSpecOverrides.*",
+        ],
+    ),
+    (
         "leaderworkerset.x-k8s.io",
         "LeaderWorkerSet",
         &[
@@ -246,7 +274,7 @@ pub fn templates_may_change(group: &str, kind: &str) -> bool {
         ) | ("", "ReplicationController" | "PodTemplate")
             | ("batch", "CronJob")
             | ("leaderworkerset.x-k8s.io", "LeaderWorkerSet")
-            | ("ray.io", "RayCluster")
+            | ("ray.io", "RayCluster" | "RayService")
     )
 }
 
@@ -764,6 +792,41 @@ mod tests {
             {"template": {"spec": {"template": {"spec": {"containers": []}}}}},
         ]}});
         assert_eq!(TemplatePaths::default().pod_spec_pointers(&jobset).len(), 2);
+    }
+
+    #[test]
+    fn finds_the_templates_of_ray_jobs_ray_services_and_train_jobs() {
+        let group = json!({"template": {"spec": {"containers": []}}});
+        let cluster = json!({"headGroupSpec": group, "workerGroupSpecs": [group, group]});
+        let ray_job = json!({"apiVersion": "ray.io/v1", "kind": "RayJob", "spec": {
+            "rayClusterSpec": cluster, "submitterPodTemplate": {"spec": {"containers": []}}}});
+        let ray_service = json!({"apiVersion": "ray.io/v1", "kind": "RayService", "spec": {
+            "rayClusterConfig": cluster, "serveConfigV2": "applications: []"}});
+        let train_job = json!({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "spec": {
+            "runtimeRef": {"name": "torch-distributed"},
+            "podTemplateOverrides": [{"targetJobs": [{"name": "node"}], "spec": {"tolerations": []}}],
+            "podSpecOverrides": [{"targetJobs": [{"name": "node"}], "nodeSelector": {}}]}});
+        let paths = TemplatePaths::default();
+        assert_eq!(
+            paths.pod_spec_pointers(&ray_job),
+            [
+                "/spec/rayClusterSpec/headGroupSpec/template/spec",
+                "/spec/rayClusterSpec/workerGroupSpecs/0/template/spec",
+                "/spec/rayClusterSpec/workerGroupSpecs/1/template/spec",
+                "/spec/submitterPodTemplate/spec",
+            ]
+        );
+        assert_eq!(paths.pod_spec_pointers(&ray_service).len(), 3);
+        assert_eq!(
+            paths.pod_spec_pointers(&train_job),
+            [
+                "/spec/podTemplateOverrides/0/spec",
+                "/spec/podSpecOverrides/0"
+            ]
+        );
+        assert!(templates_may_change("ray.io", "RayService"));
+        assert!(!templates_may_change("ray.io", "RayJob"));
+        assert!(!templates_may_change("trainer.kubeflow.org", "TrainJob"));
     }
 
     #[derive(Debug, Default, Deserialize, PartialEq)]
