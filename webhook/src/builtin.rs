@@ -45,6 +45,11 @@ pub fn metadata(name: &str) -> Option<Metadata> {
             &["NIST-800-53:SC-6", "NIST-800-53:AC-3"],
         ),
         "gpu-placement" => (Severity::Low, "GPU Scheduling", &["NIST-800-53:SC-6"]),
+        "network-guard" => (
+            Severity::High,
+            "Network Isolation",
+            &["CIS-5.3.2", "NIST-800-53:SC-7", "NIST-800-53:AC-4"],
+        ),
         "resource-defaults" => (
             Severity::Low,
             "Resource Management",

@@ -332,6 +332,17 @@ impl TemplatePaths {
         TemplatePaths { rules }
     }
 
+    /// Whether objects of this group and kind carry pod specs (a Pod, a
+    /// workload, an ML job, or a kind added by a rule).
+    pub fn knows(&self, group: &str, kind: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.group == group && r.kind == kind)
+            || DEFAULT_PATHS
+                .iter()
+                .any(|(g, k, _)| *g == group && *k == kind)
+    }
+
     /// The paths to the pod specs of this group and kind, split into
     /// segments.
     fn paths<'s>(&'s self, group: &str, kind: &str) -> Vec<Vec<&'s str>> {
@@ -824,6 +835,7 @@ mod tests {
                 "/spec/podSpecOverrides/0"
             ]
         );
+        assert!(paths.knows("ray.io", "RayService") && !paths.knows("ray.io", "RayCronJob"));
         assert!(templates_may_change("ray.io", "RayService"));
         assert!(!templates_may_change("ray.io", "RayJob"));
         assert!(!templates_may_change("trainer.kubeflow.org", "TrainJob"));
