@@ -11,6 +11,7 @@ mod gpu_quota;
 mod hardening;
 mod install;
 mod live;
+mod network_guard;
 mod pod_security;
 mod quota_replicas;
 mod sandbox;
