@@ -1,0 +1,180 @@
+//! `network-guard` in-process, with its context from a snapshot of 200
+//! namespaces (every other one a tenant), each with a default-deny policy
+//! and two more NetworkPolicies: the standard request
+//! (`../shared/bench/pod-gpu-create.json`, a GPU pod in the tenant
+//! namespace `ml-training`) and a NetworkPolicy CREATE there, each decoded,
+//! matched, evaluated in a fresh instance and encoded.
+//!
+//! Prints a latency distribution over 5,000 admissions of each (p50, p99),
+//! then criterion's figures.
+//!
+//! Run: `cargo bench -p tollgate --bench network`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures::executor::block_on;
+use serde_json::{Value, json};
+use tollgate::context::snapshot::Snapshot;
+use tollgate::context::{Context, ledger};
+use tollgate::engine::{self, Compiler, Engine};
+use tollgate::policy::{Config, PolicySet};
+use tollgate::server::review;
+
+/// A request's deadline as the server gives it (the default maximum).
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(10)
+}
+
+const NAMESPACES: usize = 200;
+
+const CONFIG: &str = r#"
+policies:
+  - name: network-guard
+    module: builtin:network-guard
+    match: {kinds: [NetworkPolicy, Service, Pod, Deployment, Job, PyTorchJob]}
+    context:
+      - {apiVersion: v1, kind: Namespace}
+      - {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy}
+      - {apiVersion: v1, kind: Pod}
+    settings:
+      tenantNamespaces: {matchLabels: {tollgate.dev/tenant: "true"}}
+      requireDefaultDenyEgress: true
+      ingress: {allowedPorts: [443]}
+      egress: {allowedCidrs: [10.0.0.0/8]}
+"#;
+
+fn namespace_name(i: usize) -> String {
+    if i == 0 {
+        "ml-training".into()
+    } else {
+        format!("ns-{i:03}")
+    }
+}
+
+fn snapshot(dir: &std::path::Path) {
+    let namespaces: Vec<Value> = (0..NAMESPACES)
+        .map(|i| {
+            let tenant = if i % 2 == 0 { "true" } else { "false" };
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace_name(i),
+                "labels": {"kubernetes.io/metadata.name": namespace_name(i), "tollgate.dev/tenant": tenant}}})
+        })
+        .collect();
+    let policies: Vec<Value> = (0..NAMESPACES)
+        .flat_map(|i| {
+            let namespace = namespace_name(i);
+            [
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "allow-dns", "namespace": namespace},
+                    "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [
+                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]}}),
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "allow-rendezvous", "namespace": namespace},
+                    "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "llm-finetune"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "llm-finetune"}}}],
+                            "ports": [{"port": 29500}]}]}}),
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                    "metadata": {"name": "default-deny", "namespace": namespace},
+                    "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}),
+            ]
+        })
+        .collect();
+    let list =
+        |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    std::fs::write(dir.join("namespaces.json"), list(namespaces)).unwrap();
+    std::fs::write(dir.join("networkpolicies.json"), list(policies)).unwrap();
+}
+
+fn standard_request() -> Vec<u8> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A NetworkPolicy CREATE in `ml-training`: the training job's pods take
+/// metrics scrapes from the monitoring namespace and reach the artifact
+/// store.
+fn network_policy_request() -> Vec<u8> {
+    serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "3f1c2a10-0b0e-4c1e-9a51-6c3d2e1f0a99",
+        "kind": {"group": "networking.k8s.io", "version": "v1", "kind": "NetworkPolicy"},
+        "resource": {"group": "networking.k8s.io", "version": "v1", "resource": "networkpolicies"},
+        "name": "llm-finetune-traffic", "namespace": "ml-training", "operation": "CREATE",
+        "userInfo": {"username": "alice@example.com", "groups": ["system:authenticated"]},
+        "object": {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "llm-finetune-traffic", "namespace": "ml-training",
+                "labels": {"app.kubernetes.io/name": "llm-finetune"}},
+            "spec": {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "llm-finetune"}},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                    "podSelector": {"matchLabels": {"app": "prometheus"}}}], "ports": [{"port": 9400}]}],
+                "egress": [{"to": [{"ipBlock": {"cidr": "10.40.0.0/16", "except": ["10.40.255.0/24"]}}],
+                    "ports": [{"port": 443}, {"port": 9000, "endPort": 9100}]}]}},
+        "oldObject": null, "dryRun": false}}))
+    .unwrap()
+}
+
+fn admit(set: &PolicySet, body: &[u8]) -> Vec<u8> {
+    let request = review::decode(body).unwrap();
+    let outcome = block_on(set.validate(&request, deadline()));
+    assert!(outcome.allowed, "{:?}", outcome.message);
+    review::encode(&request.uid, &outcome)
+}
+
+fn network(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    snapshot(dir.path());
+    let cache = tempfile::tempdir().unwrap();
+    let engine = Engine::new(engine::Config {
+        cache_dir: cache.path().to_owned(),
+        compiler: Compiler::InProcess,
+        evaluations: None,
+    })
+    .unwrap();
+    let provider = Snapshot::load(&[dir.path().to_owned()]).unwrap();
+    let context = Arc::new(Context::new(
+        Some(Box::new(provider)),
+        Box::new(ledger::Local::default()),
+    ));
+    let config = Config::parse(CONFIG, "bench", PathBuf::new()).unwrap();
+    let set = PolicySet::load(&config, &engine, context);
+    assert_eq!(set.failures().count(), 0);
+
+    let requests = [
+        (
+            "the standard request (a GPU pod in a tenant namespace)",
+            standard_request(),
+        ),
+        ("a NetworkPolicy CREATE", network_policy_request()),
+    ];
+    for (name, body) in &requests {
+        let mut times: Vec<Duration> = (0..5_000)
+            .map(|_| {
+                let started = Instant::now();
+                black_box(admit(&set, body));
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "network-guard: 5,000 admissions of {name}, 200 namespaces and 600 NetworkPolicies in context: p50 {:.1?}, p99 {:.1?}",
+            at(0.50),
+            at(0.99)
+        );
+    }
+
+    let mut group = c.benchmark_group("network-guard");
+    for (name, body) in &requests {
+        group.bench_function(*name, |b| b.iter(|| black_box(admit(&set, body))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, network);
+criterion_main!(benches);
