@@ -96,6 +96,25 @@ fn the_examples_get_the_verdicts_their_readme_promises() {
         response["response"]["status"]["message"],
         "gpu-quota: team \"vision\" would use 12 nvidia.com/gpu on NVIDIA-H100-80GB-HBM3, limit 8: 4 in use by 1 pod in namespace ml-training; this pod asks 8 (quota scope \"teams\")"
     );
+    // network-guard against its example snapshot: every rule named.
+    let (ok, stdout, stderr) = run(&[
+        "--config",
+        example("network/config.yaml").to_str().unwrap(),
+        "--context",
+        example("network/cluster.yaml").to_str().unwrap(),
+        "--request",
+        example("network/open-ingress.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let response: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let message = response["response"]["status"]["message"].as_str().unwrap();
+    for field in [
+        "spec.ingress[0].from[0].namespaceSelector is {}",
+        "spec.egress[0].to[0].ipBlock.cidr 0.0.0.0/0 is outside the networks tenant pods may reach",
+        "spec.egress[0].to[0].ipBlock 0.0.0.0/0 contains the cloud metadata service",
+    ] {
+        assert!(message.contains(field), "{message}");
+    }
 }
 
 #[test]
