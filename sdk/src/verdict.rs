@@ -77,10 +77,52 @@ impl Verdict {
         self
     }
 
+    /// The verdict on the problems a policy found in an object named
+    /// `subject` (`NetworkPolicy "web"`): the new ones deny, joined; those
+    /// the object already had `before` an UPDATE are warnings, so that an
+    /// object written before the policy was installed stays editable.
+    pub fn on_problems(subject: &str, problems: Vec<String>, before: &[String]) -> Self {
+        let (kept, new): (Vec<String>, Vec<String>) =
+            problems.into_iter().partition(|p| before.contains(p));
+        let mut verdict = if new.is_empty() {
+            Verdict::allow()
+        } else {
+            Verdict::deny(format!("{subject}: {}", new.join("; ")))
+        };
+        for problem in kept {
+            verdict = verdict.warn(format!(
+                "{subject}: {problem} (it was so before this update)"
+            ));
+        }
+        verdict
+    }
+
     /// Adds an audit annotation.
     #[must_use]
     pub fn annotate(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.audit_annotations.push((key.into(), value.into()));
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_problems_deny_and_old_ones_warn() {
+        let problems = vec!["a is open".to_owned(), "b is open".to_owned()];
+        let verdict = Verdict::on_problems("Thing \"t\"", problems.clone(), &[]);
+        assert_eq!(
+            verdict.message.as_deref(),
+            Some("Thing \"t\": a is open; b is open")
+        );
+        let verdict = Verdict::on_problems("Thing \"t\"", problems, &["a is open".into()]);
+        assert_eq!(verdict.message.as_deref(), Some("Thing \"t\": b is open"));
+        assert_eq!(
+            verdict.warnings,
+            ["Thing \"t\": a is open (it was so before this update)"]
+        );
+        assert!(Verdict::on_problems("T", Vec::new(), &[]).allowed);
     }
 }

@@ -154,8 +154,7 @@ fn network_policy(
 }
 
 /// The verdict on a CREATE or UPDATE of an object `judge` finds problems
-/// in: new problems deny; on UPDATE, problems the old object already had
-/// are warnings, so that an existing object stays editable.
+/// in ([`Verdict::on_problems`]: on UPDATE, the old object's are warnings).
 fn judged<T: serde::de::DeserializeOwned>(
     request: &Request<'_>,
     judge: impl Fn(&T) -> tollgate_sdk::Result<Vec<String>>,
@@ -175,20 +174,7 @@ fn judged<T: serde::de::DeserializeOwned>(
         Some(old) if request.operation == "UPDATE" => judge(&old)?,
         _ => Vec::new(),
     };
-    let subject = subject(&object);
-    let (kept, new): (Vec<String>, Vec<String>) =
-        problems.into_iter().partition(|p| before.contains(p));
-    let mut verdict = if new.is_empty() {
-        Verdict::allow()
-    } else {
-        Verdict::deny(format!("{subject}: {}", new.join("; ")))
-    };
-    for problem in kept {
-        verdict = verdict.warn(format!(
-            "{subject}: {problem} (it was so before this update)"
-        ));
-    }
-    Ok(verdict)
+    Ok(Verdict::on_problems(&subject(&object), problems, &before))
 }
 
 /// An object of the request, typed.
