@@ -50,6 +50,11 @@ pub fn metadata(name: &str) -> Option<Metadata> {
             "Network Isolation",
             &["CIS-5.3.2", "NIST-800-53:SC-7", "NIST-800-53:AC-4"],
         ),
+        "workload-priority" => (
+            Severity::Medium,
+            "Scheduling Fairness",
+            &["NIST-800-53:SC-6", "NIST-800-53:AC-3", "NIST-800-53:AC-6"],
+        ),
         "resource-defaults" => (
             Severity::Low,
             "Resource Management",
