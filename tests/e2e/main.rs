@@ -16,4 +16,5 @@ mod pod_security;
 mod quota_replicas;
 mod sandbox;
 mod serve;
+mod workload_priority;
 mod workloads;
