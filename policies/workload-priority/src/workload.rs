@@ -52,14 +52,15 @@ impl Type {
 #[derive(Default, Deserialize)]
 struct Top {
     #[serde(default)]
-    metadata: TopMeta,
+    metadata: Meta,
     #[serde(default)]
     spec: TopSpec,
 }
 
+/// An object's or a pod template's metadata: its labels and owners.
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TopMeta {
+pub struct Meta {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -89,13 +90,6 @@ struct TopSpec {
 struct RunPolicy {
     #[serde(default)]
     suspend: Option<bool>,
-}
-
-/// A pod template's metadata: its labels.
-#[derive(Default, Deserialize)]
-pub struct TemplateMeta {
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
 }
 
 /// A pod spec's class and what its containers ask.
@@ -132,9 +126,10 @@ struct Resources<'a> {
 pub struct Workload<'a> {
     group: &'a str,
     kind: &'a str,
-    top: Top,
+    /// `None` for a Pod, whose metadata is its template's.
+    top: Option<Top>,
     /// The templates, by JSON Pointer.
-    pub templates: Located<PodTemplate<TemplateMeta, Spec<'a>>>,
+    pub templates: Located<PodTemplate<Meta, Spec<'a>>>,
 }
 
 impl<'a> Workload<'a> {
@@ -149,45 +144,52 @@ impl<'a> Workload<'a> {
         text: &'a str,
         paths: &TemplatePaths,
     ) -> Result<Self, serde_json::Error> {
+        // A Pod is its own template: one pass reads it all.
+        let pod = group.is_empty() && kind == "Pod";
         Ok(Workload {
             group,
             kind,
-            top: serde_json::from_str(text)?,
+            top: if pod {
+                None
+            } else {
+                Some(serde_json::from_str(text)?)
+            },
             templates: paths.pod_templates_in(group, kind, text)?,
         })
     }
 
     /// Whether this is a Pod.
     pub fn is_pod(&self) -> bool {
-        self.group.is_empty() && self.kind == "Pod"
+        self.top.is_none()
+    }
+
+    /// The object's metadata.
+    fn metadata(&self) -> Option<&Meta> {
+        match &self.top {
+            Some(top) => Some(&top.metadata),
+            None => self.templates.first().map(|(_, pod)| &pod.metadata),
+        }
     }
 
     /// Whether this is a Pod a controller owns (its owner was checked).
     pub fn controlled(&self) -> bool {
         self.is_pod()
             && self
-                .top
-                .metadata
-                .owner_references
-                .iter()
-                .any(|o| o.controller)
+                .metadata()
+                .is_some_and(|m| m.owner_references.iter().any(|o| o.controller))
     }
 
     /// What the workload is for: its label, else its kind, else (a Pod)
     /// its controller's kind.
     pub fn kind_of_work(&self, label: &str) -> Option<Type> {
-        if let Some(value) = self.top.metadata.labels.get(label) {
+        let metadata = self.metadata()?;
+        if let Some(value) = metadata.labels.get(label) {
             return Type::of_label(value);
         }
         if let Some(found) = Type::of_kind(self.group, self.kind) {
             return Some(found);
         }
-        let owner = self
-            .top
-            .metadata
-            .owner_references
-            .iter()
-            .find(|o| o.controller)?;
+        let owner = metadata.owner_references.iter().find(|o| o.controller)?;
         match owner.kind.as_str() {
             "Job" => Some(Type::Training),
             "ReplicaSet" | "StatefulSet" => Some(Type::Inference),
@@ -215,10 +217,8 @@ impl<'a> Workload<'a> {
 
     /// The Kueue queue it names (on the object, or on a template).
     pub fn queue(&self) -> Option<&str> {
-        self.top
-            .metadata
-            .labels
-            .get(QUEUE_LABEL)
+        self.metadata()
+            .and_then(|m| m.labels.get(QUEUE_LABEL))
             .or_else(|| {
                 self.templates
                     .iter()
@@ -230,12 +230,13 @@ impl<'a> Workload<'a> {
     /// Whether it is a job that starts unless suspended, and is not
     /// suspended; `None` for kinds that cannot be suspended.
     pub fn runs_unsuspended(&self) -> Option<bool> {
+        let spec = &self.top.as_ref()?.spec;
         let suspend = match (self.group, self.kind) {
-            ("kubeflow.org", _) => self.top.spec.run_policy.suspend,
+            ("kubeflow.org", _) => spec.run_policy.suspend,
             ("batch", "Job")
             | ("jobset.x-k8s.io", "JobSet")
             | ("ray.io", "RayJob" | "RayCluster")
-            | ("trainer.kubeflow.org", "TrainJob") => self.top.spec.suspend,
+            | ("trainer.kubeflow.org", "TrainJob") => spec.suspend,
             _ => return None,
         };
         Some(suspend != Some(true))

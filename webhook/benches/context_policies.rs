@@ -1,14 +1,16 @@
-//! `network-guard` in-process, with its context from a snapshot of 200
-//! namespaces (every other one a tenant), each with a default-deny policy
-//! and two more NetworkPolicies: the standard request
-//! (`../shared/bench/pod-gpu-create.json`, a GPU pod in the tenant
-//! namespace `ml-training`) and a NetworkPolicy CREATE there, each decoded,
-//! matched, evaluated in a fresh instance and encoded.
+//! The context-aware policies `network-guard` and `workload-priority`
+//! in-process, each alone, with their context from a snapshot of 200
+//! namespaces (every other one a tenant), each with a default-deny policy,
+//! two more NetworkPolicies and two LocalQueues, and 6 PriorityClasses: the
+//! standard request (`../shared/bench/pod-gpu-create.json`, a GPU pod of a
+//! Job in the tenant namespace `ml-training`), and for network-guard a
+//! NetworkPolicy CREATE there, each decoded, matched, evaluated in a fresh
+//! instance and encoded.
 //!
 //! Prints a latency distribution over 5,000 admissions of each (p50, p99),
 //! then criterion's figures.
 //!
-//! Run: `cargo bench -p tollgate --bench network`.
+//! Run: `cargo bench -p tollgate --bench context_policies`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ fn deadline() -> Instant {
 
 const NAMESPACES: usize = 200;
 
-const CONFIG: &str = r#"
+const NETWORK_GUARD: &str = r#"
 policies:
   - name: network-guard
     module: builtin:network-guard
@@ -45,6 +47,24 @@ policies:
       requireDefaultDenyEgress: true
       ingress: {allowedPorts: [443]}
       egress: {allowedCidrs: [10.0.0.0/8]}
+"#;
+
+const WORKLOAD_PRIORITY: &str = r#"
+policies:
+  - name: workload-priority
+    module: builtin:workload-priority
+    match: {kinds: [Pod, Deployment, Job, PyTorchJob, PriorityClass]}
+    context:
+      - {apiVersion: v1, kind: Namespace}
+      - {apiVersion: scheduling.k8s.io/v1, kind: PriorityClass}
+      - {apiVersion: kueue.x-k8s.io/v1beta1, kind: LocalQueue}
+    settings:
+      classes:
+        - namespaceSelector: {matchLabels: {tollgate.dev/tenant: "true"}}
+          allowed: [gpu-batch-high, gpu-serving]
+          maxValue: 10000
+      trainingMustNotPreempt: true
+      queues: {namespaceSelector: {matchLabels: {tollgate.dev/tenant: "true"}}}
 "#;
 
 fn namespace_name(i: usize) -> String {
@@ -84,10 +104,38 @@ fn snapshot(dir: &std::path::Path) {
             ]
         })
         .collect();
+    let queues: Vec<Value> = (0..NAMESPACES)
+        .flat_map(|i| {
+            ["research", "spot"].map(|name| {
+                json!({"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue",
+                    "metadata": {"name": name, "namespace": namespace_name(i)}, "spec": {"clusterQueue": name}})
+            })
+        })
+        .collect();
+    let classes: Vec<Value> = [
+        ("gpu-batch-high", 5000, "Never"),
+        ("gpu-batch", 1000, "Never"),
+        ("gpu-serving", 10_000, "PreemptLowerPriority"),
+        ("gpu-interactive", 3000, "Never"),
+        ("urgent", 90_000, "PreemptLowerPriority"),
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "PreemptLowerPriority",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value, policy)| {
+        json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": value, "preemptionPolicy": policy})
+    })
+    .collect();
     let list =
         |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
     std::fs::write(dir.join("namespaces.json"), list(namespaces)).unwrap();
     std::fs::write(dir.join("networkpolicies.json"), list(policies)).unwrap();
+    std::fs::write(dir.join("localqueues.json"), list(queues)).unwrap();
+    std::fs::write(dir.join("priorityclasses.json"), list(classes)).unwrap();
 }
 
 fn standard_request() -> Vec<u8> {
@@ -126,7 +174,7 @@ fn admit(set: &PolicySet, body: &[u8]) -> Vec<u8> {
     review::encode(&request.uid, &outcome)
 }
 
-fn network(c: &mut Criterion) {
+fn context_policies(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     snapshot(dir.path());
     let cache = tempfile::tempdir().unwrap();
@@ -141,40 +189,62 @@ fn network(c: &mut Criterion) {
         Some(Box::new(provider)),
         Box::new(ledger::Local::default()),
     ));
-    let config = Config::parse(CONFIG, "bench", PathBuf::new()).unwrap();
-    let set = PolicySet::load(&config, &engine, context);
-    assert_eq!(set.failures().count(), 0);
+    let load = |config: &str| {
+        let config = Config::parse(config, "bench", PathBuf::new()).unwrap();
+        let set = PolicySet::load(&config, &engine, context.clone());
+        assert_eq!(set.failures().count(), 0);
+        set
+    };
+    let network_guard = load(NETWORK_GUARD);
+    let workload_priority = load(WORKLOAD_PRIORITY);
 
-    let requests = [
+    let standard = standard_request();
+    let network_policy = network_policy_request();
+    let runs = [
         (
-            "the standard request (a GPU pod in a tenant namespace)",
-            standard_request(),
+            "network-guard",
+            "the standard request",
+            &network_guard,
+            &standard,
         ),
-        ("a NetworkPolicy CREATE", network_policy_request()),
+        (
+            "network-guard",
+            "a NetworkPolicy CREATE",
+            &network_guard,
+            &network_policy,
+        ),
+        (
+            "workload-priority",
+            "the standard request",
+            &workload_priority,
+            &standard,
+        ),
     ];
-    for (name, body) in &requests {
+    for (policy, name, set, body) in runs {
         let mut times: Vec<Duration> = (0..5_000)
             .map(|_| {
                 let started = Instant::now();
-                black_box(admit(&set, body));
+                black_box(admit(set, body));
                 started.elapsed()
             })
             .collect();
         times.sort();
         let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
         println!(
-            "network-guard: 5,000 admissions of {name}, 200 namespaces and 600 NetworkPolicies in context: p50 {:.1?}, p99 {:.1?}",
+            "{policy}: 5,000 admissions of {name} (200 namespaces in context): p50 {:.1?}, p99 {:.1?}",
             at(0.50),
             at(0.99)
         );
     }
 
-    let mut group = c.benchmark_group("network-guard");
-    for (name, body) in &requests {
-        group.bench_function(*name, |b| b.iter(|| black_box(admit(&set, body))));
+    let mut group = c.benchmark_group("context-policies");
+    for (policy, name, set, body) in runs {
+        group.bench_function(format!("{policy}, {name}"), |b| {
+            b.iter(|| black_box(admit(set, body)))
+        });
     }
     group.finish();
 }
 
-criterion_group!(benches, network);
+criterion_group!(benches, context_policies);
 criterion_main!(benches);
