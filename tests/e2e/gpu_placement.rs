@@ -67,3 +67,48 @@ async fn gpu_jobs_are_placed_and_cpu_pods_kept_off_gpu_nodes() {
         "{message}"
     );
 }
+
+/// Found when tried as a new user would: a RayService serving an LLM on
+/// GPUs, and a RayJob and a TrainJob, through the default configuration.
+#[tokio::test]
+async fn ray_services_ray_jobs_and_train_jobs_are_placed_by_the_default_configuration() {
+    let server = Server::start_default().await;
+    let group = |gpus: u32| {
+        json!({"template": {"spec": {"containers": [{"name": "ray", "image": "nvcr.io/nvidia/pytorch:24.05-py3",
+            "resources": {"limits": {"nvidia.com/gpu": gpus, "cpu": "8", "memory": "64Gi"}}}]}}})
+    };
+    let cluster = json!({"headGroupSpec": group(0), "workerGroupSpecs": [group(1)]});
+    let service = json!({"apiVersion": "ray.io/v1", "kind": "RayService",
+        "metadata": {"name": "llm", "namespace": "serve"},
+        "spec": {"serveConfigV2": "applications: []", "rayClusterConfig": cluster}});
+    let job = json!({"apiVersion": "ray.io/v1", "kind": "RayJob",
+        "metadata": {"name": "tune", "namespace": "ml"},
+        "spec": {"entrypoint": "python tune.py", "rayClusterSpec": cluster}});
+    for (object, root) in [(service, "rayClusterConfig"), (job, "rayClusterSpec")] {
+        let placed = patched(
+            &object,
+            &server.review("/mutate", &review("CREATE", &object)).await,
+        );
+        let worker = &placed["spec"][root]["workerGroupSpecs"][0]["template"]["spec"];
+        assert_eq!(worker["tolerations"][0]["key"], "nvidia.com/gpu", "{root}");
+        assert_eq!(
+            worker["containers"][0]["volumeMounts"][0]["mountPath"],
+            "/dev/shm"
+        );
+        assert_eq!(worker["volumes"][0]["emptyDir"]["medium"], "Memory");
+    }
+    // A TrainJob's override is checked like any template.
+    let train = json!({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": "llama", "namespace": "ml"},
+        "spec": {"runtimeRef": {"name": "torch-distributed"}, "podTemplateOverrides": [{"targetJobs": [{"name": "node"}],
+            "spec": {"hostPID": true, "containers": [{"name": "node", "image": "nvcr.io/nvidia/pytorch:24.05-py3"}]}}]}});
+    let refused = server.review("/validate", &review("CREATE", &train)).await;
+    assert_eq!(refused["allowed"], false, "{refused}");
+    assert!(
+        refused["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("pod-security-baseline: violates PodSecurity \"baseline:latest\": host namespaces (hostPID=true)"),
+        "{refused}"
+    );
+}
