@@ -622,7 +622,7 @@ mod tests {
         let err = parse("policies:\n- name: a\n  module: builtin:nope\n").unwrap_err();
         assert!(
             err.to_string()
-                .contains("no built-in policy \"nope\"; built-ins are: gpu-placement, gpu-quota, image-registries, pod-security, resource-defaults"),
+                .contains("no built-in policy \"nope\"; built-ins are: gpu-placement, gpu-quota, image-registries, network-guard, pod-security, resource-defaults, workload-priority"),
             "{err}"
         );
         let err = parse("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n")
