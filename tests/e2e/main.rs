@@ -6,6 +6,7 @@ mod audit;
 mod bad_input;
 mod cli;
 mod deploy;
+mod gatekeeper;
 mod gpu_placement;
 mod gpu_quota;
 mod hardening;

@@ -45,6 +45,8 @@ pub fn metadata(name: &str) -> Option<Metadata> {
             &["NIST-800-53:SC-6", "NIST-800-53:AC-3"],
         ),
         "gpu-placement" => (Severity::Low, "GPU Scheduling", &["NIST-800-53:SC-6"]),
+        // The templates decide what is checked; configure controls per entry.
+        "gatekeeper" => (Severity::Medium, "OPA Gatekeeper", &[]),
         "network-guard" => (
             Severity::High,
             "Network Isolation",

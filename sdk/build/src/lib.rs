@@ -103,9 +103,14 @@ pub fn build(
     // shadow stack plus a few MiB of heap): a fresh instance then never calls
     // `memory.grow`, which costs the host an `mprotect` on every call. Pages
     // that are never touched cost nothing.
+    // No entropy source in the sandbox: a policy that asks for random bytes
+    // (Rego's `rand.intn`, `uuid.rfc4122`) gets an error, so an admission
+    // never depends on chance.
     command.env(
         "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
-        format!("-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES}"),
+        format!(
+            "-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES} --cfg getrandom_backend=\"unsupported\""
+        ),
     );
     let output = command
         .output()

@@ -451,6 +451,11 @@ impl Config {
         kinds
     }
 
+    /// The directory relative paths of the configuration are read from.
+    pub fn base_dir(&self) -> &std::path::Path {
+        &self.base_dir
+    }
+
     /// Where the module of `policy` comes from.
     pub fn module_source(&self, policy: &PolicyConfig) -> ModuleSource {
         match policy.module.strip_prefix("builtin:") {
@@ -622,7 +627,7 @@ mod tests {
         let err = parse("policies:\n- name: a\n  module: builtin:nope\n").unwrap_err();
         assert!(
             err.to_string()
-                .contains("no built-in policy \"nope\"; built-ins are: gpu-placement, gpu-quota, image-registries, network-guard, pod-security, resource-defaults, workload-priority"),
+                .contains("no built-in policy \"nope\"; built-ins are: gatekeeper, gpu-placement, gpu-quota, image-registries, network-guard, pod-security, resource-defaults, workload-priority"),
             "{err}"
         );
         let err = parse("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n")

@@ -9,6 +9,7 @@ pub mod breaker;
 mod capabilities;
 pub mod chain;
 pub mod config;
+pub mod gatekeeper;
 pub mod immutable;
 pub mod matcher;
 pub mod output;

@@ -199,12 +199,13 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
         output_bytes: OUTPUT_BYTES,
         output_items: OUTPUT_ITEMS,
     };
-    let settings = if policy.settings.is_null() {
-        "{}".to_owned()
-    } else {
-        policy.settings.to_string()
-    };
-    let module = prepare(config, policy, engine, &settings, &limits).map_err(Arc::new);
+    let settings = settings_text(config, policy);
+    let module = settings
+        .as_deref()
+        .map_err(|message| LoadError::SettingsRejected(message.clone()))
+        .and_then(|settings| prepare(config, policy, engine, settings, &limits))
+        .map_err(Arc::new);
+    let settings = settings.unwrap_or_default();
     LoadedPolicy {
         config: policy.clone(),
         name: policy.name.as_str().into(),
@@ -213,6 +214,19 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
         module,
         grants: policy.context.clone().into(),
         breaker: Breaker::default(),
+    }
+}
+
+/// A policy's settings as the JSON text it gets: as configured, or for
+/// `builtin:gatekeeper` the template compiled with its constraints.
+fn settings_text(config: &Config, policy: &PolicyConfig) -> Result<String, String> {
+    match config.module_source(policy) {
+        ModuleSource::Builtin(name) if name == "gatekeeper" => {
+            let namespaces = policy.context.contains(&Kind::namespace());
+            super::gatekeeper::prepare(&policy.settings, config.base_dir(), namespaces)
+        }
+        _ if policy.settings.is_null() => Ok("{}".to_owned()),
+        _ => Ok(policy.settings.to_string()),
     }
 }
 
