@@ -40,6 +40,19 @@ pub struct Settings {
     pub program: String,
     /// The template's constraints.
     pub constraints: Vec<Constraint>,
+    /// The kinds served in `data.inventory`, for a template that reads it.
+    #[serde(default)]
+    pub inventory: Vec<Inventoried>,
+}
+
+/// A kind of the inventory.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Inventoried {
+    /// `v1`, `networking.k8s.io/v1`, …
+    pub api_version: String,
+    /// `Service`, `Ingress`, …
+    pub kind: String,
 }
 
 /// The policy.
@@ -87,6 +100,10 @@ impl Policy for Gatekeeper {
 
         let mut vm = RegoVM::new();
         vm.load_program(program(settings)?);
+        if !settings.inventory.is_empty() {
+            vm.set_data(inventory(&settings.inventory)?)
+                .map_err(|e| format!("data.inventory: {e}"))?;
+        }
         let mut found: BTreeMap<Action, Vec<String>> = BTreeMap::new();
         for (constraint, action) in selected {
             let input = format!(
@@ -131,6 +148,37 @@ fn program(settings: &Settings) -> tollgate_sdk::Result<std::sync::Arc<Program>>
                 .into(),
         ),
     }
+}
+
+/// `data` with the cluster's objects of `kinds` in Gatekeeper's layout:
+/// `inventory.namespace[ns][apiVersion][kind][name]` and
+/// `inventory.cluster[apiVersion][kind][name]`.
+fn inventory(kinds: &[Inventoried]) -> tollgate_sdk::Result<Value> {
+    let mut namespaced = serde_json::Map::new();
+    let mut cluster = serde_json::Map::new();
+    for kind in kinds {
+        let objects: Vec<serde_json::Value> =
+            context::list_as(&kind.api_version, &kind.kind, "", "")?;
+        for object in objects {
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let scope = match object["metadata"]["namespace"].as_str() {
+                Some(namespace) if !namespace.is_empty() => namespaced
+                    .entry(namespace)
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+                    .expect("an object"),
+                _ => &mut cluster,
+            };
+            scope
+                .entry(kind.api_version.as_str())
+                .or_insert_with(|| serde_json::json!({}))[&kind.kind][&name] = object;
+        }
+    }
+    let data = serde_json::json!({"inventory": {"namespace": namespaced, "cluster": cluster}});
+    Ok(Value::from_json_str(&data.to_string()).map_err(|e| format!("data.inventory: {e}"))?)
 }
 
 /// The messages of a `violation` result: a set of `{"msg": …}` objects.
@@ -355,6 +403,62 @@ violation[{"msg": msg}] {
             error
                 .0
                 .contains("namespace \"nowhere\" is not in the cluster context")
+        );
+    }
+
+    #[test]
+    fn referential_templates_read_the_granted_kinds_in_gatekeepers_layout() {
+        let mut engine = regorus::Engine::new();
+        engine.set_rego_v0(true);
+        engine
+            .add_policy(
+                "u.rego".into(),
+                r#"package u
+violation[{"msg": msg}] {
+  host := input.review.object.spec.rules[_].host
+  other := data.inventory.namespace[ns]["networking.k8s.io/v1"]["Ingress"][name]
+  other.spec.rules[_].host == host
+  name != input.review.object.metadata.name
+  msg := sprintf("host %v is taken by ingress %v/%v", [host, ns, name])
+}"#
+                .into(),
+            )
+            .unwrap();
+        let compiled = engine
+            .compile_with_entrypoint(&regorus::Rc::from("data.u.violation"))
+            .unwrap();
+        let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(
+            &compiled,
+            &["data.u.violation"],
+        )
+        .unwrap();
+        let settings = json!({"template": "u", "constraints": [{"name": "unique-host"}],
+            "inventory": [{"apiVersion": "networking.k8s.io/v1", "kind": "Ingress"}],
+            "program": base64::engine::general_purpose::STANDARD.encode(program.serialize_binary().unwrap())})
+        .to_string();
+        let ingress = |namespace: &str, name: &str, host: &str| {
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "namespace": namespace}, "spec": {"rules": [{"host": host}]}})
+        };
+        let cluster = Rc::new(Cluster::new::<Gatekeeper>(
+            vec![ingress("shop", "web", "shop.example.com")],
+            &settings,
+        ));
+        let request = testing::review(ingress("blog", "site", "shop.example.com"));
+        let verdict = testing::with_host(cluster.clone(), || {
+            testing::evaluate::<Gatekeeper>(&request, &settings).unwrap()
+        });
+        assert_eq!(
+            verdict.message.as_deref(),
+            Some("[unique-host] host shop.example.com is taken by ingress shop/web")
+        );
+        let request = testing::review(ingress("blog", "site", "blog.example.com"));
+        assert!(
+            testing::with_host(cluster, || testing::evaluate::<Gatekeeper>(
+                &request, &settings
+            )
+            .unwrap())
+            .allowed
         );
     }
 

@@ -222,8 +222,7 @@ fn load_one(config: &Config, policy: &PolicyConfig, engine: &Engine) -> LoadedPo
 fn settings_text(config: &Config, policy: &PolicyConfig) -> Result<String, String> {
     match config.module_source(policy) {
         ModuleSource::Builtin(name) if name == "gatekeeper" => {
-            let namespaces = policy.context.contains(&Kind::namespace());
-            super::gatekeeper::prepare(&policy.settings, config.base_dir(), namespaces)
+            super::gatekeeper::prepare(&policy.settings, config.base_dir(), &policy.context)
         }
         _ if policy.settings.is_null() => Ok("{}".to_owned()),
         _ => Ok(policy.settings.to_string()),

@@ -14,6 +14,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::context::Kind;
+
 /// Gatekeeper's admission target.
 const TARGET: &str = "admission.k8s.gatekeeper.sh";
 
@@ -58,17 +60,15 @@ impl Document {
 
 /// Reads and checks the template and constraints of `settings`, compiles
 /// the template, and returns the settings the policy gets, as JSON text.
-/// `namespaces_granted`: the policy may read Namespaces (a constraint's
-/// `namespaceSelector` needs them).
+/// `grants`: the kinds the policy may read (a constraint's
+/// `namespaceSelector` needs Namespaces; a template that reads
+/// `data.inventory` gets the granted kinds there, as Gatekeeper syncs them).
 ///
 /// # Errors
 ///
 /// What is wrong, naming the file and field.
-pub fn prepare(
-    settings: &Value,
-    base_dir: &Path,
-    namespaces_granted: bool,
-) -> Result<String, String> {
+pub fn prepare(settings: &Value, base_dir: &Path, grants: &[Kind]) -> Result<String, String> {
+    let namespaces_granted = grants.contains(&Kind::namespace());
     let wanted = Wanted::deserialize(settings).map_err(|e| {
         format!("{e}: write settings: {{template: PATH, constraints: [PATH, ...]}} (paths relative to the configuration, or the documents inline)")
     })?;
@@ -86,8 +86,16 @@ pub fn prepare(
         .ok_or_else(|| format!("template {origin}: spec.crd.spec.names.kind is missing"))?
         .to_owned();
     let schema = &template["spec"]["crd"]["spec"]["validation"]["openAPIV3Schema"];
-    let program = rego::compile(&source(&template).map_err(|e| format!("template {origin}: {e}"))?)
-        .map_err(|e| format!("template {origin}: {e}"))?;
+    let source = source(&template).map_err(|e| format!("template {origin}: {e}"))?;
+    let referential = std::iter::once(source.rego)
+        .chain(source.libs.iter().copied())
+        .any(|rego| rego.contains("data.inventory"));
+    if referential && grants.is_empty() {
+        return Err(format!(
+            "template {origin}: it reads data.inventory (the objects Gatekeeper syncs): grant the kinds it reads, e.g. context: [{{apiVersion: v1, kind: Service}}]"
+        ));
+    }
+    let program = rego::compile(&source).map_err(|e| format!("template {origin}: {e}"))?;
 
     let mut constraints = Vec::new();
     for document in &wanted.constraints {
@@ -104,10 +112,16 @@ pub fn prepare(
             "template {name:?} has no constraints: list at least one"
         ));
     }
+    let inventory: Vec<Value> = grants
+        .iter()
+        .filter(|_| referential)
+        .map(|k| json!({"apiVersion": k.api_version, "kind": k.kind}))
+        .collect();
     Ok(json!({
         "template": name,
         "program": base64::engine::general_purpose::STANDARD.encode(program),
         "constraints": constraints,
+        "inventory": inventory,
     })
     .to_string())
 }
@@ -233,11 +247,10 @@ spec:
     fn prepared(
         template: Value,
         constraints: Vec<Value>,
-        namespaces: bool,
+        grants: &[Kind],
     ) -> Result<Value, String> {
         let settings = json!({"template": template, "constraints": constraints});
-        prepare(&settings, Path::new("."), namespaces)
-            .map(|text| serde_json::from_str(&text).unwrap())
+        prepare(&settings, Path::new("."), grants).map(|text| serde_json::from_str(&text).unwrap())
     }
 
     fn template() -> Value {
@@ -249,7 +262,7 @@ spec:
         let settings = prepared(
             template(),
             vec![constraint("  enforcementAction: warn\n")],
-            false,
+            &[],
         )
         .unwrap();
         assert_eq!(settings["template"], "k8srequiredlabels");
@@ -258,12 +271,36 @@ spec:
             settings["constraints"],
             json!([{"name": "need-team", "enforcementAction": "warn", "parameters": {"labels": ["team"]}}])
         );
+        assert_eq!(
+            settings["inventory"],
+            json!([]),
+            "the template reads no inventory"
+        );
+    }
+
+    #[test]
+    fn a_template_that_reads_the_inventory_gets_the_granted_kinds() {
+        let mut unique = template();
+        unique["spec"]["targets"][0]["rego"] = json!(
+            "package k8srequiredlabels\nviolation[{\"msg\": \"taken\"}] {\n  data.inventory.namespace[_][\"v1\"][\"Service\"][input.review.object.metadata.name]\n}\n"
+        );
+        assert!(
+            prepared(unique.clone(), vec![constraint("")], &[])
+                .unwrap_err()
+                .contains("it reads data.inventory (the objects Gatekeeper syncs): grant the kinds it reads")
+        );
+        let settings =
+            prepared(unique, vec![constraint("")], &[Kind::new("v1", "Service")]).unwrap();
+        assert_eq!(
+            settings["inventory"],
+            json!([{"apiVersion": "v1", "kind": "Service"}])
+        );
     }
 
     #[test]
     fn what_is_wrong_is_named() {
         let error = |template: Value, constraints: Vec<Value>| {
-            prepared(template, constraints, false).unwrap_err()
+            prepared(template, constraints, &[]).unwrap_err()
         };
         assert!(error(template(), vec![]).contains("has no constraints"));
         let mut other = constraint("");
@@ -287,19 +324,19 @@ spec:
             error(template(), vec![selecting.clone()])
                 .contains("add context: [{apiVersion: v1, kind: Namespace}]")
         );
-        assert!(prepared(template(), vec![selecting], true).is_ok());
+        assert!(prepared(template(), vec![selecting], &[Kind::namespace()]).is_ok());
         let mut cel_only = template();
         cel_only["spec"]["targets"][0] =
             json!({"target": TARGET, "code": [{"engine": "K8sNativeValidation", "source": {}}]});
         assert!(error(cel_only, vec![constraint("")]).contains("has no Rego (only CEL"));
         let missing = json!({"template": "no/such/template.yaml", "constraints": []});
         assert!(
-            prepare(&missing, Path::new("."), false)
+            prepare(&missing, Path::new("."), &[])
                 .unwrap_err()
                 .starts_with("cannot read ./no/such/template.yaml")
         );
         assert!(
-            prepare(&json!({"template": "x"}), Path::new("."), false)
+            prepare(&json!({"template": "x"}), Path::new("."), &[])
                 .unwrap_err()
                 .contains("missing field `constraints`")
         );
