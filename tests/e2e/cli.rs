@@ -341,3 +341,94 @@ async fn sigterm_drains_and_exits_cleanly() {
             .contains("shutting down: draining in-flight requests")
     );
 }
+
+/// `tollgate test` with its arguments; (success, stdout, stderr).
+fn test_command(args: &[&str]) -> (bool, String, String) {
+    let _turn = tollgate_e2e::STARTUP.blocking_lock();
+    let output = Command::new(binary())
+        .arg("test")
+        .arg("--cache-dir")
+        .arg(workspace().join("target/e2e-module-cache"))
+        .args(args)
+        .output()
+        .expect("running tollgate test");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn every_builtin_policy_passes_its_own_suite() {
+    let policies = workspace().join("policies");
+    let (ok, stdout, stderr) = test_command(&[policies.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    for name in std::fs::read_dir(&policies).unwrap() {
+        let suite = name.unwrap().path().join("tollgate-test.yaml");
+        assert!(suite.is_file(), "{} has no suite", suite.display());
+    }
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.ends_with(", 0 failed (8 suites)"), "{stdout}");
+    println!("tollgate test policies/: {summary}");
+}
+
+#[test]
+fn a_failing_case_fails_the_command_and_the_junit_report_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tollgate-test.yaml"),
+        r#"
+policy:
+  module: builtin:image-registries
+  settings: {allowedRegistries: [nvcr.io/]}
+cases:
+  - name: passes
+    object: {apiVersion: v1, kind: Pod, metadata: {name: a}, spec: {containers: [{name: c, image: "nvcr.io/x:1"}]}}
+    expect: {allowed: true}
+  - name: expects the wrong verdict
+    object: {apiVersion: v1, kind: Pod, metadata: {name: b}, spec: {containers: [{name: c, image: "quay.io/x:1"}]}}
+    expect: {allowed: true}
+"#,
+    )
+    .unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(
+        broken.join("tollgate-test.yaml"),
+        "policy: {module: builtin:nope}\ncases: []\n",
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let (ok, stdout, stderr) = test_command(&[
+        dir.path().to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("2 case(s) failed"), "{stderr}");
+    assert!(stdout.contains("  ok    passes"), "{stdout}");
+    assert!(
+        stdout.contains("  FAIL  expects the wrong verdict: expected it allowed, but it was denied: image-registries: container \"c\" uses image \"quay.io/x:1\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  FAIL  (suite): ") && stdout.contains("no built-in policy \"nope\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("1 passed, 2 failed (2 suites)\n"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(junit).unwrap();
+    assert!(
+        report.contains(r#"<testsuites name="tollgate test" tests="3" failures="2">"#),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            r#"<testcase name="expects the wrong verdict" classname="image-registries">"#
+        )
+    );
+    assert!(report.contains("<failure message=\"expected it allowed, but it was denied"));
+}

@@ -10,6 +10,7 @@ mod compile;
 mod run;
 mod serve;
 mod serving;
+mod test;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Evaluate AdmissionReview files offline, as the apiserver's mutating
     /// and validating calls would, and print the responses.
     Run(run::Args),
+    /// Run policy test suites (`tollgate-test.yaml`): one line per case, a
+    /// summary, and a failing exit status when a case fails.
+    Test(test::Args),
     /// Make a CA and serving certificate for the webhook's Service, as
     /// files and a Secret manifest.
     Certs(certs::Args),
@@ -176,17 +180,20 @@ impl PolicyArgs {
     }
 
     fn cache_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.cache_dir {
-            return dir.clone();
-        }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
-        base.map_or_else(
-            || PathBuf::from("tollgate-cache"),
-            |base| base.join("tollgate"),
-        )
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
     }
+}
+
+/// Where compiled policies are cached when no directory is given:
+/// `$XDG_CACHE_HOME/tollgate`, else `~/.cache/tollgate`.
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")));
+    base.map_or_else(
+        || PathBuf::from("tollgate-cache"),
+        |base| base.join("tollgate"),
+    )
 }
 
 /// A Go duration (`5s`, `500ms`, `1m30s`, `8760h`), as flags take them.
@@ -205,6 +212,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Run(args) => run::run(args),
+        Command::Test(args) => test::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Audit(command) => audit::run(command),

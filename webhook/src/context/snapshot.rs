@@ -180,7 +180,11 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), String> {
 
 /// Adds one document: an object, or every item of a `List` (`kubectl get
 /// -o yaml`). Empty documents (`---` at the end) are skipped.
-fn collect(value: Value, objects: &mut Vec<Incoming>) -> Result<(), String> {
+///
+/// # Errors
+///
+/// The document is not a Kubernetes object (or a list of them).
+pub fn collect(value: Value, objects: &mut Vec<Incoming>) -> Result<(), String> {
     if value.is_null() {
         return Ok(());
     }
