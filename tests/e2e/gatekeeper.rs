@@ -65,8 +65,10 @@ fn cases() -> (Vec<Case>, String) {
             .join("library")
             .join(&case.template)
             .join("template.yaml");
+        // The verdicts are under test, not the deadline: 32 policies load at
+        // once here, on two cores the other tests share.
         config.push_str(&format!(
-            "  - name: {namespace}\n    module: builtin:gatekeeper\n    match: {{namespaces: [{namespace}]}}\n    settings:\n      template: {}\n      constraints: [{}]\n",
+            "  - name: {namespace}\n    module: builtin:gatekeeper\n    timeoutMs: 2000\n    match: {{namespaces: [{namespace}]}}\n    settings:\n      template: {}\n      constraints: [{}]\n",
             template.display(),
             case.constraint.display(),
             namespace = case.namespace,
