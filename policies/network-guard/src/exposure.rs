@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tollgate_sdk::pod::model::Amount;
+use tollgate_sdk::pod::model::Resources;
 use tollgate_sdk::pod::{PodTemplate, TemplatePaths, group_of};
 use tollgate_sdk::selector::{Requirement, Selector, Test};
 use tollgate_sdk::{Result, context};
@@ -105,25 +105,13 @@ struct Container<'a> {
     resources: Resources<'a>,
 }
 
-#[derive(Default, Deserialize)]
-struct Resources<'a> {
-    #[serde(default, borrow)]
-    requests: BTreeMap<String, Amount<'a>>,
-    #[serde(default, borrow)]
-    limits: BTreeMap<String, Amount<'a>>,
-}
-
 impl Spec<'_> {
     /// Whether a container asks for a non-zero amount of a GPU resource.
     fn asks_gpus(&self, prefixes: &[String]) -> bool {
         self.init_containers
             .iter()
             .chain(&self.containers)
-            .flat_map(|c| c.resources.requests.iter().chain(&c.resources.limits))
-            .any(|(resource, amount)| {
-                prefixes.iter().any(|p| resource.starts_with(p.as_str()))
-                    && amount.units().is_some_and(|units| units > 0)
-            })
+            .any(|c| c.resources.asks_any(prefixes))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tollgate_sdk::pod::model::Amount;
+use tollgate_sdk::pod::model::Resources;
 use tollgate_sdk::pod::{Located, PodTemplate, TemplatePaths, field_path};
 
 /// Kueue's queue label.
@@ -114,14 +114,6 @@ struct Container<'a> {
     resources: Resources<'a>,
 }
 
-#[derive(Default, Deserialize)]
-struct Resources<'a> {
-    #[serde(default, borrow)]
-    requests: BTreeMap<String, Amount<'a>>,
-    #[serde(default, borrow)]
-    limits: BTreeMap<String, Amount<'a>>,
-}
-
 /// One object with pod templates (a Pod is its own template).
 pub struct Workload<'a> {
     group: &'a str,
@@ -207,11 +199,7 @@ impl<'a> Workload<'a> {
             spec.init_containers
                 .iter()
                 .chain(&spec.containers)
-                .flat_map(|c| c.resources.requests.iter().chain(&c.resources.limits))
-                .any(|(resource, amount)| {
-                    prefixes.iter().any(|p| resource.starts_with(p.as_str()))
-                        && amount.units().is_some_and(|units| units > 0)
-                })
+                .any(|c| c.resources.asks_any(prefixes))
         })
     }
 

@@ -303,6 +303,17 @@ pub struct Resources<'a> {
 }
 
 impl<'a> Resources<'a> {
+    /// Whether a request or limit asks for a non-zero amount of a resource
+    /// whose name starts with one of `prefixes` (`nvidia.com/`).
+    pub fn asks_any(&self, prefixes: &[String]) -> bool {
+        quantities(self.requests.as_ref())
+            .chain(quantities(self.limits.as_ref()))
+            .any(|(resource, amount)| {
+                prefixes.iter().any(|p| resource.starts_with(p.as_str()))
+                    && amount.units().is_some_and(|units| units > 0)
+            })
+    }
+
     /// The request for one resource.
     pub fn request(&self, resource: &str) -> Option<&Amount<'a>> {
         self.requests.as_ref()?.get(resource)
