@@ -69,9 +69,10 @@ async fn gpu_jobs_are_placed_and_cpu_pods_kept_off_gpu_nodes() {
 }
 
 /// Found when tried as a new user would: a RayService serving an LLM on
-/// GPUs, and a RayJob and a TrainJob, through the default configuration.
+/// GPUs, and a RayJob, a TrainJob and an Argo Workflow, through the default
+/// configuration.
 #[tokio::test]
-async fn ray_services_ray_jobs_and_train_jobs_are_placed_by_the_default_configuration() {
+async fn ml_kinds_are_placed_and_checked_by_the_default_configuration() {
     let server = Server::start_default().await;
     let group = |gpus: u32| {
         json!({"template": {"spec": {"containers": [{"name": "ray", "image": "nvcr.io/nvidia/pytorch:24.05-py3",
@@ -97,6 +98,28 @@ async fn ray_services_ray_jobs_and_train_jobs_are_placed_by_the_default_configur
         );
         assert_eq!(worker["volumes"][0]["emptyDir"]["medium"], "Memory");
     }
+    // An Argo Workflow's templates are checked as the pods Argo makes of
+    // them (and left unmutated: they are not pod specs).
+    let workflow = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "sweep", "namespace": "ml"},
+        "spec": {"entrypoint": "main", "templates": [
+            {"name": "main", "steps": [[{"name": "t", "template": "train"}]]},
+            {"name": "train", "container": {"image": "nvcr.io/nvidia/pytorch:24.05-py3",
+                "securityContext": {"privileged": true}, "resources": {"limits": {"nvidia.com/gpu": 1}}}}]}});
+    let refused = server
+        .review("/validate", &review("CREATE", &workflow))
+        .await;
+    assert!(
+        refused["status"]["message"].as_str().unwrap().starts_with(
+            "pod-security-baseline: violates PodSecurity \"baseline:latest\": privileged (container \"main\" must not set securityContext.privileged=true)"
+        ),
+        "{refused}"
+    );
+    let mutated = server.review("/mutate", &review("CREATE", &workflow)).await;
+    assert!(
+        mutated["allowed"] == true && mutated.get("patch").is_none(),
+        "{mutated}"
+    );
     // A TrainJob's override is checked like any template.
     let train = json!({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
         "metadata": {"name": "llama", "namespace": "ml"},

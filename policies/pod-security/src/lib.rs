@@ -564,6 +564,30 @@ mod tests {
     }
 
     #[test]
+    fn argo_workflow_templates_are_checked_as_the_pods_argo_makes() {
+        let workflow = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"name": "w"},
+            "spec": {"hostNetwork": true, "templates": [
+                {"name": "main", "steps": [[{"name": "a", "template": "train"}]]},
+                {"name": "train", "container": {"image": "t:1", "securityContext": {"privileged": true}}},
+                {"name": "eval", "script": {"image": "p:3", "source": "print(1)"}}]}});
+        let denial = message(workflow, json!({"level": "baseline"})).unwrap();
+        assert!(denial.contains("spec.templates[1]: "), "{denial}");
+        assert!(
+            denial.contains(
+                "privileged (container \"main\" must not set securityContext.privileged=true)"
+            ),
+            "{denial}"
+        );
+        assert!(
+            denial.contains("host namespaces (hostNetwork=true)"),
+            "{denial}"
+        );
+        let cron = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow", "metadata": {"name": "c"},
+            "spec": {"schedule": "0 * * * *", "workflowSpec": {"templates": [{"name": "t", "container": {"image": "t:1"}}]}}});
+        assert!(message(cron, json!({"level": "baseline"})).is_none());
+    }
+
+    #[test]
     fn template_paths_in_settings_reach_new_crds() {
         let trainer = json!({"apiVersion": "example.com/v1", "kind": "Trainer", "metadata": {"name": "t"},
             "spec": {"workers": [{"template": {"spec": {"hostPID": true, "containers": [{"name": "a"}]}}}]}});

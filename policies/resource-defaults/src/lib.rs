@@ -104,6 +104,9 @@ fn may_add<'a>(
     paths: &TemplatePaths,
     object: impl FnOnce() -> Option<&'a str>,
 ) -> tollgate_sdk::Result<bool> {
+    if !paths.editable(&request.kind.group, &request.kind.kind) {
+        return Ok(false);
+    }
     match request.operation.as_str() {
         "CREATE" => Ok(true),
         "UPDATE" => match object() {

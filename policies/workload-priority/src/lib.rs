@@ -65,6 +65,7 @@ impl Policy for WorkloadPriority {
         let mutating = settings.default_classes.training.is_some()
             || settings.default_classes.inference.is_some();
         let may_add = mutating
+            && paths.editable(group, kind)
             && match request.operation.as_str() {
                 "CREATE" => true,
                 _ => {

@@ -28,7 +28,11 @@ impl Type {
             | ("trainer.kubeflow.org", "TrainJob")
             | ("jobset.x-k8s.io", "JobSet")
             | ("ray.io", "RayJob")
-            | ("batch.volcano.sh", "Job") => Some(Type::Training),
+            | ("batch.volcano.sh", "Job")
+            | (
+                "argoproj.io",
+                "Workflow" | "CronWorkflow" | "WorkflowTemplate" | "ClusterWorkflowTemplate",
+            ) => Some(Type::Training),
             ("apps", "Deployment" | "StatefulSet" | "ReplicaSet")
             | ("ray.io", "RayService")
             | ("leaderworkerset.x-k8s.io", "LeaderWorkerSet")

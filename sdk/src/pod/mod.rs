@@ -9,6 +9,7 @@
 //! from their settings with [`TemplatePaths::with`]. [`model`] is the typed
 //! Pod policies read them as.
 
+mod argo;
 pub mod model;
 
 use std::borrow::Cow;
@@ -341,6 +342,14 @@ impl TemplatePaths {
             || DEFAULT_PATHS
                 .iter()
                 .any(|(g, k, _)| *g == group && *k == kind)
+            || argo::workflow_spec(group, kind).is_some()
+    }
+
+    /// Whether a mutating policy can edit the pod templates of this kind in
+    /// place ([`TemplatePaths::template_pointers`]); Argo workflows'
+    /// templates are read as the pod specs Argo makes of them, and are not.
+    pub fn editable(&self, group: &str, kind: &str) -> bool {
+        argo::workflow_spec(group, kind).is_none()
     }
 
     /// The paths to the pod specs of this group and kind, split into
@@ -391,6 +400,7 @@ impl TemplatePaths {
     pub fn pod_specs_seed<T>(&self, group: &str, kind: &str) -> PodSpecsSeed<'_, T> {
         PodSpecsSeed {
             paths: self.paths(group, kind),
+            workflow: argo::workflow_spec(group, kind),
             read: PhantomData,
         }
     }
@@ -413,6 +423,21 @@ impl TemplatePaths {
         M: Deserialize<'a> + Default,
         S: Deserialize<'a> + Default,
     {
+        if let Some(workflow) = argo::workflow_spec(group, kind) {
+            let object: Value = serde_json::from_str(object)?;
+            return argo::views(&object, workflow)
+                .into_iter()
+                .map(|(pointer, metadata, spec)| {
+                    Ok((
+                        pointer,
+                        PodTemplate {
+                            metadata: M::deserialize(metadata)?,
+                            spec: S::deserialize(spec)?,
+                        },
+                    ))
+                })
+                .collect();
+        }
         let mut found = Vec::new();
         for segments in self.paths(group, kind) {
             let mut deserializer = serde_json::Deserializer::from_str(object);
@@ -632,6 +657,8 @@ fn collect(value: &Value, path: &[&str], pointer: String, found: &mut Vec<String
 /// [`TemplatePaths::pod_specs_seed`].
 pub struct PodSpecsSeed<'s, T> {
     paths: Vec<Vec<&'s str>>,
+    /// For an Argo workflow kind, where its workflow spec is.
+    workflow: Option<&'static str>,
     read: PhantomData<T>,
 }
 
@@ -639,6 +666,17 @@ impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for PodSpecsSeed<'_, T> {
     type Value = Located<T>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Located<T>, D::Error> {
+        if let Some(workflow) = self.workflow {
+            let object = Value::deserialize(deserializer)?;
+            return argo::views(&object, workflow)
+                .into_iter()
+                .map(|(pointer, _, spec)| {
+                    T::deserialize(spec)
+                        .map(|spec| (pointer, spec))
+                        .map_err(serde::de::Error::custom)
+                })
+                .collect();
+        }
         let mut found = Vec::new();
         Walk {
             paths: self.paths.iter().map(Vec::as_slice).collect(),
