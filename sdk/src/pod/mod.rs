@@ -874,6 +874,9 @@ mod tests {
             ]
         );
         assert!(paths.knows("ray.io", "RayService") && !paths.knows("ray.io", "RayCronJob"));
+        // Gang objects hold no pod spec: left alone.
+        assert!(!paths.knows("scheduling.x-k8s.io", "PodGroup"));
+        assert!(!paths.knows("scheduling.volcano.sh", "PodGroup"));
         assert!(templates_may_change("ray.io", "RayService"));
         assert!(!templates_may_change("ray.io", "RayJob"));
         assert!(!templates_may_change("trainer.kubeflow.org", "TrainJob"));
