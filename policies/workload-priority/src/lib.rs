@@ -61,77 +61,101 @@ impl Policy for WorkloadPriority {
         let Some(text) = request.raw_object() else {
             return Ok(Verdict::allow());
         };
-        let workload = Workload::read(group, kind, text, &paths)?;
-        let mutating = settings.default_classes.training.is_some()
-            || settings.default_classes.inference.is_some();
-        let may_add = mutating
-            && paths.editable(group, kind)
-            && match request.operation.as_str() {
-                "CREATE" => true,
-                _ => {
-                    !workload.is_pod()
-                        && paths.may_add_on_update(group, kind, request.raw_old_object(), text)?
-                }
-            };
-        let assigned = if may_add {
-            defaults::assigned(&workload, settings)
-        } else {
-            vec![None; workload.templates.len()]
-        };
-
-        let mut check = Check::new(settings, namespace);
-        let mut problems = check.problems(&workload, &assigned)?;
-        for class in assigned.iter().flatten() {
-            if check.classes.get(class)?.is_none() {
-                let problem = format!(
-                    "the default class {class:?} (defaultClasses) does not exist in the cluster: create it, or name another in the policy's settings"
-                );
-                if !problems.contains(&problem) {
-                    problems.push(problem);
-                }
-            }
-        }
-        let before = match request.raw_old_object() {
-            Some(old) if request.operation == "UPDATE" => {
-                let old = Workload::read(group, kind, old, &paths)?;
-                check.problems(&old, &vec![None; old.templates.len()])?
-            }
-            _ => Vec::new(),
-        };
-        let subject = if request.name.is_empty() {
-            kind.to_owned()
-        } else {
-            format!("{kind} {:?}", request.name)
-        };
-        let verdict = Verdict::on_problems(&subject, problems, &before);
-        if !verdict.allowed || !mutating {
-            return Ok(verdict);
-        }
-
-        let priority = match (&workload.templates[..], &assigned[..]) {
-            ([(_, pod)], [assigned]) if workload.is_pod() && request.operation == "CREATE" => {
-                pod_priority(
-                    &mut check,
-                    pod.spec.priority_class_name.as_deref(),
-                    *assigned,
-                    pod.spec.priority,
-                )?
-            }
-            _ => None,
-        };
-        let priority = priority
-            .as_ref()
-            .map(|(value, policy)| (*value, policy.as_str()));
-        Ok(
-            match defaults::write(text, group, kind, &paths, &workload, &assigned, priority)? {
-                Some(object) => Verdict {
-                    warnings: verdict.warnings,
-                    ..Verdict::mutate_json(object)
-                },
-                None => verdict,
-            },
-        )
+        workload(request, settings, &paths, text)
     }
+}
+
+/// A Pod or workload CREATE or UPDATE (`text`, its object): its classes and
+/// queue checked, and with `defaultClasses`, the defaults written.
+fn workload(
+    request: &Request<'_>,
+    settings: &Settings,
+    paths: &TemplatePaths,
+    text: &str,
+) -> tollgate_sdk::Result<Verdict> {
+    let (group, kind) = (request.kind.group.as_str(), request.kind.kind.as_str());
+    let workload = Workload::read(group, kind, text, paths)?;
+    let mutating =
+        settings.default_classes.training.is_some() || settings.default_classes.inference.is_some();
+    let may_add = mutating
+        && paths.editable(group, kind)
+        && match request.operation.as_str() {
+            "CREATE" => true,
+            _ => {
+                !workload.is_pod()
+                    && paths.may_add_on_update(group, kind, request.raw_old_object(), text)?
+            }
+        };
+    let assigned = if may_add {
+        defaults::assigned(&workload, settings)
+    } else {
+        vec![None; workload.templates.len()]
+    };
+
+    let mut check = Check::new(settings, &request.namespace);
+    let verdict = judge(request, &mut check, paths, &workload, &assigned)?;
+    if !verdict.allowed || !mutating {
+        return Ok(verdict);
+    }
+    let priority = match (&workload.templates[..], &assigned[..]) {
+        ([(_, pod)], [assigned]) if workload.is_pod() && request.operation == "CREATE" => {
+            pod_priority(
+                &mut check,
+                pod.spec.priority_class_name.as_deref(),
+                *assigned,
+                pod.spec.priority,
+            )?
+        }
+        _ => None,
+    };
+    let priority = priority
+        .as_ref()
+        .map(|(value, policy)| (*value, policy.as_str()));
+    Ok(
+        match defaults::write(text, group, kind, paths, &workload, &assigned, priority)? {
+            Some(object) => Verdict {
+                warnings: verdict.warnings,
+                ..Verdict::mutate_json(object)
+            },
+            None => verdict,
+        },
+    )
+}
+
+/// The verdict on `workload`'s problems with the `assigned` default classes
+/// (and on UPDATE, its old version's as warnings).
+fn judge(
+    request: &Request<'_>,
+    check: &mut Check<'_>,
+    paths: &TemplatePaths,
+    workload: &Workload<'_>,
+    assigned: &[Option<&str>],
+) -> tollgate_sdk::Result<Verdict> {
+    let (group, kind) = (request.kind.group.as_str(), request.kind.kind.as_str());
+    let mut problems = check.problems(workload, assigned)?;
+    for class in assigned.iter().flatten() {
+        if check.classes.get(class)?.is_none() {
+            let problem = format!(
+                "the default class {class:?} (defaultClasses) does not exist in the cluster: create it, or name another in the policy's settings"
+            );
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+    }
+    let before = match request.raw_old_object() {
+        Some(old) if request.operation == "UPDATE" => {
+            let old = Workload::read(group, kind, old, paths)?;
+            check.problems(&old, &vec![None; old.templates.len()])?
+        }
+        _ => Vec::new(),
+    };
+    let subject = if request.name.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind} {:?}", request.name)
+    };
+    Ok(Verdict::on_problems(&subject, problems, &before))
 }
 
 tollgate_sdk::export!(WorkloadPriority);
