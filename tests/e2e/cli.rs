@@ -432,3 +432,68 @@ cases:
     );
     assert!(report.contains("<failure message=\"expected it allowed, but it was denied"));
 }
+
+#[test]
+fn bench_measures_saves_and_fails_a_comparison_past_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("before.json");
+    let bench = |extra: &[&str]| {
+        let request = workspace().join("examples/gpu-pod-create.json");
+        let mut args = vec![
+            "--policy",
+            "builtin:image-registries",
+            "--settings",
+            r#"{"allowedRegistries":["nvcr.io/"]}"#,
+            "--request",
+            request.to_str().unwrap(),
+            "--warmup",
+            "10",
+            "--samples",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        let _turn = tollgate_e2e::STARTUP.blocking_lock();
+        let output = Command::new(binary())
+            .arg("bench")
+            .arg("--cache-dir")
+            .arg(workspace().join("target/e2e-module-cache"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (ok, stdout, stderr) = bench(&["--save", saved.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("100 samples after 10 warm-up"), "{stdout}");
+    assert!(
+        stdout.contains("per evaluation (decode, policy in a fresh instance, encode): p50 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("making a fresh instance"), "{stdout}");
+    let figures: Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert!(figures["p50_us"].as_f64().unwrap() > 0.0 && figures["samples"] == 100);
+
+    // Against itself, with room to spare: passes and prints the change.
+    let (ok, stdout, stderr) =
+        bench(&["--compare", saved.to_str().unwrap(), "--threshold", "1000"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("against {}: p50 ", saved.display())),
+        "{stdout}"
+    );
+    // Against figures no machine reaches: fails, saying by how much.
+    let mut impossible = figures.clone();
+    impossible["p50_us"] = json!(0.001);
+    std::fs::write(&saved, impossible.to_string()).unwrap();
+    let (ok, _, stderr) = bench(&["--compare", saved.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("p50 per evaluation regressed by")
+            && stderr.contains("more than the threshold of 10 %"),
+        "{stderr}"
+    );
+}

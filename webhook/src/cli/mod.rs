@@ -5,6 +5,7 @@
 //! module cache).
 
 mod audit;
+mod bench;
 mod certs;
 mod compile;
 mod run;
@@ -47,6 +48,9 @@ enum Command {
     /// Run policy test suites (`tollgate-test.yaml`): one line per case, a
     /// summary, and a failing exit status when a case fails.
     Test(test::Args),
+    /// Measure one policy on one request: p50/p99 per evaluation and of
+    /// making a fresh instance; save the figures or compare with saved ones.
+    Bench(bench::Args),
     /// Make a CA and serving certificate for the webhook's Service, as
     /// files and a Secret manifest.
     Certs(certs::Args),
@@ -213,6 +217,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(*args),
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Audit(command) => audit::run(command),

@@ -415,6 +415,23 @@ impl PolicyPre {
         }
     }
 
+    /// How long making one fresh instance takes: the part of every
+    /// evaluation that the spares thread does ahead, off the request path
+    /// (for `tollgate bench`).
+    ///
+    /// # Errors
+    ///
+    /// The instance could not be made.
+    pub fn time_instantiation(&self, limits: &Limits) -> Result<Duration, Error> {
+        let window = Window::new(limits, None);
+        let recipe = self.recipe(limits);
+        let started = Instant::now();
+        match recipe.instantiate(window.left()) {
+            Ok(_instance) => Ok(started.elapsed()),
+            Err(failed) => Err(self.not_started(&recipe, *failed, limits, &window)),
+        }
+    }
+
     /// Makes the first spares, so that the first requests do not
     /// instantiate inline.
     pub fn warm(&self, limits: &Limits) {

@@ -4,6 +4,8 @@
 
 mod suite;
 
+pub use suite::PolicyUnderTest;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

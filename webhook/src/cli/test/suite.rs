@@ -32,7 +32,7 @@ pub struct Suite {
 
 /// The policy under test: a module with its settings, or a policy of a
 /// configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyUnderTest {
     /// `builtin:<name>` or a `.wasm` path (relative to the suite).
@@ -260,8 +260,9 @@ impl Loaded {
 }
 
 impl PolicyUnderTest {
-    /// A configuration holding only this policy.
-    fn config(&self, dir: &Path, suite: &Path) -> anyhow::Result<Config> {
+    /// A configuration holding only this policy; relative paths start at
+    /// `dir`, and messages name `origin`.
+    pub fn config(&self, dir: &Path, origin: &Path) -> anyhow::Result<Config> {
         if let Some(file) = &self.config {
             let path = dir.join(file);
             let text = std::fs::read_to_string(&path)
@@ -306,7 +307,7 @@ impl PolicyUnderTest {
         }]});
         Ok(Config::parse(
             &entry.to_string(),
-            &suite.display().to_string(),
+            &origin.display().to_string(),
             dir.to_owned(),
         )?)
     }

@@ -1,0 +1,218 @@
+//! `tollgate bench`: how long one policy takes on one request, as `kwctl
+//! bench` and `gator bench` measure it: warm-up, samples, p50/p99 per
+//! evaluation and of making a fresh instance; `--save` keeps the figures and
+//! `--compare` fails when p50 regressed past a threshold.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use super::test::PolicyUnderTest;
+use crate::context::snapshot::Snapshot;
+use crate::context::{Context, ledger};
+use crate::engine::{self, Compiler, Engine};
+use crate::policy::PolicySet;
+use crate::policy::chain::no_deadline;
+use crate::server::review;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The policy: `builtin:<name>`, a `.wasm` path, or with `--config` the
+    /// name of one of its policies.
+    #[arg(long)]
+    policy: String,
+    /// Its settings, as JSON (without `--config`).
+    #[arg(long, value_name = "JSON")]
+    settings: Option<String>,
+    /// The policy mutates (without `--config`).
+    #[arg(long)]
+    mutating: bool,
+    /// A configuration file holding the policy, as it is configured there
+    /// (context grants included).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The AdmissionReview to evaluate (JSON).
+    #[arg(long, value_name = "FILE")]
+    request: PathBuf,
+    /// Cluster objects for a context-aware policy (manifests or
+    /// directories). May repeat.
+    #[arg(long = "context", value_name = "PATH")]
+    context: Vec<PathBuf>,
+    /// Evaluations before measuring.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// Evaluations measured.
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    /// Write the figures to this file (JSON).
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+    /// Compare with figures saved earlier; fail when p50 per evaluation is
+    /// slower by more than `--threshold` percent.
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
+    /// Allowed slowdown for `--compare`, in percent.
+    #[arg(long, default_value_t = 10.0)]
+    threshold: f64,
+    /// Directory of compiled policy artifacts (created if missing).
+    #[arg(long, env = "TOLLGATE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+/// What a run measured, in µs; what `--save` writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Figures {
+    policy: String,
+    request: String,
+    samples: usize,
+    p50_us: f64,
+    p99_us: f64,
+    mean_us: f64,
+    instantiation_p50_us: f64,
+    instantiation_p99_us: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.samples > 0, "--samples must be at least 1");
+    let under_test = match &args.config {
+        Some(config) => PolicyUnderTest {
+            config: Some(config.clone()),
+            name: Some(args.policy.clone()),
+            ..PolicyUnderTest::default()
+        },
+        None => PolicyUnderTest {
+            module: Some(args.policy.clone()),
+            settings: match &args.settings {
+                Some(text) => serde_json::from_str(text).context("--settings is not JSON")?,
+                None => serde_json::Value::Null,
+            },
+            mutating: args.mutating,
+            ..PolicyUnderTest::default()
+        },
+    };
+    let config = under_test.config(&std::env::current_dir()?, &args.request)?;
+    let engine = Engine::new(engine::Config {
+        cache_dir: args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(super::default_cache_dir),
+        compiler: Compiler::InProcess,
+        evaluations: None,
+    })?;
+    let provider: Option<Box<dyn crate::context::Provider>> = if args.context.is_empty() {
+        None
+    } else {
+        Some(Box::new(
+            Snapshot::load(&args.context).map_err(anyhow::Error::msg)?,
+        ))
+    };
+    let ttl = Duration::from_secs(config.quota.reservation_ttl_seconds);
+    let context = Context::new(provider, Box::new(ledger::Local::new(ttl)));
+    let set = PolicySet::load(&config, &engine, Arc::new(context));
+    if let Some((name, error)) = set.failures().next() {
+        anyhow::bail!("policy {name:?} failed to load: {error}");
+    }
+    let body = std::fs::read(&args.request)
+        .with_context(|| format!("reading {}", args.request.display()))?;
+    let evaluate = || -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let request = review::decode(&body)?;
+        let outcome = futures::executor::block_on(set.review(&request, no_deadline()));
+        std::hint::black_box(review::encode(&request.uid, &outcome));
+        Ok(started.elapsed())
+    };
+    // A failure is what the policy would answer: measured, but said.
+    let request = review::decode(&body)?;
+    let outcome = futures::executor::block_on(set.review(&request, no_deadline()));
+    if let Some(failed) = outcome.evaluations.iter().find(|e| e.reason.is_some()) {
+        eprintln!(
+            "warning: the policy fails on this request: {}",
+            failed.message.as_deref().unwrap_or_default()
+        );
+    }
+    for _ in 0..args.warmup {
+        evaluate()?;
+    }
+    let mut times = (0..args.samples)
+        .map(|_| evaluate())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let loaded = &set.policies()[0];
+    let module = loaded.module.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut instantiations = (0..args.samples.min(500))
+        .map(|_| module.time_instantiation(&loaded.limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    let figures = Figures {
+        policy: args.policy.clone(),
+        request: args.request.display().to_string(),
+        samples: args.samples,
+        p50_us: percentile(&mut times, 0.50),
+        p99_us: percentile(&mut times, 0.99),
+        mean_us: micros(times.iter().sum::<Duration>()) / times.len() as f64,
+        instantiation_p50_us: percentile(&mut instantiations, 0.50),
+        instantiation_p99_us: percentile(&mut instantiations, 0.99),
+    };
+    println!(
+        "{} on {}: {} samples after {} warm-up",
+        figures.policy, figures.request, figures.samples, args.warmup
+    );
+    println!(
+        "  per evaluation (decode, policy in a fresh instance, encode): p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs",
+        figures.p50_us, figures.p99_us, figures.mean_us
+    );
+    println!(
+        "  making a fresh instance (done ahead by the spares thread, off the request path): p50 {:.1} µs, p99 {:.1} µs",
+        figures.instantiation_p50_us, figures.instantiation_p99_us
+    );
+    if let Some(path) = &args.save {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.compare {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let before: Figures = serde_json::from_str(&text)
+            .with_context(|| format!("{} holds no figures", path.display()))?;
+        if (before.policy.as_str(), before.request.as_str())
+            != (figures.policy.as_str(), figures.request.as_str())
+        {
+            eprintln!(
+                "warning: {} holds figures of {} on {}",
+                path.display(),
+                before.policy,
+                before.request
+            );
+        }
+        let change = |now: f64, then: f64| (now - then) / then * 100.0;
+        println!(
+            "  against {}: p50 {:.1} → {:.1} µs ({:+.1} %), p99 {:.1} → {:.1} µs ({:+.1} %)",
+            path.display(),
+            before.p50_us,
+            figures.p50_us,
+            change(figures.p50_us, before.p50_us),
+            before.p99_us,
+            figures.p99_us,
+            change(figures.p99_us, before.p99_us)
+        );
+        let slower = change(figures.p50_us, before.p50_us);
+        anyhow::ensure!(
+            slower <= args.threshold,
+            "p50 per evaluation regressed by {slower:.1} %, more than the threshold of {} %",
+            args.threshold
+        );
+    }
+    Ok(())
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+/// The `q` quantile of `times`, in µs (sorts them).
+fn percentile(times: &mut [Duration], q: f64) -> f64 {
+    times.sort();
+    let index = ((times.len() as f64 * q) as usize).min(times.len() - 1);
+    micros(times[index])
+}
