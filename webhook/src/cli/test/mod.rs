@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 /// One case's result.
-struct Result {
+struct CaseResult {
     name: String,
     failure: Option<String>,
 }
@@ -42,7 +42,7 @@ struct Result {
 struct SuiteResult {
     path: PathBuf,
     policy: String,
-    cases: Vec<Result>,
+    cases: Vec<CaseResult>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -118,7 +118,7 @@ fn run_suite(engine: &Engine, path: &Path) -> SuiteResult {
             None => println!("  ok    {}", case.name),
             Some(why) => println!("  FAIL  {}: {why}", case.name),
         }
-        cases.push(Result {
+        cases.push(CaseResult {
             name: case.name.clone(),
             failure,
         });
@@ -136,7 +136,7 @@ fn broken(path: &Path, policy: String, why: &str) -> SuiteResult {
     SuiteResult {
         path: path.to_owned(),
         policy,
-        cases: vec![Result {
+        cases: vec![CaseResult {
             name: "(suite)".into(),
             failure: Some(why.to_owned()),
         }],
@@ -150,7 +150,7 @@ fn find(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-        .filter_map(std::result::Result::ok)
+        .filter_map(Result::ok)
         .map(|entry| entry.path())
         .collect();
     entries.sort();
