@@ -7,27 +7,19 @@
 //!
 //! Run: `cargo bench -p tollgate --bench admission`.
 
+mod support;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::executor::block_on;
+use support::{deadline, standard_request};
 use tollgate::context::Context;
-use tollgate::engine::{self, Compiler, Engine};
+use tollgate::engine;
 use tollgate::policy::PolicySet;
 use tollgate::server::review;
-
-/// A request's deadline as the server gives it (the default maximum).
-fn deadline() -> std::time::Instant {
-    std::time::Instant::now() + std::time::Duration::from_secs(10)
-}
-
-fn standard_request() -> Vec<u8> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// The standard request with its second container's resources removed, so
 /// that the mutating policy changes it and a patch is computed.
@@ -45,12 +37,7 @@ fn request_needing_defaults() -> Vec<u8> {
 const TWO_POLICIES: &str = include_str!("../../scripts/load-two-policies.yaml");
 
 fn load(config: &tollgate::policy::Config, cache: &tempfile::TempDir) -> PolicySet {
-    let engine = Engine::new(engine::Config {
-        cache_dir: cache.path().to_owned(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })
-    .unwrap();
+    let engine = support::engine(cache.path());
     let set = PolicySet::load(config, &engine, Arc::new(Context::none()));
     assert_eq!(set.failures().count(), 0);
     set
@@ -123,12 +110,7 @@ fn admission(c: &mut Criterion) {
 /// decode, match and encode.
 fn engine(c: &mut Criterion) {
     let cache = tempfile::tempdir().unwrap();
-    let engine = Engine::new(engine::Config {
-        cache_dir: cache.path().to_owned(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })
-    .unwrap();
+    let engine = support::engine(cache.path());
     let limits = engine::Limits::default();
     let misbehave = engine
         .load(

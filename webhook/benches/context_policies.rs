@@ -12,24 +12,20 @@
 //!
 //! Run: `cargo bench -p tollgate --bench context_policies`.
 
+mod support;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::executor::block_on;
 use serde_json::{Value, json};
+use support::{at, deadline, sorted_times, standard_request};
 use tollgate::context::snapshot::Snapshot;
 use tollgate::context::{Context, ledger};
-use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::{Config, PolicySet};
 use tollgate::server::review;
-
-/// A request's deadline as the server gives it (the default maximum).
-fn deadline() -> Instant {
-    Instant::now() + Duration::from_secs(10)
-}
 
 const NAMESPACES: usize = 200;
 
@@ -138,12 +134,6 @@ fn snapshot(dir: &std::path::Path) {
     std::fs::write(dir.join("priorityclasses.json"), list(classes)).unwrap();
 }
 
-fn standard_request() -> Vec<u8> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// A NetworkPolicy CREATE in `ml-training`: the training job's pods take
 /// metrics scrapes from the monitoring namespace and reach the artifact
 /// store.
@@ -178,12 +168,7 @@ fn context_policies(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     snapshot(dir.path());
     let cache = tempfile::tempdir().unwrap();
-    let engine = Engine::new(engine::Config {
-        cache_dir: cache.path().to_owned(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })
-    .unwrap();
+    let engine = support::engine(cache.path());
     let provider = Snapshot::load(&[dir.path().to_owned()]).unwrap();
     let context = Arc::new(Context::new(
         Some(Box::new(provider)),
@@ -221,19 +206,11 @@ fn context_policies(c: &mut Criterion) {
         ),
     ];
     for (policy, name, set, body) in runs {
-        let mut times: Vec<Duration> = (0..5_000)
-            .map(|_| {
-                let started = Instant::now();
-                black_box(admit(set, body));
-                started.elapsed()
-            })
-            .collect();
-        times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        let times = sorted_times(5_000, || drop(black_box(admit(set, body))));
         println!(
             "{policy}: 5,000 admissions of {name} (200 namespaces in context): p50 {:.1?}, p99 {:.1?}",
-            at(0.50),
-            at(0.99)
+            at(&times, 0.50),
+            at(&times, 0.99)
         );
     }
 

@@ -8,18 +8,20 @@
 //!
 //! Run: `cargo bench -p tollgate --bench gatekeeper`.
 
+mod support;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::executor::block_on;
 use regorus::rvm::program::{DeserializationResult, Program};
 use regorus::rvm::vm::RegoVM;
+use support::{at, deadline, sorted_times, standard_request};
 use tollgate::context::Context;
-use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::{Config, PolicySet};
 use tollgate::server::review;
 
@@ -36,32 +38,13 @@ fn library(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn standard_request() -> Vec<u8> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn p50(mut run: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..2_000)
-        .map(|_| {
-            let started = Instant::now();
-            run();
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
+fn p50(run: impl FnMut()) -> Duration {
+    at(&sorted_times(2_000, run), 0.5)
 }
 
 fn gatekeeper(c: &mut Criterion) {
     let cache = tempfile::tempdir().unwrap();
-    let engine = Engine::new(engine::Config {
-        cache_dir: cache.path().to_owned(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })
-    .unwrap();
+    let engine = support::engine(cache.path());
     let body = standard_request();
     let review_json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let request_text = review_json["request"].to_string();
@@ -114,8 +97,7 @@ fn gatekeeper(c: &mut Criterion) {
 
         let sandbox = || {
             let request = review::decode(&body).unwrap();
-            let outcome =
-                block_on(set.validate(&request, Instant::now() + Duration::from_secs(10)));
+            let outcome = block_on(set.validate(&request, deadline()));
             black_box(review::encode(&request.uid, &outcome));
         };
         let native_vm = || {

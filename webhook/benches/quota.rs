@@ -9,24 +9,21 @@
 //!
 //! Run: `cargo bench -p tollgate --bench quota`.
 
+mod support;
+
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::executor::block_on;
 use serde_json::{Value, json};
+use support::{at, deadline, sorted_times, standard_request};
 use tollgate::context::snapshot::Snapshot;
 use tollgate::context::{Context, Kind, ledger};
-use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::{Config, PolicySet};
 use tollgate::server::review;
-
-/// A request's deadline as the server gives it (the default maximum).
-fn deadline() -> std::time::Instant {
-    std::time::Instant::now() + std::time::Duration::from_secs(10)
-}
 
 const NAMESPACES: usize = 200;
 const PODS: usize = 10_000;
@@ -106,12 +103,6 @@ fn snapshot(dir: &std::path::Path) {
     std::fs::write(dir.join("pods.json"), list(pods)).unwrap();
 }
 
-fn standard_request() -> Vec<u8> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/pod-gpu-create.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn admit(set: &PolicySet, body: &[u8]) -> Vec<u8> {
     let request = review::decode(body).unwrap();
     let outcome = block_on(set.validate(&request, deadline()));
@@ -123,12 +114,7 @@ fn quota(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     snapshot(dir.path());
     let cache = tempfile::tempdir().unwrap();
-    let engine = Engine::new(engine::Config {
-        cache_dir: cache.path().to_owned(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })
-    .unwrap();
+    let engine = support::engine(cache.path());
     let provider = Snapshot::load(&[dir.path().to_owned()]).unwrap();
     let context = Arc::new(Context::new(
         Some(Box::new(provider)),
@@ -148,20 +134,12 @@ fn quota(c: &mut Criterion) {
     );
 
     let body = standard_request();
-    let mut times: Vec<Duration> = (0..5_000)
-        .map(|_| {
-            let started = Instant::now();
-            black_box(admit(&set, &body));
-            started.elapsed()
-        })
-        .collect();
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    let times = sorted_times(5_000, || drop(black_box(admit(&set, &body))));
     println!(
         "quota: 5,000 admissions of the standard request against 10,000 pods: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
-        at(0.50),
-        at(0.99),
-        at(1.0)
+        at(&times, 0.50),
+        at(&times, 0.99),
+        at(&times, 1.0)
     );
 
     let mut group = c.benchmark_group("quota");

@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p tollgate --bench scan`.
 
+mod support;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -16,7 +18,6 @@ use tollgate::audit::scan;
 use tollgate::context::snapshot::Snapshot;
 use tollgate::context::store::Incoming;
 use tollgate::context::{Context, Kind, ledger};
-use tollgate::engine::{self, Compiler, Engine};
 use tollgate::policy::PolicySet;
 
 const OBJECTS: usize = 10_000;
@@ -61,12 +62,7 @@ fn objects() -> Vec<Incoming> {
 fn main() {
     let objects = objects();
     let cache = tempfile::tempdir().unwrap();
-    let engine = Engine::new(engine::Config {
-        cache_dir: cache.path().to_owned(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })
-    .unwrap();
+    let engine = support::engine(cache.path());
     let config = tollgate::builtin::default_config().unwrap();
     let context = Arc::new(Context::new(
         Some(Box::new(Snapshot::new("bench".into(), objects.clone()))),

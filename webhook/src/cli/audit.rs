@@ -17,7 +17,7 @@ use crate::audit::{scan, verify};
 use crate::context::snapshot::{self, Snapshot, Unreadable};
 use crate::context::store::Incoming;
 use crate::context::{Context, Provider, ledger};
-use crate::engine::{self, Compiler, Engine};
+use crate::engine::Engine;
 use crate::policy::matcher::Index;
 use crate::policy::{Config, PolicySet};
 
@@ -168,11 +168,7 @@ fn source(args: &ScanArgs, config: &Config) -> anyhow::Result<Source> {
 }
 
 fn engine(args: &ScanArgs) -> anyhow::Result<Engine> {
-    Ok(Engine::new(engine::Config {
-        cache_dir: args.policies.cache_dir(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })?)
+    super::offline_engine(args.policies.cache_dir())
 }
 
 fn scan_command(args: ScanArgs) -> anyhow::Result<()> {

@@ -4,24 +4,23 @@
 //! `--compare` fails when p50 regressed past a threshold.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::test::PolicyUnderTest;
-use crate::context::snapshot::Snapshot;
-use crate::context::{Context, ledger};
-use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
 use crate::policy::chain::no_deadline;
 use crate::server::review;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    policies: super::PolicyArgs,
     /// The policy: `builtin:<name>`, a `.wasm` path, or with `--config` the
-    /// name of one of its policies.
+    /// name of one of its policies (as configured there, context grants
+    /// included).
     #[arg(long)]
     policy: String,
     /// Its settings, as JSON (without `--config`).
@@ -30,17 +29,9 @@ pub struct Args {
     /// The policy mutates (without `--config`).
     #[arg(long)]
     mutating: bool,
-    /// A configuration file holding the policy, as it is configured there
-    /// (context grants included).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// The AdmissionReview to evaluate (JSON).
     #[arg(long, value_name = "FILE")]
     request: PathBuf,
-    /// Cluster objects for a context-aware policy (manifests or
-    /// directories). May repeat.
-    #[arg(long = "context", value_name = "PATH")]
-    context: Vec<PathBuf>,
     /// Evaluations before measuring.
     #[arg(long, default_value_t = 200)]
     warmup: usize,
@@ -57,9 +48,6 @@ pub struct Args {
     /// Allowed slowdown for `--compare`, in percent.
     #[arg(long, default_value_t = 10.0)]
     threshold: f64,
-    /// Directory of compiled policy artifacts (created if missing).
-    #[arg(long, env = "TOLLGATE_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
 }
 
 /// What a run measured, in µs; what `--save` writes.
@@ -77,41 +65,31 @@ struct Figures {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.samples > 0, "--samples must be at least 1");
-    let under_test = match &args.config {
-        Some(config) => PolicyUnderTest {
-            config: Some(config.clone()),
-            name: Some(args.policy.clone()),
-            ..PolicyUnderTest::default()
-        },
-        None => PolicyUnderTest {
+    let config = if args.policies.config.is_some() {
+        let mut config = args.policies.load_config()?;
+        config.policies.retain(|p| p.name == args.policy);
+        anyhow::ensure!(
+            !config.policies.is_empty(),
+            "the configuration has no policy named {:?}",
+            args.policy
+        );
+        config
+    } else {
+        let settings = match &args.settings {
+            Some(text) => serde_json::from_str(text).context("--settings is not JSON")?,
+            None => serde_json::Value::Null,
+        };
+        PolicyUnderTest {
             module: Some(args.policy.clone()),
-            settings: match &args.settings {
-                Some(text) => serde_json::from_str(text).context("--settings is not JSON")?,
-                None => serde_json::Value::Null,
-            },
+            settings,
             mutating: args.mutating,
             ..PolicyUnderTest::default()
-        },
+        }
+        .config(&std::env::current_dir()?, &args.request)?
     };
-    let config = under_test.config(&std::env::current_dir()?, &args.request)?;
-    let engine = Engine::new(engine::Config {
-        cache_dir: args
-            .cache_dir
-            .clone()
-            .unwrap_or_else(super::default_cache_dir),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })?;
-    let provider: Option<Box<dyn crate::context::Provider>> = if args.context.is_empty() {
-        None
-    } else {
-        Some(Box::new(
-            Snapshot::load(&args.context).map_err(anyhow::Error::msg)?,
-        ))
-    };
-    let ttl = Duration::from_secs(config.quota.reservation_ttl_seconds);
-    let context = Context::new(provider, Box::new(ledger::Local::new(ttl)));
-    let set = PolicySet::load(&config, &engine, Arc::new(context));
+    let engine = super::offline_engine(args.policies.cache_dir())?;
+    let context = args.policies.cluster_context(&config, None)?;
+    let set = PolicySet::load(&config, &engine, context);
     if let Some((name, error)) = set.failures().next() {
         anyhow::bail!("policy {name:?} failed to load: {error}");
     }

@@ -25,6 +25,7 @@ use crate::context::live::{self, Live};
 use crate::context::shared::{ConfigMaps, Shared};
 use crate::context::snapshot::Snapshot;
 use crate::context::{Context, Ledger, ledger};
+use crate::engine::{self, Compiler, Engine};
 use crate::policy::Config;
 use crate::policy::config::LedgerBackend;
 use crate::policy::source::{self, Source, Text};
@@ -186,6 +187,16 @@ impl PolicyArgs {
     fn cache_dir(&self) -> PathBuf {
         self.cache_dir.clone().unwrap_or_else(default_cache_dir)
     }
+}
+
+/// The engine of the offline commands (`run`, `test`, `bench`, `audit`):
+/// it compiles in this process, and evaluations are not bounded by slots.
+fn offline_engine(cache_dir: PathBuf) -> anyhow::Result<Engine> {
+    Ok(Engine::new(engine::Config {
+        cache_dir,
+        compiler: Compiler::InProcess,
+        evaluations: None,
+    })?)
 }
 
 /// Where compiled policies are cached when no directory is given:

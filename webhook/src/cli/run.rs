@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::engine::{self, Compiler, Engine};
 use crate::policy::PolicySet;
 use crate::server::review;
 
@@ -52,11 +51,7 @@ fn evaluate(policies: &PolicySet, path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.policies.load_config()?;
     let files = request_files(&args.request)?;
-    let engine = Engine::new(engine::Config {
-        cache_dir: args.policies.cache_dir(),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })?;
+    let engine = super::offline_engine(args.policies.cache_dir())?;
     let context = args.policies.cluster_context(&config, None)?;
     let policies = PolicySet::load(&config, &engine, context);
     for (name, error) in policies.failures() {

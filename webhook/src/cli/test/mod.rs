@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::audit::format::escape;
-use crate::engine::{self, Compiler, Engine};
+use crate::engine::Engine;
 use suite::Loaded;
 
 /// The file name suites are found by.
@@ -59,14 +59,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let engine = Engine::new(engine::Config {
-        cache_dir: args
-            .cache_dir
+    let engine = super::offline_engine(
+        args.cache_dir
             .clone()
             .unwrap_or_else(super::default_cache_dir),
-        compiler: Compiler::InProcess,
-        evaluations: None,
-    })?;
+    )?;
     let results: Vec<SuiteResult> = files.iter().map(|file| run_suite(&engine, file)).collect();
 
     let passed: usize = results
