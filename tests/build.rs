@@ -11,7 +11,7 @@ fn main() {
         .to_owned();
     let out_dir =
         PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("policies");
-    for watched in ["tests/policies", "sdk/src", "sdk/wit"] {
+    for watched in ["tests/policies", "tests/opa-modules", "sdk/src", "sdk/wit"] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -23,6 +23,16 @@ fn main() {
         &workspace,
         &crates,
         &workspace.join("target/wasm-policies"),
+        &out_dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // OPA ABI core modules, beside them.
+    let opa_crates = tollgate_sdk_build::crates_in(&workspace.join("tests/opa-modules"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    tollgate_sdk_build::build_core_modules(
+        &workspace,
+        &opa_crates,
+        &workspace.join("target/wasm-opa"),
         &out_dir,
     )
     .unwrap_or_else(|e| panic!("{e}"));

@@ -19,10 +19,12 @@ fn main() {
             workspace.join(watched).display()
         );
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("tests/policies").display()
-    );
+    for watched in ["tests/policies", "tests/opa-modules"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
     let crates = tollgate_sdk_build::crates_in(&workspace.join("policies"))
         .unwrap_or_else(|e| panic!("{e}"));
     let test_crates = tollgate_sdk_build::crates_in(&workspace.join("tests/policies"))
@@ -33,6 +35,16 @@ fn main() {
         &all,
         &workspace.join("target/wasm-policies"),
         &out_dir.join("policies"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Core modules of OPA's ABI, for the `opa:` loader's unit tests.
+    let opa_crates = tollgate_sdk_build::crates_in(&workspace.join("tests/opa-modules"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    tollgate_sdk_build::build_core_modules(
+        &workspace,
+        &opa_crates,
+        &workspace.join("target/wasm-opa"),
+        &out_dir.join("opa"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut code = String::from(

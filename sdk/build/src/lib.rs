@@ -68,6 +68,78 @@ pub fn build(
     target_dir: &Path,
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>, String> {
+    // Start with enough linear memory for a typical evaluation (the 1 MiB
+    // shadow stack plus a few MiB of heap): a fresh instance then never calls
+    // `memory.grow`, which costs the host an `mprotect` on every call. Pages
+    // that are never touched cost nothing.
+    let flags = format!("-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES}");
+    write_each(workspace, crates, target_dir, out_dir, &flags, |module| {
+        componentize(&module)
+    })
+}
+
+/// Compiles `crates` as plain core modules that import their linear memory
+/// as `env.memory`, the way OPA's Wasm modules do (for testing the host's
+/// `opa:` loader), and writes `<out_dir>/<name>.wasm`. Returns the written
+/// paths, in order.
+///
+/// # Errors
+///
+/// A failed compilation (with cargo's output) or a missing Rust target.
+pub fn build_core_modules(
+    workspace: &Path,
+    crates: &[Crate],
+    target_dir: &Path,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    write_each(
+        workspace,
+        crates,
+        target_dir,
+        out_dir,
+        "-C link-arg=--import-memory",
+        Ok,
+    )
+}
+
+/// Compiles `crates` with `flags`, turns each module into what `finish`
+/// makes of it, and writes that to `<out_dir>/<name>.wasm`.
+fn write_each(
+    workspace: &Path,
+    crates: &[Crate],
+    target_dir: &Path,
+    out_dir: &Path,
+    flags: &str,
+    finish: impl Fn(Vec<u8>) -> Result<Vec<u8>, String>,
+) -> Result<Vec<PathBuf>, String> {
+    compile(workspace, crates, target_dir, flags)?;
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    crates
+        .iter()
+        .map(|krate| {
+            let module_path = target_dir
+                .join(TARGET)
+                .join(PROFILE)
+                .join(format!("{}.wasm", krate.name.replace('-', "_")));
+            let module = std::fs::read(&module_path)
+                .map_err(|e| format!("cannot read {}: {e}", module_path.display()))?;
+            let bytes = finish(module).map_err(|e| format!("{}: {e}", krate.name))?;
+            let path = out_dir.join(format!("{}.wasm", krate.name));
+            std::fs::write(&path, bytes)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Runs one `cargo build` of `crates` for the Wasm target with `flags`.
+fn compile(
+    workspace: &Path,
+    crates: &[Crate],
+    target_dir: &Path,
+    flags: &str,
+) -> Result<(), String> {
     ensure_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
@@ -99,18 +171,12 @@ pub fn build(
     ] {
         command.env_remove(variable);
     }
-    // Start with enough linear memory for a typical evaluation (the 1 MiB
-    // shadow stack plus a few MiB of heap): a fresh instance then never calls
-    // `memory.grow`, which costs the host an `mprotect` on every call. Pages
-    // that are never touched cost nothing.
     // No entropy source in the sandbox: a policy that asks for random bytes
     // (Rego's `rand.intn`, `uuid.rfc4122`) gets an error, so an admission
     // never depends on chance.
     command.env(
         "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
-        format!(
-            "-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES} --cfg getrandom_backend=\"unsupported\""
-        ),
+        format!("{flags} --cfg getrandom_backend=\"unsupported\""),
     );
     let output = command
         .output()
@@ -128,24 +194,7 @@ pub fn build(
             "building policies for {TARGET} failed:\n{stderr}{hint}"
         ));
     }
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    crates
-        .iter()
-        .map(|krate| {
-            let module_path = target_dir
-                .join(TARGET)
-                .join(PROFILE)
-                .join(format!("{}.wasm", krate.name.replace('-', "_")));
-            let module = std::fs::read(&module_path)
-                .map_err(|e| format!("cannot read {}: {e}", module_path.display()))?;
-            let component = componentize(&module).map_err(|e| format!("{}: {e}", krate.name))?;
-            let path = out_dir.join(format!("{}.wasm", krate.name));
-            std::fs::write(&path, component)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            Ok(path)
-        })
-        .collect()
+    Ok(())
 }
 
 /// Adds the Wasm target with rustup when it is missing, so that a fresh

@@ -120,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = &set.policies()[0];
     let module = loaded.module.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut instantiations = (0..args.samples.min(500))
-        .map(|_| module.time_instantiation(&loaded.limits))
+        .map(|_| module.time_instantiation(&loaded.settings, &loaded.limits))
         .collect::<Result<Vec<_>, _>>()?;
     let figures = Figures {
         policy: args.policy.clone(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::host::{Abort, Claim, Host, Refusal, sanitize};
+use super::host::{Abort, Claim, Host, Refusal};
 use super::limits::StoreState;
 
 wasmtime::component::bindgen!({
@@ -68,20 +68,14 @@ impl StoreState {
 
 impl log::Host for StoreState {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        self.meter.enter()?;
-        if !self.meter.log_line(&self.log_rate) {
-            return Ok(());
-        }
-        let message = sanitize(&message);
-        let policy = &*self.policy;
-        match level {
-            log::Level::Trace => tracing::trace!(policy, "{message}"),
-            log::Level::Debug => tracing::debug!(policy, "{message}"),
-            log::Level::Info => tracing::info!(policy, "{message}"),
-            log::Level::Warn => tracing::warn!(policy, "{message}"),
-            log::Level::Error => tracing::error!(policy, "{message}"),
-        }
-        Ok(())
+        let level = match level {
+            log::Level::Trace => tracing::Level::TRACE,
+            log::Level::Debug => tracing::Level::DEBUG,
+            log::Level::Info => tracing::Level::INFO,
+            log::Level::Warn => tracing::Level::WARN,
+            log::Level::Error => tracing::Level::ERROR,
+        };
+        Ok(StoreState::log(self, level, &message)?)
     }
 }
 

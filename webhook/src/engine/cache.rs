@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use wasmtime::Module;
 use wasmtime::component::Component;
 
 use super::Compiler;
@@ -121,17 +122,17 @@ impl Cache {
             .join(format!("{digest}-{:016x}.cwasm", self.engine_key))
     }
 
-    /// The compiled component for `bytes`, from the cache or freshly compiled
-    /// (and then cached).
+    /// The compiled component or module for `bytes`, from the cache or
+    /// freshly compiled (and then cached).
     ///
     /// # Errors
     ///
-    /// Invalid components, and cache or child-process failures.
-    pub fn component(
+    /// Invalid components or modules, and cache or child-process failures.
+    pub fn compiled<T: Compiled>(
         &self,
         engine: &wasmtime::Engine,
         bytes: &[u8],
-    ) -> Result<Component, super::Error> {
+    ) -> Result<T, super::Error> {
         let path = self.artifact_path(bytes);
         match std::fs::read(&path) {
             Ok(sealed) => match self.load(engine, &path, &sealed) {
@@ -146,9 +147,7 @@ impl Cache {
             Err(source) => return Err(Error::Io { path, source }.into()),
         }
         let mut artifact = match &self.compiler {
-            Compiler::InProcess => engine
-                .precompile_component(bytes)
-                .map_err(super::Error::Compile)?,
+            Compiler::InProcess => T::precompile(engine, bytes).map_err(super::Error::Compile)?,
             Compiler::Subprocess(exe) => compile_in_child(exe, bytes)?,
         };
         let seal = self.seal(&path, &artifact);
@@ -175,12 +174,12 @@ impl Cache {
     }
 
     /// Checks an artifact's seal, then hands it to wasmtime.
-    fn load(
+    fn load<T: Compiled>(
         &self,
         engine: &wasmtime::Engine,
         path: &Path,
         sealed: &[u8],
-    ) -> Result<Component, String> {
+    ) -> Result<T, String> {
         let Some(split) = sealed.len().checked_sub(SEAL_BYTES) else {
             return Err("too short to carry a seal".into());
         };
@@ -188,7 +187,7 @@ impl Cache {
         self.mac(path, artifact)
             .verify_slice(seal)
             .map_err(|_| "its seal does not match this cache's key".to_owned())?;
-        deserialize(engine, artifact).map_err(|e| format!("{e:#}"))
+        T::deserialize(engine, artifact).map_err(|e| format!("{e:#}"))
     }
 
     /// Writes an artifact atomically (temporary file, then rename), so a
@@ -210,16 +209,54 @@ impl Cache {
     }
 }
 
+/// What the cache compiles: policy components, and the core modules of
+/// OPA's Wasm ABI.
+pub trait Compiled: Sized {
+    /// Compiles `bytes` to an artifact.
+    ///
+    /// # Errors
+    ///
+    /// Invalid bytes.
+    fn precompile(engine: &wasmtime::Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>>;
+
+    /// Loads an artifact whose seal the cache has checked.
+    ///
+    /// # Errors
+    ///
+    /// An artifact of another wasmtime or configuration.
+    fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Self>;
+}
+
+// SAFETY (both impls): the bytes were produced by `precompile_*` of an
+// engine with the same configuration (the name carries the compatibility
+// hash), and their seal proves they were written by a holder of the cache's
+// key; wasmtime also checks the header and version.
 #[allow(
     unsafe_code,
     reason = "wasmtime trusts precompiled artifacts; ours carry a seal under a key only this user can read, checked before this call"
 )]
-fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: the bytes were produced by `precompile_component` of an engine
-    // with the same configuration (the name carries the compatibility
-    // hash), and their seal proves they were written by a holder of the
-    // cache's key; wasmtime also checks the header and version.
-    unsafe { Component::deserialize(engine, artifact) }
+impl Compiled for Component {
+    fn precompile(engine: &wasmtime::Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        engine.precompile_component(bytes)
+    }
+
+    fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Self> {
+        unsafe { Component::deserialize(engine, artifact) }
+    }
+}
+
+#[allow(
+    unsafe_code,
+    reason = "wasmtime trusts precompiled artifacts; ours carry a seal under a key only this user can read, checked before this call"
+)]
+impl Compiled for Module {
+    fn precompile(engine: &wasmtime::Engine, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        engine.precompile_module(bytes)
+    }
+
+    fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Self> {
+        unsafe { Module::deserialize(engine, artifact) }
+    }
 }
 
 /// Creates `path` (which must not exist) readable by its owner only, with

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::host::{Host, LogRate, Meter};
+use super::host::{Abort, Host, LogRate, Meter, sanitize};
 use super::slot::Slot;
 
 /// Bounds on one policy call.
@@ -95,6 +95,31 @@ impl StoreState {
         self.refused = None;
         self.waited = None;
         self.yielding = yielding;
+    }
+}
+
+impl StoreState {
+    /// Writes one of the policy's log lines, within its per-call and
+    /// per-second limits (a host call: the meter counts it).
+    ///
+    /// # Errors
+    ///
+    /// The meter stopped the call.
+    pub fn log(&mut self, level: tracing::Level, message: &str) -> Result<(), Abort> {
+        self.meter.enter()?;
+        if !self.meter.log_line(&self.log_rate) {
+            return Ok(());
+        }
+        let message = sanitize(message);
+        let policy = &*self.policy;
+        match level {
+            tracing::Level::TRACE => tracing::trace!(policy, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(policy, "{message}"),
+            tracing::Level::INFO => tracing::info!(policy, "{message}"),
+            tracing::Level::WARN => tracing::warn!(policy, "{message}"),
+            tracing::Level::ERROR => tracing::error!(policy, "{message}"),
+        }
+        Ok(())
     }
 }
 

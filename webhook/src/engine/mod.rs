@@ -23,6 +23,7 @@ mod bindings;
 pub mod cache;
 pub mod host;
 mod limits;
+mod opa;
 mod output;
 mod pre;
 mod slot;
@@ -100,6 +101,9 @@ pub enum Error {
     /// an export, or an export has the wrong type.
     #[error("cannot link the policy: {0:#} (it must target the tollgate:policy world)")]
     Link(wasmtime::Error),
+    /// An OPA bundle or module that cannot run here, and why.
+    #[error("OPA module: {0}")]
+    Opa(String),
     /// Instantiation failed (pool exhausted, memory minimum above the cap).
     #[error("cannot instantiate the policy: {0:#}")]
     Instantiate(wasmtime::Error),
@@ -177,6 +181,7 @@ impl Error {
             | Error::Compile(_)
             | Error::Cache(_)
             | Error::Link(_)
+            | Error::Opa(_)
             | Error::Instantiate(_) => "load",
             Error::Timeout(_) | Error::StartTimeout(_) => "timeout",
             Error::RequestDeadline(_) | Error::Queued => "request-deadline",
@@ -296,7 +301,7 @@ impl Engine {
     /// When the bytes are not a component of the policy world, or the cache
     /// cannot be written.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
-        let component = self.inner.cache.component(&self.inner.wasmtime, bytes)?;
+        let component = self.inner.cache.compiled(&self.inner.wasmtime, bytes)?;
         let pre = self
             .inner
             .linker
@@ -305,17 +310,41 @@ impl Engine {
         let pre = PolicyPre::new(name, pre, self.clone())?;
         Ok(pre)
     }
+
+    /// Compiles (or fetches from the cache) an OPA Wasm module or an
+    /// `opa build -t wasm` bundle, and checks it against OPA's ABI.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a bundle or a module of OPA's ABI 1.2 or
+    /// later, or need builtins the host does not implement.
+    pub fn load_opa(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
+        let program = opa::Program::load(self, name, bytes)?;
+        Ok(PolicyPre::opa(name, program, self.clone()))
+    }
 }
 
-/// Compiles a component to an artifact with the engine configuration the
-/// server uses; what the `compile` child process runs.
+/// Whether `bytes` are a component (rather than a core module).
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00])
+}
+
+/// Compiles a component (or an OPA core module) to an artifact with the
+/// engine configuration the server uses; what the `compile` child process
+/// runs.
 ///
 /// # Errors
 ///
-/// When the bytes are not a valid component.
+/// When the bytes are not a valid component or module.
 pub fn precompile(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    use cache::Compiled as _;
     let engine = wasmtime::Engine::new(&wasmtime_config()).map_err(Error::Configure)?;
-    engine.precompile_component(bytes).map_err(Error::Compile)
+    if is_component(bytes) {
+        wasmtime::component::Component::precompile(&engine, bytes)
+    } else {
+        wasmtime::Module::precompile(&engine, bytes)
+    }
+    .map_err(Error::Compile)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
 use super::slot::Slot;
 use super::spare::{Instance, Recipe, Spares};
-use super::{Engine, Error};
+use super::{Engine, Error, opa};
 
 /// The exports the host calls, looked up once per component.
 struct Exports {
@@ -29,13 +29,27 @@ struct Exports {
 #[derive(Clone)]
 pub struct PolicyPre {
     name: Arc<str>,
-    pre: InstancePre<StoreState>,
-    exports: Arc<Exports>,
-    /// Fresh instances made ahead of time; shared by clones of this handle.
-    spares: Arc<Spares>,
+    kind: Kind,
     /// The policy's log rate, shared by every call.
     log_rate: Arc<LogRate>,
     engine: Engine,
+}
+
+/// What kind of module a policy is.
+#[derive(Clone)]
+enum Kind {
+    /// A component of the `tollgate:policy` world.
+    Component(Arc<Component>),
+    /// A core module of OPA's Wasm ABI.
+    Opa(Arc<opa::Program>),
+}
+
+/// A component, linked, with its exports and spare instances.
+struct Component {
+    pre: InstancePre<StoreState>,
+    exports: Exports,
+    /// Fresh instances made ahead of time; shared by clones of the handle.
+    spares: Arc<Spares>,
 }
 
 /// Where an evaluation runs.
@@ -49,8 +63,9 @@ enum Runs {
 /// When one call must end: its own timeout from now, or the request's
 /// deadline when that comes first.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    end: Instant,
+pub(super) struct Window {
+    /// When the call must end.
+    pub(super) end: Instant,
     /// The policy's own timeout.
     timeout: Duration,
     /// Whether the request's deadline cut the window short.
@@ -58,7 +73,7 @@ struct Window {
 }
 
 impl Window {
-    fn new(limits: &Limits, deadline: Option<Instant>) -> Self {
+    pub(super) fn new(limits: &Limits, deadline: Option<Instant>) -> Self {
         let own = Instant::now() + limits.timeout;
         match deadline {
             Some(deadline) if deadline < own => Window {
@@ -110,12 +125,31 @@ impl PolicyPre {
         };
         Ok(PolicyPre {
             name: name.into(),
-            pre,
-            exports: Arc::new(exports),
-            spares: Arc::default(),
+            kind: Kind::Component(Arc::new(Component {
+                pre,
+                exports,
+                spares: Arc::default(),
+            })),
             log_rate: Arc::default(),
             engine,
         })
+    }
+
+    pub(super) fn opa(name: &str, program: opa::Program, engine: Engine) -> Self {
+        PolicyPre {
+            name: name.into(),
+            kind: Kind::Opa(Arc::new(program)),
+            log_rate: Arc::default(),
+            engine,
+        }
+    }
+
+    /// The component, for the calls only components have.
+    fn component(&self) -> Option<&Arc<Component>> {
+        match &self.kind {
+            Kind::Component(component) => Some(component),
+            Kind::Opa(_) => None,
+        }
     }
 
     /// Runs the policy's `validate-settings` on settings JSON text, and
@@ -131,7 +165,19 @@ impl PolicyPre {
         settings: &str,
         limits: &Limits,
     ) -> Result<Result<(), String>, Error> {
-        self.call(limits, |store, instance, exports| {
+        let component = match &self.kind {
+            Kind::Opa(program) => {
+                return program.validate_settings(
+                    &self.engine,
+                    &self.name,
+                    &self.log_rate,
+                    settings,
+                    limits,
+                );
+            }
+            Kind::Component(component) => component,
+        };
+        self.call(component, limits, |store, instance, exports| {
             let validate = instance
                 .get_typed_func::<(&str,), (RawSettings,)>(&mut *store, &exports.validate_settings)
                 .map_err(Error::Link)?;
@@ -237,15 +283,28 @@ impl PolicyPre {
         if window.left().is_zero() {
             return Err(window.out_of_time(false));
         }
-        let recipe = self.recipe(limits);
+        let component = match &self.kind {
+            Kind::Opa(program) => {
+                let (engine, name, log_rate) = (&self.engine, &self.name, &self.log_rate);
+                return program
+                    .run(
+                        engine, name, log_rate, request, settings, limits, &window, slot,
+                    )
+                    .await;
+            }
+            Kind::Component(component) => component,
+        };
+        let recipe = self.recipe(component, limits);
         let Instance {
             mut store,
             instance,
-        } = match self.spares.take(limits.memory_bytes) {
+        } = match component.spares.take(limits.memory_bytes) {
             Some(instance) => instance,
             None => match recipe.instantiate_async(window.left()).await {
-                Ok(instance) => self.repaired(instance),
-                Err(failed) => return Err(self.not_started(&recipe, *failed, limits, &window)),
+                Ok(instance) => component.repaired(instance),
+                Err(failed) => {
+                    return Err(self.not_started(component, &recipe, *failed, limits, &window));
+                }
             },
         };
         let result = {
@@ -257,7 +316,7 @@ impl PolicyPre {
                 let evaluate = instance
                     .get_typed_func::<(&str, &str), (RawEvaluation,)>(
                         &mut store,
-                        &self.exports.evaluate,
+                        &component.exports.evaluate,
                     )
                     .map_err(Error::Link)?;
                 let (raw,) = evaluate
@@ -271,7 +330,7 @@ impl PolicyPre {
             store.data_mut().slot = None;
             result
         };
-        self.finish(store, &recipe, result, limits, &window, aside)
+        self.finish(component, store, &recipe, result, limits, &window, aside)
     }
 
     /// One blocking call in a fresh instance (at load, and for indexing):
@@ -281,6 +340,7 @@ impl PolicyPre {
     /// never yields: one poll).
     fn call<R>(
         &self,
+        component: &Component,
         limits: &Limits,
         f: impl FnOnce(
             &mut Store<StoreState>,
@@ -289,35 +349,32 @@ impl PolicyPre {
         ) -> Result<R, Failed>,
     ) -> Result<R, Error> {
         let window = Window::new(limits, None);
-        let recipe = self.recipe(limits);
+        let recipe = self.recipe(component, limits);
         let Instance {
             mut store,
             instance,
-        } = match self.spares.take(limits.memory_bytes) {
+        } = match component.spares.take(limits.memory_bytes) {
             Some(instance) => instance,
             None => match recipe.instantiate(window.left()) {
-                Ok(instance) => self.repaired(instance),
-                Err(failed) => return Err(self.not_started(&recipe, *failed, limits, &window)),
+                Ok(instance) => component.repaired(instance),
+                Err(failed) => {
+                    return Err(self.not_started(component, &recipe, *failed, limits, &window));
+                }
             },
         };
         let result = {
             let _active = self.engine.inner.ticker.active();
             store.data_mut().start_call(window.end, None, false);
             store.set_epoch_deadline(1);
-            f(&mut store, &instance, &self.exports)
+            f(&mut store, &instance, &component.exports)
         };
-        self.finish(store, &recipe, result, limits, &window, false)
-    }
-
-    /// Notes that the policy could be instantiated inline.
-    fn repaired(&self, instance: Instance) -> Instance {
-        self.spares.repaired();
-        instance
+        self.finish(component, store, &recipe, result, limits, &window, false)
     }
 
     /// What a failed instantiation is called; its store is torn down.
     fn not_started(
         &self,
+        component: &Component,
         recipe: &Recipe,
         (store, error): (Store<StoreState>, wasmtime::Error),
         limits: &Limits,
@@ -331,14 +388,19 @@ impl PolicyPre {
         self.engine
             .inner
             .maker
-            .recycle(&self.spares, recipe, Some(store));
+            .recycle(&component.spares, recipe, Some(store));
         error
     }
 
     /// After a call: its errors classified, dropped log lines reported, the
     /// store torn down (here when `here`, else by the spares thread).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call's parts, handed back together"
+    )]
     fn finish<R>(
         &self,
+        component: &Component,
         mut store: Store<StoreState>,
         recipe: &Recipe,
         result: Result<R, Failed>,
@@ -369,13 +431,17 @@ impl PolicyPre {
         } else {
             Some(store)
         };
-        self.engine.inner.maker.recycle(&self.spares, recipe, used);
+        self.engine
+            .inner
+            .maker
+            .recycle(&component.spares, recipe, used);
         result
     }
 
     /// Whether the component exports `index` (the `indexed-policy` world).
     pub fn indexes(&self) -> bool {
-        self.exports.index.is_some()
+        self.component()
+            .is_some_and(|component| component.exports.index.is_some())
     }
 
     /// Runs the policy's `index` export on one cluster object in a fresh
@@ -390,10 +456,13 @@ impl PolicyPre {
         settings: &str,
         limits: &Limits,
     ) -> Result<Option<Vec<IndexEntry>>, Error> {
-        let Some(export) = &self.exports.index else {
+        let Some((component, export)) = self
+            .component()
+            .and_then(|c| c.exports.index.as_ref().map(|export| (c, export)))
+        else {
             return Ok(None);
         };
-        self.call(limits, |store, instance, _| {
+        self.call(component, limits, |store, instance, _| {
             let index = instance
                 .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, export)
                 .map_err(Error::Link)?;
@@ -404,10 +473,10 @@ impl PolicyPre {
         .map(Some)
     }
 
-    fn recipe(&self, limits: &Limits) -> Recipe {
+    fn recipe(&self, component: &Component, limits: &Limits) -> Recipe {
         Recipe {
             name: self.name.clone(),
-            pre: self.pre.clone(),
+            pre: component.pre.clone(),
             memory_bytes: limits.memory_bytes,
             timeout: limits.timeout,
             log_rate: self.log_rate.clone(),
@@ -422,27 +491,46 @@ impl PolicyPre {
     /// # Errors
     ///
     /// The instance could not be made.
-    pub fn time_instantiation(&self, limits: &Limits) -> Result<Duration, Error> {
+    pub fn time_instantiation(&self, settings: &str, limits: &Limits) -> Result<Duration, Error> {
+        let component = match &self.kind {
+            Kind::Opa(program) => {
+                return program.time_instantiation(&self.engine, &self.name, settings, limits);
+            }
+            Kind::Component(component) => component,
+        };
         let window = Window::new(limits, None);
-        let recipe = self.recipe(limits);
+        let recipe = self.recipe(component, limits);
         let started = Instant::now();
         match recipe.instantiate(window.left()) {
             Ok(_instance) => Ok(started.elapsed()),
-            Err(failed) => Err(self.not_started(&recipe, *failed, limits, &window)),
+            Err(failed) => Err(self.not_started(component, &recipe, *failed, limits, &window)),
         }
     }
 
     /// Makes the first spares, so that the first requests do not
     /// instantiate inline.
     pub fn warm(&self, limits: &Limits) {
-        let recipe = self.recipe(limits);
-        self.engine.inner.maker.recycle(&self.spares, &recipe, None);
+        if let Some(component) = self.component() {
+            let recipe = self.recipe(component, limits);
+            self.engine
+                .inner
+                .maker
+                .recycle(&component.spares, &recipe, None);
+        }
+    }
+}
+
+impl Component {
+    /// Notes that the policy could be instantiated inline.
+    fn repaired(&self, instance: Instance) -> Instance {
+        self.spares.repaired();
+        instance
     }
 }
 
 /// How a call's closure failed: wasmtime stopped it (classified by the
 /// caller, which holds the store), or its output was refused.
-enum Failed {
+pub(super) enum Failed {
     Raw(wasmtime::Error),
     Output(Error),
 }
@@ -469,7 +557,7 @@ fn is_stopped(store: &Store<StoreState>, error: &wasmtime::Error) -> bool {
 /// the policy had no real time left to finish in.
 const HOST_GRACE: Duration = Duration::from_millis(10);
 
-fn classify(
+pub(super) fn classify(
     store: &Store<StoreState>,
     error: wasmtime::Error,
     limits: &Limits,

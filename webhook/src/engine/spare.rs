@@ -72,19 +72,32 @@ fn on_tick(state: &StoreState) -> UpdateDeadline {
     }
 }
 
+/// A store for `policy` capped at `memory_bytes`, whose epoch ticks stop a
+/// call at its deadline and yield before it (see `on_tick`).
+pub fn new_store(
+    engine: &wasmtime::Engine,
+    policy: Arc<str>,
+    memory_bytes: usize,
+    log_rate: Arc<LogRate>,
+) -> Store<StoreState> {
+    let mut store = Store::new(engine, StoreState::new(policy, memory_bytes, log_rate));
+    store.limiter(|state| state);
+    store.epoch_deadline_callback(|context| Ok(on_tick(context.data())));
+    store
+}
+
 /// An instantiation that failed, with its store (to classify the error).
 pub type Failed = Box<(Store<StoreState>, wasmtime::Error)>;
 
 impl Recipe {
     /// A store with this recipe's memory cap, ready to instantiate in.
     pub fn store(&self) -> Store<StoreState> {
-        let mut store = Store::new(
+        new_store(
             self.pre.engine(),
-            StoreState::new(self.name.clone(), self.memory_bytes, self.log_rate.clone()),
-        );
-        store.limiter(|state| state);
-        store.epoch_deadline_callback(|context| Ok(on_tick(context.data())));
-        store
+            self.name.clone(),
+            self.memory_bytes,
+            self.log_rate.clone(),
+        )
     }
 
     /// A store for one call of `budget`: every tick is checked against it.

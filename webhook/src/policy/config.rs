@@ -355,6 +355,8 @@ pub enum ModuleSource {
     Builtin(String),
     /// A component file.
     File(PathBuf),
+    /// An OPA Wasm module or `opa build -t wasm` bundle (`opa:PATH`).
+    Opa(PathBuf),
 }
 
 /// A whole configuration.
@@ -458,8 +460,11 @@ impl Config {
 
     /// Where the module of `policy` comes from.
     pub fn module_source(&self, policy: &PolicyConfig) -> ModuleSource {
-        match policy.module.strip_prefix("builtin:") {
-            Some(name) => ModuleSource::Builtin(name.to_owned()),
+        if let Some(name) = policy.module.strip_prefix("builtin:") {
+            return ModuleSource::Builtin(name.to_owned());
+        }
+        match policy.module.strip_prefix("opa:") {
+            Some(path) => ModuleSource::Opa(self.base_dir.join(path)),
             None => ModuleSource::File(self.base_dir.join(&policy.module)),
         }
     }
@@ -489,6 +494,21 @@ fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Resul
             "module",
             "is empty: write builtin:<name> or a path to a .wasm file".into(),
         ));
+    }
+    if let Some(path) = policy.module.strip_prefix("opa:") {
+        if path.trim().is_empty() {
+            return Err(error(
+                "module",
+                "opa: names no file: write opa:PATH to a policy.wasm or an `opa build -t wasm` bundle.tar.gz".into(),
+            ));
+        }
+        if policy.mutating {
+            return Err(error(
+                "mutating",
+                "an OPA module only validates: its result set denies or allows, it changes nothing"
+                    .into(),
+            ));
+        }
     }
     if let Some(name) = policy.module.strip_prefix("builtin:")
         && !crate::builtin::NAMES.contains(&name)
@@ -573,10 +593,29 @@ mod tests {
 
     #[test]
     fn relative_module_paths_are_relative_to_the_file() {
-        let config = parse("policies:\n- name: a\n  module: mods/a.wasm\n").unwrap();
+        let config = parse("policies:\n- name: a\n  module: mods/a.wasm\n- name: b\n  module: opa:opa/bundle.tar.gz\n").unwrap();
         assert_eq!(
             config.module_source(&config.policies[0]),
             ModuleSource::File(PathBuf::from("/etc/tollgate/mods/a.wasm"))
+        );
+        assert_eq!(
+            config.module_source(&config.policies[1]),
+            ModuleSource::Opa(PathBuf::from("/etc/tollgate/opa/bundle.tar.gz"))
+        );
+    }
+
+    #[test]
+    fn an_opa_module_names_a_file_and_only_validates() {
+        let text = parse("policies:\n- name: a\n  module: 'opa:'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("module: opa: names no file"), "{text}");
+        let text = parse("policies:\n- name: a\n  module: opa:p.wasm\n  mutating: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("mutating: an OPA module only validates"),
+            "{text}"
         );
     }
 

@@ -284,6 +284,10 @@ fn prepare(
             let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
             engine.load(&policy.name, &bytes)
         }
+        ModuleSource::Opa(path) => {
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
+            engine.load_opa(&policy.name, &bytes)
+        }
     }
     .map_err(LoadError::Engine)?;
     match pre.validate_settings(settings, limits) {

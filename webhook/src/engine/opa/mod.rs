@@ -1,0 +1,653 @@
+//! OPA's Wasm ABI (1.2 and later): the core modules `opa build -t wasm`
+//! writes, run on the same wasmtime engine, under the same deadline, memory
+//! cap and output cap as every policy.
+//!
+//! A module imports its linear memory (`env.memory`), `opa_abort`,
+//! `opa_println` and `opa_builtin0..4`, and exports the evaluator. Every call
+//! gets a fresh store, memory and instance, as components do: the data is
+//! parsed into the heap (`opa_malloc`, `opa_json_parse`), the input written
+//! at the heap pointer, and one `opa_eval` (the ABI's fast path) returns the
+//! result set as JSON. Builtins the module asks for are answered by
+//! [`builtins`]; a module that needs one the host lacks is refused at load.
+//!
+//! The result set becomes the verdict: the members of each result (a set or
+//! array of messages, `{"msg": …}` objects, or one message) deny, joined by
+//! newlines; an undefined or empty result allows.
+
+mod builtins;
+mod bundle;
+mod glob;
+mod settings;
+#[cfg(test)]
+mod tests;
+mod value;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Caller, Extern, ExternType, Func, Instance, Memory, MemoryType, Module, Store, TypedFunc,
+};
+
+use super::host::LogRate;
+use super::limits::{Limits, StoreState};
+use super::output::Verdict;
+use super::pre::{Failed, Window, classify};
+use super::slot::Slot;
+use super::{Engine, Error, spare};
+use builtins::{Builtin, Patterns};
+use settings::Bound;
+use value::Value;
+
+pub use bundle::is_bundle;
+
+/// How long reading a module's builtins and entrypoints at load may take.
+const INTROSPECTION: Duration = Duration::from_secs(2);
+
+/// The exports the host calls.
+const EXPORTS: &[&str] = &[
+    "opa_eval",
+    "opa_malloc",
+    "opa_json_parse",
+    "opa_json_dump",
+    "opa_value_dump",
+    "opa_heap_ptr_get",
+    "builtins",
+    "entrypoints",
+];
+
+/// How one import of the module is answered.
+#[derive(Debug, Clone, Copy)]
+enum Import {
+    Memory,
+    Abort,
+    Println,
+    /// `opa_builtinN`: N arguments.
+    Builtin(usize),
+}
+
+/// `opa_abort` was called: the module gave up with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("opa_abort: {0}")]
+pub struct Aborted(pub String);
+
+/// What the builtin imports need, shared by every call's host functions.
+#[derive(Default)]
+struct Builtins {
+    /// The module's ids for the builtins it uses.
+    by_id: HashMap<i32, Builtin>,
+    patterns: Patterns,
+}
+
+/// A loaded OPA module: compiled, its imports, builtins and entrypoints
+/// checked.
+pub struct Program {
+    module: Module,
+    /// In import order.
+    imports: Vec<Import>,
+    memory: MemoryType,
+    builtins: Arc<Builtins>,
+    entrypoints: BTreeMap<String, i32>,
+    /// `data.json` of a bundle, under the settings' `data`.
+    bundle_data: Option<serde_json::Value>,
+    /// The settings last bound, since every call passes the same text.
+    bound: Mutex<Option<(String, Arc<Bound>)>>,
+}
+
+/// The typed exports one evaluation calls.
+struct Exports {
+    malloc: TypedFunc<i32, i32>,
+    json_parse: TypedFunc<(i32, i32), i32>,
+    json_dump: TypedFunc<i32, i32>,
+    heap_ptr_get: TypedFunc<(), i32>,
+    eval: TypedFunc<(i32, i32, i32, i32, i32, i32, i32), i32>,
+}
+
+impl Program {
+    /// Compiles (or fetches from the cache) a module or an `opa build`
+    /// bundle, checks that it speaks ABI 1.2 or later with builtins the host
+    /// implements, and reads its entrypoints.
+    ///
+    /// # Errors
+    ///
+    /// A bundle or module that cannot be read, compiled or linked, with what
+    /// is wrong.
+    pub fn load(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Program, Error> {
+        if super::is_component(bytes) {
+            return Err(Error::Opa(
+                "this is a component of the tollgate:policy world: load it with `module: PATH`, not `opa:`".into(),
+            ));
+        }
+        let (wasm, bundle_data) = if is_bundle(bytes) {
+            let bundle = bundle::read(bytes).map_err(Error::Opa)?;
+            (bundle.wasm, bundle.data)
+        } else {
+            (bytes.to_vec(), None)
+        };
+        let module: Module = engine.inner.cache.compiled(&engine.inner.wasmtime, &wasm)?;
+        let (imports, memory) = imports(&module)?;
+        let missing: Vec<&str> = EXPORTS
+            .iter()
+            .copied()
+            .filter(|export| module.get_export(export).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let hint = if missing.contains(&"opa_eval") {
+                " (OPA's Wasm ABI 1.2 or later is needed: rebuild the bundle with a current `opa build -t wasm`)"
+            } else {
+                ""
+            };
+            return Err(Error::Opa(format!(
+                "not an OPA Wasm module: it exports no {}{hint}",
+                missing.join(", ")
+            )));
+        }
+        let mut program = Program {
+            module,
+            imports,
+            memory,
+            builtins: Arc::default(),
+            entrypoints: BTreeMap::new(),
+            bundle_data,
+            bound: Mutex::new(None),
+        };
+        let (builtins, entrypoints) = program.introspect(engine, name)?;
+        let unknown: Vec<&str> = builtins
+            .keys()
+            .filter(|name| Builtin::named(name).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::Opa(format!(
+                "the module needs builtins the host does not implement: {} (implemented: {})",
+                unknown.join(", "),
+                builtins::NAMES.join(", ")
+            )));
+        }
+        program.builtins = Arc::new(Builtins {
+            by_id: builtins
+                .iter()
+                .filter_map(|(name, &id)| Builtin::named(name).map(|b| (id, b)))
+                .collect(),
+            patterns: Patterns::default(),
+        });
+        program.entrypoints = entrypoints;
+        Ok(program)
+    }
+
+    /// The module's `builtins()` and `entrypoints()`, read in a fresh
+    /// instance.
+    fn introspect(
+        &self,
+        engine: &Engine,
+        name: &str,
+    ) -> Result<(BTreeMap<String, i32>, BTreeMap<String, i32>), Error> {
+        let limits = Limits {
+            timeout: INTROSPECTION,
+            ..Limits::default()
+        };
+        let window = Window::new(&limits, None);
+        let mut store = self.store(engine, name, &limits, &window, false, None);
+        let _active = engine.inner.ticker.active();
+        let read = futures::executor::block_on(async {
+            let (instance, memory) = self.instantiate(&mut store).await?;
+            let exports = Exports::of(&mut store, &instance)?;
+            let mut object = async |export: &str| -> Result<BTreeMap<String, i32>, Failed> {
+                let function = instance
+                    .get_typed_func::<(), i32>(&mut store, export)
+                    .map_err(Failed::Raw)?;
+                let addr = function
+                    .call_async(&mut store, ())
+                    .await
+                    .map_err(Failed::Raw)?;
+                let text = exports
+                    .dump(&mut store, memory, addr, limits.output_bytes)
+                    .await?;
+                serde_json::from_str(&text).map_err(|e| {
+                    Failed::Output(Error::InvalidOutput(format!("{export}(): {e}: {text}")))
+                })
+            };
+            let builtins = object("builtins").await?;
+            let entrypoints = object("entrypoints").await?;
+            Ok((builtins, entrypoints))
+        });
+        read.map_err(|failed| stopped(failed, &store, &limits, &window))
+    }
+
+    /// The settings bound to this module: parsed once per settings text.
+    fn bind(&self, settings: &str) -> Result<Arc<Bound>, String> {
+        let mut last = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((text, bound)) = &*last
+            && text == settings
+        {
+            return Ok(bound.clone());
+        }
+        let bound = Arc::new(Bound::new(
+            settings,
+            &self.entrypoints,
+            self.bundle_data.as_ref(),
+        )?);
+        *last = Some((settings.to_owned(), bound.clone()));
+        Ok(bound)
+    }
+
+    /// Checks settings: they must name an entrypoint the module has, and
+    /// the module must take their data. The outer error is the sandbox's.
+    ///
+    /// # Errors
+    ///
+    /// The module trapped or ran out of time or memory parsing the data.
+    pub fn validate_settings(
+        &self,
+        engine: &Engine,
+        name: &str,
+        log_rate: &Arc<LogRate>,
+        settings: &str,
+        limits: &Limits,
+    ) -> Result<Result<(), String>, Error> {
+        let bound = match self.bind(settings) {
+            Ok(bound) => bound,
+            Err(message) => return Ok(Err(message)),
+        };
+        let window = Window::new(limits, None);
+        let mut store = self.store(engine, name, limits, &window, false, Some(log_rate));
+        let _active = engine.inner.ticker.active();
+        let parsed = futures::executor::block_on(async {
+            let (instance, memory) = self.instantiate(&mut store).await?;
+            let exports = Exports::of(&mut store, &instance)?;
+            exports.parse(&mut store, memory, &bound.data).await
+        });
+        match parsed {
+            Ok(_) => Ok(Ok(())),
+            Err(Failed::Output(Error::Policy(message))) => Ok(Err(message)),
+            Err(failed) => Err(stopped(failed, &store, limits, &window)),
+        }
+    }
+
+    /// One evaluation in a fresh instance, yielding at every tick; `slot` is
+    /// lent to the store for the call.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call's inputs, as components get them"
+    )]
+    pub async fn run(
+        &self,
+        engine: &Engine,
+        name: &str,
+        log_rate: &Arc<LogRate>,
+        request: &str,
+        settings: &str,
+        limits: &Limits,
+        window: &Window,
+        slot: Option<Slot>,
+    ) -> Result<Verdict, Error> {
+        let bound = self.bind(settings).map_err(Error::Policy)?;
+        let mut store = self.store(engine, name, limits, window, true, Some(log_rate));
+        store.data_mut().slot = slot;
+        let _active = engine.inner.ticker.active();
+        let result = async {
+            let (instance, memory) = self.instantiate(&mut store).await?;
+            let exports = Exports::of(&mut store, &instance)?;
+            let data = exports.parse(&mut store, memory, &bound.data).await?;
+            let heap = exports
+                .heap_ptr_get
+                .call_async(&mut store, ())
+                .await
+                .map_err(Failed::Raw)?;
+            let (before, after) = bound.input_around();
+            let len = before.len() + request.len() + after.len();
+            let input = heap as u32 as usize;
+            reserve(&mut store, memory, input + len)?;
+            let mut at = input;
+            for part in [before, request, after] {
+                memory
+                    .write(&mut store, at, part.as_bytes())
+                    .map_err(|e| Failed::Raw(e.into()))?;
+                at += part.len();
+            }
+            let results = exports
+                .eval
+                .call_async(
+                    &mut store,
+                    (0, bound.entrypoint, data, heap, len as i32, at as i32, 0),
+                )
+                .await
+                .map_err(Failed::Raw)?;
+            read_c_string(&store, memory, results, limits.output_bytes).map_err(Failed::Output)
+        }
+        .await;
+        store.data_mut().slot = None;
+        let results = result.map_err(|failed| stopped(failed, &store, limits, window))?;
+        bound.verdict(&results).map_err(Error::InvalidOutput)
+    }
+
+    /// How long a fresh instance with the data parsed takes: the part of
+    /// every call that comes before `opa_eval`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Program::run`].
+    pub fn time_instantiation(
+        &self,
+        engine: &Engine,
+        name: &str,
+        settings: &str,
+        limits: &Limits,
+    ) -> Result<Duration, Error> {
+        let bound = self.bind(settings).map_err(Error::Policy)?;
+        let window = Window::new(limits, None);
+        let started = Instant::now();
+        let mut store = self.store(engine, name, limits, &window, false, None);
+        let _active = engine.inner.ticker.active();
+        futures::executor::block_on(async {
+            let (instance, memory) = self.instantiate(&mut store).await?;
+            let exports = Exports::of(&mut store, &instance)?;
+            exports.parse(&mut store, memory, &bound.data).await
+        })
+        .map_err(|failed| stopped(failed, &store, limits, &window))?;
+        Ok(started.elapsed())
+    }
+
+    /// A store for one call within `window`.
+    fn store(
+        &self,
+        engine: &Engine,
+        name: &str,
+        limits: &Limits,
+        window: &Window,
+        yielding: bool,
+        log_rate: Option<&Arc<LogRate>>,
+    ) -> Store<StoreState> {
+        let log_rate = log_rate.cloned().unwrap_or_default();
+        let mut store = spare::new_store(
+            &engine.inner.wasmtime,
+            name.into(),
+            limits.memory_bytes,
+            log_rate,
+        );
+        store.data_mut().start_call(window.end, None, yielding);
+        store.set_epoch_deadline(1);
+        store
+    }
+
+    /// A fresh instance with its own memory and the host's imports.
+    async fn instantiate(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> Result<(Instance, Memory), Failed> {
+        let memory = Memory::new(&mut *store, self.memory.clone()).map_err(Failed::Raw)?;
+        let externs: Vec<Extern> = self
+            .imports
+            .iter()
+            .map(|import| match *import {
+                Import::Memory => memory.into(),
+                Import::Abort => abort(store, memory).into(),
+                Import::Println => println(store, memory).into(),
+                Import::Builtin(arity) => {
+                    builtin(store, memory, arity, self.builtins.clone()).into()
+                }
+            })
+            .collect();
+        let instance = Instance::new_async(&mut *store, &self.module, &externs)
+            .await
+            .map_err(Failed::Raw)?;
+        Ok((instance, memory))
+    }
+}
+
+/// The module's imports, each checked against the ABI, and its memory's type.
+fn imports(module: &Module) -> Result<(Vec<Import>, MemoryType), Error> {
+    let mut memory = None;
+    let mut imports = Vec::new();
+    for import in module.imports() {
+        let wrong = || {
+            Error::Opa(format!(
+                "the module imports {}.{}, which is not part of OPA's Wasm ABI",
+                import.module(),
+                import.name()
+            ))
+        };
+        if import.module() != "env" {
+            return Err(wrong());
+        }
+        let kind = match (import.name(), import.ty()) {
+            ("memory", ExternType::Memory(ty)) => {
+                memory = Some(ty);
+                Import::Memory
+            }
+            ("opa_abort", ExternType::Func(_)) => Import::Abort,
+            ("opa_println", ExternType::Func(_)) => Import::Println,
+            (name, ExternType::Func(_)) => match name
+                .strip_prefix("opa_builtin")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                Some(arity) if arity <= 4 => Import::Builtin(arity),
+                _ => return Err(wrong()),
+            },
+            _ => return Err(wrong()),
+        };
+        imports.push(kind);
+    }
+    let memory = memory.ok_or_else(|| {
+        Error::Opa(format!(
+            "the module imports no env.memory: not an OPA Wasm module"
+        ))
+    })?;
+    Ok((imports, memory))
+}
+
+/// What stopped a call: `opa_abort`, or as for every policy.
+fn stopped(failed: Failed, store: &Store<StoreState>, limits: &Limits, window: &Window) -> Error {
+    match failed {
+        Failed::Raw(error) => match error.downcast_ref::<Aborted>() {
+            Some(aborted) => Error::Trap(aborted.to_string()),
+            None => classify(store, error, limits, window, false),
+        },
+        Failed::Output(error) => error,
+    }
+}
+
+/// Grows `memory` to hold `end` bytes.
+fn reserve(store: &mut Store<StoreState>, memory: Memory, end: usize) -> Result<(), Failed> {
+    let size = memory.data_size(&*store);
+    if end > size {
+        let pages = (end - size).div_ceil(64 << 10) as u64;
+        memory.grow(&mut *store, pages).map_err(Failed::Raw)?;
+    }
+    Ok(())
+}
+
+/// Reads a NUL-terminated string the module wrote, of at most `max` bytes.
+fn read_c_string(
+    store: &impl wasmtime::AsContext,
+    memory: Memory,
+    addr: i32,
+    max: usize,
+) -> Result<String, Error> {
+    let data = memory.data(store);
+    let start = addr as u32 as usize;
+    let tail = data.get(start..).ok_or_else(|| {
+        Error::InvalidOutput(format!("address {start} is outside the module's memory"))
+    })?;
+    let len = tail
+        .iter()
+        .take(max.saturating_add(1))
+        .position(|&b| b == 0)
+        .ok_or(Error::OutputTooLarge {
+            size: tail.len().min(max.saturating_add(1)),
+            limit: max,
+        })?;
+    String::from_utf8(tail[..len].to_vec()).map_err(|e| Error::InvalidOutput(e.to_string()))
+}
+
+impl Exports {
+    fn of(store: &mut Store<StoreState>, instance: &Instance) -> Result<Exports, Failed> {
+        Ok(Exports {
+            malloc: instance
+                .get_typed_func(&mut *store, "opa_malloc")
+                .map_err(Failed::Raw)?,
+            json_parse: instance
+                .get_typed_func(&mut *store, "opa_json_parse")
+                .map_err(Failed::Raw)?,
+            json_dump: instance
+                .get_typed_func(&mut *store, "opa_json_dump")
+                .map_err(Failed::Raw)?,
+            heap_ptr_get: instance
+                .get_typed_func(&mut *store, "opa_heap_ptr_get")
+                .map_err(Failed::Raw)?,
+            eval: instance
+                .get_typed_func(&mut *store, "opa_eval")
+                .map_err(Failed::Raw)?,
+        })
+    }
+
+    /// Copies JSON text into the module and parses it there; the value's
+    /// address.
+    async fn parse(
+        &self,
+        store: &mut Store<StoreState>,
+        memory: Memory,
+        json: &str,
+    ) -> Result<i32, Failed> {
+        let addr = self
+            .malloc
+            .call_async(&mut *store, json.len() as i32)
+            .await
+            .map_err(Failed::Raw)?;
+        memory
+            .write(&mut *store, addr as u32 as usize, json.as_bytes())
+            .map_err(|e| Failed::Raw(e.into()))?;
+        let value = self
+            .json_parse
+            .call_async(&mut *store, (addr, json.len() as i32))
+            .await
+            .map_err(Failed::Raw)?;
+        if value == 0 {
+            return Err(Failed::Output(Error::Policy(
+                "the module could not parse the settings' data".into(),
+            )));
+        }
+        Ok(value)
+    }
+
+    /// A value the module holds, as JSON text.
+    async fn dump(
+        &self,
+        store: &mut Store<StoreState>,
+        memory: Memory,
+        value: i32,
+        max: usize,
+    ) -> Result<String, Failed> {
+        let text = self
+            .json_dump
+            .call_async(&mut *store, value)
+            .await
+            .map_err(Failed::Raw)?;
+        read_c_string(store, memory, text, max).map_err(Failed::Output)
+    }
+}
+
+/// `opa_abort(addr)`: the call ends with the module's message.
+fn abort(store: &mut Store<StoreState>, memory: Memory) -> Func {
+    Func::wrap(
+        store,
+        move |caller: Caller<'_, StoreState>, addr: i32| -> wasmtime::Result<()> {
+            let message = read_c_string(&caller, memory, addr, super::host::MAX_LOG_LINE)
+                .unwrap_or_else(|e| e.to_string());
+            Err(Aborted(message).into())
+        },
+    )
+}
+
+/// `opa_println(addr)`: a log line, within the policy's log limits.
+fn println(store: &mut Store<StoreState>, memory: Memory) -> Func {
+    Func::wrap(
+        store,
+        move |mut caller: Caller<'_, StoreState>, addr: i32| -> wasmtime::Result<()> {
+            let line = read_c_string(&caller, memory, addr, super::host::MAX_LOG_LINE)
+                .unwrap_or_else(|e| e.to_string());
+            caller.data_mut().log(tracing::Level::INFO, &line)?;
+            Ok(())
+        },
+    )
+}
+
+/// `opa_builtinN(id, ctx, args…)`: the builtin the module's id names, its
+/// arguments read with `opa_value_dump` (which keeps sets) and its result
+/// parsed back into the module. A builtin's error makes the call undefined
+/// (address 0), as in OPA, and is logged.
+fn builtin(
+    store: &mut Store<StoreState>,
+    memory: Memory,
+    arity: usize,
+    builtins: Arc<Builtins>,
+) -> Func {
+    let params = vec![wasmtime::ValType::I32; arity + 2];
+    let ty = wasmtime::FuncType::new(store.engine(), params, [wasmtime::ValType::I32]);
+    Func::new_async(store, ty, move |mut caller, params, results| {
+        let builtins = builtins.clone();
+        Box::new(async move {
+            caller.data_mut().meter.enter()?;
+            let id = params[0].unwrap_i32();
+            let builtin = *builtins.by_id.get(&id).ok_or_else(|| {
+                wasmtime::format_err!(
+                    "the module called builtin {id}, which its builtins() does not name"
+                )
+            })?;
+            let dump = caller
+                .get_export("opa_value_dump")
+                .and_then(Extern::into_func)
+                .ok_or_else(|| wasmtime::format_err!("the module exports no opa_value_dump"))?
+                .typed::<i32, i32>(&caller)?;
+            let max = caller.data().meter.room();
+            let mut args = Vec::with_capacity(arity);
+            for param in &params[2..] {
+                let text = dump.call_async(&mut caller, param.unwrap_i32()).await?;
+                let text = read_c_string(&caller, memory, text, max)?;
+                args.push(Value::parse(&text).map_err(|e| wasmtime::format_err!("{e}"))?);
+            }
+            let mut notes = Vec::new();
+            let result = builtin.call(&args, &builtins.patterns, &mut |note| {
+                notes.push(note.to_owned())
+            });
+            for note in notes {
+                caller.data_mut().log(tracing::Level::INFO, &note)?;
+            }
+            let addr = match result {
+                Ok(value) => {
+                    let json = value.to_json().to_string();
+                    write_json(&mut caller, memory, &json).await?
+                }
+                Err(message) => {
+                    let line = format!("{}: {message}", builtin.name());
+                    caller.data_mut().log(tracing::Level::WARN, &line)?;
+                    0
+                }
+            };
+            results[0] = wasmtime::Val::I32(addr);
+            Ok(())
+        })
+    })
+}
+
+/// Parses JSON text into the module from inside a host call.
+async fn write_json(
+    caller: &mut Caller<'_, StoreState>,
+    memory: Memory,
+    json: &str,
+) -> wasmtime::Result<i32> {
+    let func = |caller: &mut Caller<'_, StoreState>, name: &str| {
+        caller
+            .get_export(name)
+            .and_then(Extern::into_func)
+            .ok_or_else(|| wasmtime::format_err!("the module exports no {name}"))
+    };
+    let malloc = func(caller, "opa_malloc")?.typed::<i32, i32>(&*caller)?;
+    let parse = func(caller, "opa_json_parse")?.typed::<(i32, i32), i32>(&*caller)?;
+    let addr = malloc.call_async(&mut *caller, json.len() as i32).await?;
+    memory.write(&mut *caller, addr as u32 as usize, json.as_bytes())?;
+    parse
+        .call_async(&mut *caller, (addr, json.len() as i32))
+        .await
+}
