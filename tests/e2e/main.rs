@@ -13,6 +13,7 @@ mod hardening;
 mod install;
 mod live;
 mod network_guard;
+mod opa;
 mod pod_security;
 mod quota_replicas;
 mod sandbox;

@@ -438,6 +438,12 @@ impl PolicyPre {
         result
     }
 
+    /// Whether fresh instances are made ahead of calls, off the request
+    /// path (components); OPA modules are instantiated within each call.
+    pub fn makes_spares(&self) -> bool {
+        self.component().is_some()
+    }
+
     /// Whether the component exports `index` (the `indexed-policy` world).
     pub fn indexes(&self) -> bool {
         self.component()

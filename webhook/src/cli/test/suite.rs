@@ -35,7 +35,8 @@ pub struct Suite {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyUnderTest {
-    /// `builtin:<name>` or a `.wasm` path (relative to the suite).
+    /// `builtin:<name>`, a `.wasm` path, or `opa:PATH` (an OPA module or
+    /// bundle), paths relative to the suite.
     #[serde(default)]
     pub module: Option<String>,
     /// Its settings.
@@ -284,13 +285,12 @@ impl PolicyUnderTest {
             );
             return Ok(config);
         }
-        let module = self
-            .module
-            .as_deref()
-            .context("policy needs module (builtin:<name> or a .wasm path) or config and name")?;
+        let module = self.module.as_deref().context(
+            "policy needs module (builtin:<name>, a .wasm path or opa:PATH) or config and name",
+        )?;
         let name = self.name.clone().unwrap_or_else(|| {
             let stem = module.strip_prefix("builtin:").unwrap_or_else(|| {
-                Path::new(module)
+                Path::new(module.trim_start_matches("opa:"))
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .unwrap_or("policy")
