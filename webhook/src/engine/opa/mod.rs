@@ -3,12 +3,14 @@
 //! cap and output cap as every policy.
 //!
 //! A module imports its linear memory (`env.memory`), `opa_abort`,
-//! `opa_println` and `opa_builtin0..4`, and exports the evaluator. Every call
-//! gets a fresh store, memory and instance, as components do: the data is
-//! parsed into the heap (`opa_malloc`, `opa_json_parse`), the input written
-//! at the heap pointer, and one `opa_eval` (the ABI's fast path) returns the
-//! result set as JSON. Builtins the module asks for are answered by
-//! [`builtins`]; a module that needs one the host lacks is refused at load.
+//! `opa_println` and `opa_builtin0..4`, and exports the evaluator; the host
+//! rewrites it at load to define that memory itself ([`rewrite`]), so that
+//! its instances come from the pooling allocator as components' do. Every
+//! call gets a fresh store and instance: the data is parsed into the heap
+//! (`opa_malloc`, `opa_json_parse`), the input written at the heap pointer,
+//! and one `opa_eval` (the ABI's fast path) returns the result set as JSON.
+//! Builtins the module asks for are answered by [`builtins`]; a module that
+//! needs one the host lacks is refused at load.
 //!
 //! The result set becomes the verdict: the members of each result (a set or
 //! array of messages, `{"msg": …}` objects, or one message) deny, joined by
@@ -17,17 +19,19 @@
 mod builtins;
 mod bundle;
 mod glob;
+mod rewrite;
 mod settings;
 #[cfg(test)]
 mod tests;
 mod value;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::{
-    Caller, Extern, ExternType, Func, Instance, Memory, MemoryType, Module, Store, TypedFunc,
+    Caller, Extern, ExternType, FuncType, Instance, InstancePre, Linker, Memory, Module, Store,
+    TypedFunc, ValType,
 };
 
 use super::host::LogRate;
@@ -47,6 +51,7 @@ const INTROSPECTION: Duration = Duration::from_secs(2);
 
 /// The exports the host calls.
 const EXPORTS: &[&str] = &[
+    "memory",
     "opa_eval",
     "opa_malloc",
     "opa_json_parse",
@@ -57,23 +62,12 @@ const EXPORTS: &[&str] = &[
     "entrypoints",
 ];
 
-/// How one import of the module is answered.
-#[derive(Debug, Clone, Copy)]
-enum Import {
-    Memory,
-    Abort,
-    Println,
-    /// `opa_builtinN`: N arguments.
-    Builtin(usize),
-}
-
 /// `opa_abort` was called: the module gave up with this message.
 #[derive(Debug, thiserror::Error)]
 #[error("opa_abort: {0}")]
 pub struct Aborted(pub String);
 
 /// What the builtin imports need, shared by every call's host functions.
-#[derive(Default)]
 struct Builtins {
     /// The module's ids for the builtins it uses.
     by_id: HashMap<i32, Builtin>,
@@ -83,11 +77,10 @@ struct Builtins {
 /// A loaded OPA module: compiled, its imports, builtins and entrypoints
 /// checked.
 pub struct Program {
-    module: Module,
-    /// In import order.
-    imports: Vec<Import>,
-    memory: MemoryType,
-    builtins: Arc<Builtins>,
+    /// Linked to the host's imports once.
+    pre: InstancePre<StoreState>,
+    /// Set once the module's `builtins()` has been read.
+    builtins: Arc<OnceLock<Builtins>>,
     entrypoints: BTreeMap<String, i32>,
     /// `data.json` of a bundle, under the settings' `data`.
     bundle_data: Option<serde_json::Value>,
@@ -125,8 +118,9 @@ impl Program {
         } else {
             (bytes.to_vec(), None)
         };
+        let wasm = rewrite::own_memory(&wasm).map_err(Error::Opa)?;
         let module: Module = engine.inner.cache.compiled(&engine.inner.wasmtime, &wasm)?;
-        let (imports, memory) = imports(&module)?;
+        check_imports(&module)?;
         let missing: Vec<&str> = EXPORTS
             .iter()
             .copied()
@@ -143,11 +137,13 @@ impl Program {
                 missing.join(", ")
             )));
         }
+        let builtins = Arc::new(OnceLock::new());
+        let pre = linker(&engine.inner.wasmtime, &builtins)
+            .and_then(|linker| linker.instantiate_pre(&module))
+            .map_err(|e| Error::Opa(format!("{e:#}")))?;
         let mut program = Program {
-            module,
-            imports,
-            memory,
-            builtins: Arc::default(),
+            pre,
+            builtins,
             entrypoints: BTreeMap::new(),
             bundle_data,
             bound: Mutex::new(None),
@@ -165,11 +161,12 @@ impl Program {
                 builtins::NAMES.join(", ")
             )));
         }
-        program.builtins = Arc::new(Builtins {
-            by_id: builtins
-                .iter()
-                .filter_map(|(name, &id)| Builtin::named(name).map(|b| (id, b)))
-                .collect(),
+        let by_id = builtins
+            .iter()
+            .filter_map(|(name, &id)| Builtin::named(name).map(|b| (id, b)))
+            .collect();
+        let _ = program.builtins.set(Builtins {
+            by_id,
             patterns: Patterns::default(),
         });
         program.entrypoints = entrypoints;
@@ -371,70 +368,110 @@ impl Program {
         store
     }
 
-    /// A fresh instance with its own memory and the host's imports.
+    /// A fresh instance, and its memory.
     async fn instantiate(
         &self,
         store: &mut Store<StoreState>,
     ) -> Result<(Instance, Memory), Failed> {
-        let memory = Memory::new(&mut *store, self.memory.clone()).map_err(Failed::Raw)?;
-        let externs: Vec<Extern> = self
-            .imports
-            .iter()
-            .map(|import| match *import {
-                Import::Memory => memory.into(),
-                Import::Abort => abort(store, memory).into(),
-                Import::Println => println(store, memory).into(),
-                Import::Builtin(arity) => {
-                    builtin(store, memory, arity, self.builtins.clone()).into()
-                }
-            })
-            .collect();
-        let instance = Instance::new_async(&mut *store, &self.module, &externs)
+        let instance = self
+            .pre
+            .instantiate_async(&mut *store)
             .await
             .map_err(Failed::Raw)?;
+        let memory = instance.get_memory(&mut *store, "memory").ok_or_else(|| {
+            Failed::Raw(wasmtime::format_err!(
+                "the rewritten module exports no memory"
+            ))
+        })?;
         Ok((instance, memory))
     }
 }
 
-/// The module's imports, each checked against the ABI, and its memory's type.
-fn imports(module: &Module) -> Result<(Vec<Import>, MemoryType), Error> {
-    let mut memory = None;
-    let mut imports = Vec::new();
+/// Checks every import of the module against OPA's ABI.
+fn check_imports(module: &Module) -> Result<(), Error> {
     for import in module.imports() {
-        let wrong = || {
-            Error::Opa(format!(
+        let known = import.module() == "env"
+            && matches!(import.ty(), ExternType::Func(_))
+            && match import.name() {
+                "opa_abort" | "opa_println" => true,
+                name => name
+                    .strip_prefix("opa_builtin")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|arity| arity <= 4),
+            };
+        if !known {
+            return Err(Error::Opa(format!(
                 "the module imports {}.{}, which is not part of OPA's Wasm ABI",
                 import.module(),
                 import.name()
-            ))
-        };
-        if import.module() != "env" {
-            return Err(wrong());
+            )));
         }
-        let kind = match (import.name(), import.ty()) {
-            ("memory", ExternType::Memory(ty)) => {
-                memory = Some(ty);
-                Import::Memory
-            }
-            ("opa_abort", ExternType::Func(_)) => Import::Abort,
-            ("opa_println", ExternType::Func(_)) => Import::Println,
-            (name, ExternType::Func(_)) => match name
-                .strip_prefix("opa_builtin")
-                .and_then(|n| n.parse::<usize>().ok())
-            {
-                Some(arity) if arity <= 4 => Import::Builtin(arity),
-                _ => return Err(wrong()),
-            },
-            _ => return Err(wrong()),
-        };
-        imports.push(kind);
     }
-    let memory = memory.ok_or_else(|| {
-        Error::Opa(format!(
-            "the module imports no env.memory: not an OPA Wasm module"
-        ))
-    })?;
-    Ok((imports, memory))
+    Ok(())
+}
+
+/// The host's side of the module's imports: `opa_abort`, `opa_println` and
+/// `opa_builtin0..4`.
+fn linker(
+    engine: &wasmtime::Engine,
+    builtins: &Arc<OnceLock<Builtins>>,
+) -> wasmtime::Result<Linker<StoreState>> {
+    let mut linker = Linker::new(engine);
+    // `opa_abort(addr)`: the call ends with the module's message.
+    linker.func_wrap(
+        "env",
+        "opa_abort",
+        |mut caller: Caller<'_, StoreState>, addr: i32| -> wasmtime::Result<()> {
+            Err(Aborted(message_at(&mut caller, addr)).into())
+        },
+    )?;
+    // `opa_println(addr)`: a log line, within the policy's log limits.
+    linker.func_wrap(
+        "env",
+        "opa_println",
+        |mut caller: Caller<'_, StoreState>, addr: i32| -> wasmtime::Result<()> {
+            let line = message_at(&mut caller, addr);
+            caller.data_mut().log(tracing::Level::INFO, &line)?;
+            Ok(())
+        },
+    )?;
+    for arity in 0..=4 {
+        let ty = FuncType::new(engine, vec![ValType::I32; arity + 2], [ValType::I32]);
+        let builtins = builtins.clone();
+        let name = format!("opa_builtin{arity}");
+        linker.func_new_async("env", &name, ty, move |caller, params, results| {
+            let builtins = builtins.clone();
+            Box::new(async move {
+                let builtins = builtins.get().ok_or_else(|| {
+                    wasmtime::format_err!(
+                        "the module called a builtin while its builtins() was read"
+                    )
+                })?;
+                results[0] = wasmtime::Val::I32(call_builtin(caller, builtins, params).await?);
+                Ok(())
+            })
+        })?;
+    }
+    Ok(linker)
+}
+
+/// The calling instance's memory.
+fn memory_of(caller: &mut Caller<'_, StoreState>) -> wasmtime::Result<Memory> {
+    caller
+        .get_export("memory")
+        .and_then(Extern::into_memory)
+        .ok_or_else(|| wasmtime::format_err!("the module exports no memory"))
+}
+
+/// The NUL-terminated message at `addr`, or what is wrong with it.
+fn message_at(caller: &mut Caller<'_, StoreState>, addr: i32) -> String {
+    memory_of(caller)
+        .map_err(|e| e.to_string())
+        .and_then(|memory| {
+            read_c_string(caller, memory, addr, super::host::MAX_LOG_LINE)
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|e| e)
 }
 
 /// What stopped a call: `opa_abort`, or as for every policy.
@@ -548,87 +585,48 @@ impl Exports {
     }
 }
 
-/// `opa_abort(addr)`: the call ends with the module's message.
-fn abort(store: &mut Store<StoreState>, memory: Memory) -> Func {
-    Func::wrap(
-        store,
-        move |caller: Caller<'_, StoreState>, addr: i32| -> wasmtime::Result<()> {
-            let message = read_c_string(&caller, memory, addr, super::host::MAX_LOG_LINE)
-                .unwrap_or_else(|e| e.to_string());
-            Err(Aborted(message).into())
-        },
-    )
-}
-
-/// `opa_println(addr)`: a log line, within the policy's log limits.
-fn println(store: &mut Store<StoreState>, memory: Memory) -> Func {
-    Func::wrap(
-        store,
-        move |mut caller: Caller<'_, StoreState>, addr: i32| -> wasmtime::Result<()> {
-            let line = read_c_string(&caller, memory, addr, super::host::MAX_LOG_LINE)
-                .unwrap_or_else(|e| e.to_string());
-            caller.data_mut().log(tracing::Level::INFO, &line)?;
-            Ok(())
-        },
-    )
-}
-
 /// `opa_builtinN(id, ctx, args…)`: the builtin the module's id names, its
 /// arguments read with `opa_value_dump` (which keeps sets) and its result
 /// parsed back into the module. A builtin's error makes the call undefined
 /// (address 0), as in OPA, and is logged.
-fn builtin(
-    store: &mut Store<StoreState>,
-    memory: Memory,
-    arity: usize,
-    builtins: Arc<Builtins>,
-) -> Func {
-    let params = vec![wasmtime::ValType::I32; arity + 2];
-    let ty = wasmtime::FuncType::new(store.engine(), params, [wasmtime::ValType::I32]);
-    Func::new_async(store, ty, move |mut caller, params, results| {
-        let builtins = builtins.clone();
-        Box::new(async move {
-            caller.data_mut().meter.enter()?;
-            let id = params[0].unwrap_i32();
-            let builtin = *builtins.by_id.get(&id).ok_or_else(|| {
-                wasmtime::format_err!(
-                    "the module called builtin {id}, which its builtins() does not name"
-                )
-            })?;
-            let dump = caller
-                .get_export("opa_value_dump")
-                .and_then(Extern::into_func)
-                .ok_or_else(|| wasmtime::format_err!("the module exports no opa_value_dump"))?
-                .typed::<i32, i32>(&caller)?;
-            let max = caller.data().meter.room();
-            let mut args = Vec::with_capacity(arity);
-            for param in &params[2..] {
-                let text = dump.call_async(&mut caller, param.unwrap_i32()).await?;
-                let text = read_c_string(&caller, memory, text, max)?;
-                args.push(Value::parse(&text).map_err(|e| wasmtime::format_err!("{e}"))?);
-            }
-            let mut notes = Vec::new();
-            let result = builtin.call(&args, &builtins.patterns, &mut |note| {
-                notes.push(note.to_owned())
-            });
-            for note in notes {
-                caller.data_mut().log(tracing::Level::INFO, &note)?;
-            }
-            let addr = match result {
-                Ok(value) => {
-                    let json = value.to_json().to_string();
-                    write_json(&mut caller, memory, &json).await?
-                }
-                Err(message) => {
-                    let line = format!("{}: {message}", builtin.name());
-                    caller.data_mut().log(tracing::Level::WARN, &line)?;
-                    0
-                }
-            };
-            results[0] = wasmtime::Val::I32(addr);
-            Ok(())
-        })
-    })
+async fn call_builtin(
+    mut caller: Caller<'_, StoreState>,
+    builtins: &Builtins,
+    params: &[wasmtime::Val],
+) -> wasmtime::Result<i32> {
+    caller.data_mut().meter.enter()?;
+    let id = params[0].unwrap_i32();
+    let builtin = *builtins.by_id.get(&id).ok_or_else(|| {
+        wasmtime::format_err!("the module called builtin {id}, which its builtins() does not name")
+    })?;
+    let memory = memory_of(&mut caller)?;
+    let dump = caller
+        .get_export("opa_value_dump")
+        .and_then(Extern::into_func)
+        .ok_or_else(|| wasmtime::format_err!("the module exports no opa_value_dump"))?
+        .typed::<i32, i32>(&caller)?;
+    let max = caller.data().meter.room();
+    let mut args = Vec::with_capacity(params.len() - 2);
+    for param in &params[2..] {
+        let text = dump.call_async(&mut caller, param.unwrap_i32()).await?;
+        let text = read_c_string(&caller, memory, text, max)?;
+        args.push(Value::parse(&text).map_err(|e| wasmtime::format_err!("{e}"))?);
+    }
+    let mut notes = Vec::new();
+    let result = builtin.call(&args, &builtins.patterns, &mut |note| {
+        notes.push(note.to_owned())
+    });
+    for note in notes {
+        caller.data_mut().log(tracing::Level::INFO, &note)?;
+    }
+    match result {
+        Ok(value) => write_json(&mut caller, memory, &value.to_json().to_string()).await,
+        Err(message) => {
+            let line = format!("{}: {message}", builtin.name());
+            caller.data_mut().log(tracing::Level::WARN, &line)?;
+            Ok(0)
+        }
+    }
 }
 
 /// Parses JSON text into the module from inside a host call.
