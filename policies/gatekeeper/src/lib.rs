@@ -104,13 +104,19 @@ impl Policy for Gatekeeper {
             vm.set_data(inventory(&settings.inventory)?)
                 .map_err(|e| format!("data.inventory: {e}"))?;
         }
+        // The review is read into Rego values once for every constraint,
+        // straight from the text: regorus' own `from_json_str` interns keys,
+        // which costs more than it saves on one request.
+        let review: Value = serde_json::from_str(text).map_err(|e| format!("input: {e}"))?;
         let mut found: BTreeMap<Action, Vec<String>> = BTreeMap::new();
         for (constraint, action) in selected {
-            let input = format!(
-                r#"{{"review":{text},"parameters":{}}}"#,
-                constraint.parameters
-            );
-            vm.set_input(Value::from_json_str(&input).map_err(|e| format!("input: {e}"))?);
+            let parameters = Value::deserialize(&constraint.parameters)
+                .map_err(|e| format!("parameters: {e}"))?;
+            let mut input = Value::new_object();
+            let fields = input.as_object_mut().map_err(|e| format!("input: {e}"))?;
+            fields.insert(Value::from("review"), review.clone());
+            fields.insert(Value::from("parameters"), parameters);
+            vm.set_input(input);
             let result = vm
                 .execute()
                 .map_err(|e| format!("template {:?}: {e}", settings.template))?;
