@@ -497,3 +497,68 @@ fn bench_measures_saves_and_fails_a_comparison_past_the_threshold() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_scaffolded_policy_builds_and_its_tests_and_suite_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let tollgate = |args: &[&str]| {
+        let output = Command::new(binary()).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "tollgate {args:?}: {text}");
+        text
+    };
+    let sdk = workspace().join("sdk");
+    tollgate(&[
+        "policy",
+        "new",
+        "team-labels",
+        "--sdk",
+        sdk.to_str().unwrap(),
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let project = dir.path().join("team-labels");
+    // The workspace's lock and Wasm target directory: the project's
+    // dependencies resolve to the versions the built-ins were compiled
+    // with, and are not compiled again.
+    std::fs::copy(workspace().join("Cargo.lock"), project.join("Cargo.lock")).unwrap();
+    let wasm_target = workspace().join("target/wasm-policies");
+    let built = tollgate(&[
+        "policy",
+        "build",
+        project.to_str().unwrap(),
+        "--target-dir",
+        wasm_target.to_str().unwrap(),
+    ]);
+    assert!(
+        built.contains("target/tollgate/team-labels.wasm"),
+        "{built}"
+    );
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let tests = Command::new(cargo)
+        .arg("test")
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", workspace().join("target/scaffold"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tests.stdout);
+    assert!(
+        tests.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&tests.stderr)
+    );
+    assert!(stdout.contains("test result: ok. 3 passed"), "{stdout}");
+
+    let (ok, stdout, stderr) = test_command(&[project.to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("2 passed, 0 failed (1 suites)\n"),
+        "{stdout}"
+    );
+    println!("tollgate policy new: scaffold built, 3 unit tests and 2 suite cases pass");
+}

@@ -1,6 +1,8 @@
 //! The `tollgate` command line: `serve` (the webhook), `run` (offline
-//! evaluation of AdmissionReviews), `certs` and `webhooks` (what an install
-//! needs), `audit` (scans, reports and the decision log's check) and
+//! evaluation of AdmissionReviews), `test` and `bench` (policy suites and
+//! figures), `policy` (new policy projects and their components), `certs`
+//! and `webhooks` (what an install needs), `audit` (scans, reports and the
+//! decision log's check) and
 //! `compile` (the child process that compiles a component for the server's
 //! module cache).
 
@@ -8,6 +10,7 @@ mod audit;
 mod bench;
 mod certs;
 mod compile;
+mod policy;
 mod run;
 mod serve;
 mod serving;
@@ -52,6 +55,9 @@ enum Command {
     /// Measure one policy on one request: p50/p99 per evaluation and of
     /// making a fresh instance; save the figures or compare with saved ones.
     Bench(bench::Args),
+    /// Write policies: scaffold a project, build its component.
+    #[command(subcommand)]
+    Policy(policy::Command),
     /// Make a CA and serving certificate for the webhook's Service, as
     /// files and a Secret manifest.
     Certs(certs::Args),
@@ -229,6 +235,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Policy(command) => policy::run(command),
         Command::Certs(args) => certs::run(args),
         Command::Webhooks(args) => webhooks::run(args),
         Command::Audit(command) => audit::run(command),
