@@ -81,12 +81,18 @@ pub struct Program {
     pre: InstancePre<StoreState>,
     /// Set once the module's `builtins()` has been read.
     builtins: Arc<OnceLock<Builtins>>,
-    entrypoints: BTreeMap<String, i32>,
+    entrypoints: Ids,
     /// `data.json` of a bundle, under the settings' `data`.
     bundle_data: Option<serde_json::Value>,
     /// The settings last bound, since every call passes the same text.
     bound: Mutex<Option<(String, Arc<Bound>)>>,
 }
+
+/// `opa_eval(reserved, entrypoint, data, input, input_len, heap, format)`.
+type Eval = TypedFunc<(i32, i32, i32, i32, i32, i32, i32), i32>;
+
+/// A name-to-id map the module gives (`builtins()`, `entrypoints()`).
+type Ids = BTreeMap<String, i32>;
 
 /// The typed exports one evaluation calls.
 struct Exports {
@@ -94,7 +100,7 @@ struct Exports {
     json_parse: TypedFunc<(i32, i32), i32>,
     json_dump: TypedFunc<i32, i32>,
     heap_ptr_get: TypedFunc<(), i32>,
-    eval: TypedFunc<(i32, i32, i32, i32, i32, i32, i32), i32>,
+    eval: Eval,
 }
 
 impl Program {
@@ -179,7 +185,7 @@ impl Program {
         &self,
         engine: &Engine,
         name: &str,
-    ) -> Result<(BTreeMap<String, i32>, BTreeMap<String, i32>), Error> {
+    ) -> Result<(Ids, Ids), Error> {
         let limits = Limits {
             timeout: INTROSPECTION,
             ..Limits::default()
@@ -190,7 +196,7 @@ impl Program {
         let read = futures::executor::block_on(async {
             let (instance, memory) = self.instantiate(&mut store).await?;
             let exports = Exports::of(&mut store, &instance)?;
-            let mut object = async |export: &str| -> Result<BTreeMap<String, i32>, Failed> {
+            let mut object = async |export: &str| -> Result<Ids, Failed> {
                 let function = instance
                     .get_typed_func::<(), i32>(&mut store, export)
                     .map_err(Failed::Raw)?;
