@@ -181,11 +181,7 @@ impl Program {
 
     /// The module's `builtins()` and `entrypoints()`, read in a fresh
     /// instance.
-    fn introspect(
-        &self,
-        engine: &Engine,
-        name: &str,
-    ) -> Result<(Ids, Ids), Error> {
+    fn introspect(&self, engine: &Engine, name: &str) -> Result<(Ids, Ids), Error> {
         let limits = Limits {
             timeout: INTROSPECTION,
             ..Limits::default()
