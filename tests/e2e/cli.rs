@@ -8,7 +8,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tollgate_e2e::{Server, binary, review, shared, workspace};
 
-fn run(args: &[&str]) -> (bool, String, String) {
+/// `tollgate run` with its arguments; (success, stdout, stderr).
+pub(crate) fn run(args: &[&str]) -> (bool, String, String) {
     let _turn = tollgate_e2e::STARTUP.blocking_lock();
     let output = Command::new(binary())
         .arg("run")
@@ -343,7 +344,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 }
 
 /// `tollgate test` with its arguments; (success, stdout, stderr).
-fn test_command(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn test_command(args: &[&str]) -> (bool, String, String) {
     let _turn = tollgate_e2e::STARTUP.blocking_lock();
     let output = Command::new(binary())
         .arg("test")

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use tollgate_e2e::{Options, Server, binary, review, test_policy, workspace};
+use tollgate_e2e::{Options, Server, review, test_policy};
 
 fn pod(name: &str, namespace: &str, privileged: bool, image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -68,22 +68,14 @@ fn an_opa_module_judges_requests_through_tollgate_run() {
     let request = dir.path().join("request.json");
     let privileged = review("CREATE", &pod("p", "ml", true, ALLOWED_IMAGE));
     std::fs::write(&request, privileged.to_string()).unwrap();
-    let output = {
-        let _turn = tollgate_e2e::STARTUP.blocking_lock();
-        Command::new(binary())
-            .arg("run")
-            .arg("--cache-dir")
-            .arg(workspace().join("target/e2e-module-cache"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--request")
-            .arg(&request)
-            .output()
-            .unwrap()
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (_, stdout, stderr) = crate::cli::run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--request",
+        request.to_str().unwrap(),
+    ]);
     assert!(!stderr.contains("failed to load"), "{stderr}");
-    let response: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let response: Value = serde_json::from_str(&stdout).unwrap();
     let response = &response["response"];
     assert_eq!(response["allowed"], false, "{response}");
     assert_eq!(
@@ -152,22 +144,8 @@ cases:
         ),
     )
     .unwrap();
-    let output = {
-        let _turn = tollgate_e2e::STARTUP.blocking_lock();
-        Command::new(binary())
-            .arg("test")
-            .arg("--cache-dir")
-            .arg(workspace().join("target/e2e-module-cache"))
-            .arg(dir.path())
-            .output()
-            .unwrap()
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (ok, stdout, stderr) = crate::cli::test_command(&[dir.path().to_str().unwrap()]);
+    assert!(ok, "{stdout}{stderr}");
     assert!(
         stdout.ends_with("2 passed, 0 failed (1 suites)\n"),
         "{stdout}"

@@ -549,17 +549,7 @@ impl Exports {
         memory: Memory,
         json: &str,
     ) -> Result<i32, Failed> {
-        let addr = self
-            .malloc
-            .call_async(&mut *store, json.len() as i32)
-            .await
-            .map_err(Failed::Raw)?;
-        memory
-            .write(&mut *store, addr as u32 as usize, json.as_bytes())
-            .map_err(|e| Failed::Raw(e.into()))?;
-        let value = self
-            .json_parse
-            .call_async(&mut *store, (addr, json.len() as i32))
+        let value = parse_json(&mut *store, &self.malloc, &self.json_parse, memory, json)
             .await
             .map_err(Failed::Raw)?;
         if value == 0 {
@@ -643,11 +633,22 @@ async fn write_json(
             .and_then(Extern::into_func)
             .ok_or_else(|| wasmtime::format_err!("the module exports no {name}"))
     };
-    let malloc = func(caller, "opa_malloc")?.typed::<i32, i32>(&*caller)?;
-    let parse = func(caller, "opa_json_parse")?.typed::<(i32, i32), i32>(&*caller)?;
-    let addr = malloc.call_async(&mut *caller, json.len() as i32).await?;
-    memory.write(&mut *caller, addr as u32 as usize, json.as_bytes())?;
-    parse
-        .call_async(&mut *caller, (addr, json.len() as i32))
-        .await
+    let malloc = func(caller, "opa_malloc")?.typed(&*caller)?;
+    let json_parse = func(caller, "opa_json_parse")?.typed(&*caller)?;
+    parse_json(&mut *caller, &malloc, &json_parse, memory, json).await
+}
+
+/// Copies JSON text into the module's heap (`opa_malloc`) and parses it
+/// there (`opa_json_parse`); the value's address, 0 when it would not parse.
+async fn parse_json(
+    mut store: impl wasmtime::AsContextMut<Data = StoreState>,
+    malloc: &TypedFunc<i32, i32>,
+    json_parse: &TypedFunc<(i32, i32), i32>,
+    memory: Memory,
+    json: &str,
+) -> wasmtime::Result<i32> {
+    let len = i32::try_from(json.len())?;
+    let addr = malloc.call_async(&mut store, len).await?;
+    memory.write(&mut store, addr as u32 as usize, json.as_bytes())?;
+    json_parse.call_async(&mut store, (addr, len)).await
 }
