@@ -252,11 +252,7 @@ impl Program {
         let window = Window::new(limits, None);
         let mut store = self.store(engine, name, limits, &window, false, Some(log_rate));
         let _active = engine.inner.ticker.active();
-        let parsed = futures::executor::block_on(async {
-            let (instance, memory) = self.instantiate(&mut store).await?;
-            let exports = Exports::of(&mut store, &instance)?;
-            exports.parse(&mut store, memory, &bound.data).await
-        });
+        let parsed = futures::executor::block_on(self.prepare(&mut store, &bound));
         match parsed {
             Ok(_) => Ok(Ok(())),
             Err(Failed::Output(Error::Policy(message))) => Ok(Err(message)),
@@ -286,9 +282,7 @@ impl Program {
         store.data_mut().slot = slot;
         let _active = engine.inner.ticker.active();
         let result = async {
-            let (instance, memory) = self.instantiate(&mut store).await?;
-            let exports = Exports::of(&mut store, &instance)?;
-            let data = exports.parse(&mut store, memory, &bound.data).await?;
+            let (exports, memory, data) = self.prepare(&mut store, &bound).await?;
             let heap = exports
                 .heap_ptr_get
                 .call_async(&mut store, ())
@@ -339,12 +333,8 @@ impl Program {
         let started = Instant::now();
         let mut store = self.store(engine, name, limits, &window, false, None);
         let _active = engine.inner.ticker.active();
-        futures::executor::block_on(async {
-            let (instance, memory) = self.instantiate(&mut store).await?;
-            let exports = Exports::of(&mut store, &instance)?;
-            exports.parse(&mut store, memory, &bound.data).await
-        })
-        .map_err(|failed| stopped(failed, &store, limits, &window))?;
+        futures::executor::block_on(self.prepare(&mut store, &bound))
+            .map_err(|failed| stopped(failed, &store, limits, &window))?;
         Ok(started.elapsed())
     }
 
@@ -368,6 +358,19 @@ impl Program {
         store.data_mut().start_call(window.end, None, yielding);
         store.set_epoch_deadline(1);
         store
+    }
+
+    /// A fresh instance with the bound data parsed into it: its exports,
+    /// memory and the data's address.
+    async fn prepare(
+        &self,
+        store: &mut Store<StoreState>,
+        bound: &Bound,
+    ) -> Result<(Exports, Memory, i32), Failed> {
+        let (instance, memory) = self.instantiate(store).await?;
+        let exports = Exports::of(store, &instance)?;
+        let data = exports.parse(store, memory, &bound.data).await?;
+        Ok((exports, memory, data))
     }
 
     /// A fresh instance, and its memory.
