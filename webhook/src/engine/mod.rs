@@ -2,7 +2,9 @@
 //! policies compiled once and cached on disk ([`cache`]), prepared as
 //! [`PolicyPre`]s, and instantiated fresh for every call ([`PolicyPre::evaluate`]).
 //! A background thread (`spare`) makes those fresh instances ahead of time and
-//! tears used ones down, so neither is on a request's latency.
+//! tears used ones down, so neither is on a request's latency. OPA Wasm
+//! modules ([`Engine::load_opa`], the `opa` module) are prepared as
+//! `PolicyPre`s too, and run under the same bounds.
 //!
 //! # Isolation
 //!
