@@ -8,21 +8,27 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tollgate_e2e::{Server, binary, review, shared, workspace};
 
-/// `tollgate run` with its arguments; (success, stdout, stderr).
-pub(crate) fn run(args: &[&str]) -> (bool, String, String) {
+/// `tollgate SUBCOMMAND` (with the tests' module cache) and its arguments;
+/// (success, stdout, stderr).
+fn tollgate(subcommand: &str, args: &[&str]) -> (bool, String, String) {
     let _turn = tollgate_e2e::STARTUP.blocking_lock();
     let output = Command::new(binary())
-        .arg("run")
+        .arg(subcommand)
         .arg("--cache-dir")
         .arg(workspace().join("target/e2e-module-cache"))
         .args(args)
         .output()
-        .expect("running tollgate run");
+        .unwrap_or_else(|e| panic!("running tollgate {subcommand}: {e}"));
     (
         output.status.success(),
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
+}
+
+/// `tollgate run` with its arguments; (success, stdout, stderr).
+pub(crate) fn run(args: &[&str]) -> (bool, String, String) {
+    tollgate("run", args)
 }
 
 #[test]
@@ -345,19 +351,7 @@ async fn sigterm_drains_and_exits_cleanly() {
 
 /// `tollgate test` with its arguments; (success, stdout, stderr).
 pub(crate) fn test_command(args: &[&str]) -> (bool, String, String) {
-    let _turn = tollgate_e2e::STARTUP.blocking_lock();
-    let output = Command::new(binary())
-        .arg("test")
-        .arg("--cache-dir")
-        .arg(workspace().join("target/e2e-module-cache"))
-        .args(args)
-        .output()
-        .expect("running tollgate test");
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
+    tollgate("test", args)
 }
 
 #[test]

@@ -46,16 +46,16 @@ pub struct Patterns {
 }
 
 impl Patterns {
-    fn get(&self, source: String) -> Result<Arc<regex::Regex>, String> {
-        if let Some(regex) = self.lock().get(&source) {
+    fn get(&self, source: &str) -> Result<Arc<regex::Regex>, String> {
+        if let Some(regex) = self.lock().get(source) {
             return Ok(regex.clone());
         }
-        let regex = Arc::new(regex::Regex::new(&source).map_err(|e| e.to_string())?);
+        let regex = Arc::new(regex::Regex::new(source).map_err(|e| e.to_string())?);
         let mut compiled = self.lock();
         if compiled.len() >= MAX_PATTERNS {
             compiled.clear();
         }
-        compiled.insert(source, regex.clone());
+        compiled.insert(source.to_owned(), regex.clone());
         Ok(regex)
     }
 
@@ -138,7 +138,7 @@ impl Builtin {
                 Ok(Value::Number(now.as_nanos().to_string()))
             }
             Builtin::RegexMatch => {
-                let regex = patterns.get(string(0)?.to_owned())?;
+                let regex = patterns.get(string(0)?)?;
                 Ok(Value::Bool(regex.is_match(string(1)?)))
             }
             Builtin::GlobMatch => {
@@ -152,7 +152,7 @@ impl Builtin {
                         .collect(),
                     _ => return Err("glob.match: operand 2 must be null or an array".into()),
                 };
-                let regex = patterns.get(glob::to_regex(string(0)?, &delimiters)?)?;
+                let regex = patterns.get(&glob::to_regex(string(0)?, &delimiters)?)?;
                 Ok(Value::Bool(regex.is_match(string(2)?)))
             }
         }

@@ -239,7 +239,7 @@ impl Parser<'_> {
             b'"' => self.string().map(Value::String),
             b'[' => {
                 self.at += 1;
-                self.items(b']', depth).map(Value::Array)
+                self.items("]", depth).map(Value::Array)
             }
             b'{' => self.braces(depth),
             b'-' | b'0'..=b'9' => Ok(self.number()),
@@ -275,9 +275,9 @@ impl Parser<'_> {
     }
 
     /// Members up to `close`, the opening bracket already read.
-    fn items(&mut self, close: u8, depth: usize) -> Result<Vec<Value>, String> {
+    fn items(&mut self, close: &str, depth: usize) -> Result<Vec<Value>, String> {
         let mut items = Vec::new();
-        if self.eat(std::str::from_utf8(&[close]).expect("ASCII")) {
+        if self.eat(close) {
             return Ok(items);
         }
         loop {
@@ -285,7 +285,7 @@ impl Parser<'_> {
             if self.eat(",") {
                 continue;
             }
-            if self.eat(std::str::from_utf8(&[close]).expect("ASCII")) {
+            if self.eat(close) {
                 return Ok(items);
             }
             return Err(self.error("expected ',' or a closing bracket"));
@@ -302,7 +302,7 @@ impl Parser<'_> {
         if !self.eat(":") {
             let mut items = vec![first];
             if self.eat(",") {
-                items.extend(self.items(b'}', depth)?);
+                items.extend(self.items("}", depth)?);
             } else if !self.eat("}") {
                 return Err(self.error("expected ',' or '}' in a set"));
             }
