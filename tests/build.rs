@@ -1,5 +1,7 @@
 //! Builds the test-only policies (`tests/policies/*`) into components for the
-//! end-to-end tests, and tells them where they are (`TEST_POLICIES_DIR`).
+//! end-to-end tests, with the OPA ABI modules (`tests/opa-modules/*`) and the
+//! Kubewarden policies (`tests/kubewarden-policies/*`, a workspace of their
+//! own) beside them, and tells the tests where they are (`TEST_POLICIES_DIR`).
 
 use std::path::PathBuf;
 
@@ -11,7 +13,15 @@ fn main() {
         .to_owned();
     let out_dir =
         PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("policies");
-    for watched in ["tests/policies", "tests/opa-modules", "sdk/src", "sdk/wit"] {
+    for watched in [
+        "tests/policies",
+        "tests/opa-modules",
+        "tests/kubewarden-policies/Cargo.lock",
+        "tests/kubewarden-policies/kw-require-labels/src",
+        "tests/kubewarden-policies/kw-default-labels/src",
+        "sdk/src",
+        "sdk/wit",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()
@@ -33,6 +43,18 @@ fn main() {
         &workspace,
         &opa_crates,
         &workspace.join("target/wasm-opa"),
+        &out_dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Kubewarden policies, built with Kubewarden's SDK as its template does;
+    // their suites find them in target/wasm-kubewarden.
+    let kubewarden = workspace.join("tests/kubewarden-policies");
+    let kubewarden_crates =
+        tollgate_sdk_build::crates_in(&kubewarden).unwrap_or_else(|e| panic!("{e}"));
+    tollgate_sdk_build::build_kubewarden_modules(
+        &kubewarden,
+        &kubewarden_crates,
+        &workspace.join("target/wasm-kubewarden"),
         &out_dir,
     )
     .unwrap_or_else(|e| panic!("{e}"));

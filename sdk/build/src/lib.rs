@@ -73,9 +73,14 @@ pub fn build(
     // `memory.grow`, which costs the host an `mprotect` on every call. Pages
     // that are never touched cost nothing.
     let flags = format!("-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES}");
-    write_each(workspace, crates, target_dir, out_dir, &flags, |module| {
-        componentize(&module)
-    })
+    write_each(
+        workspace,
+        crates,
+        target_dir,
+        out_dir,
+        &Build::policies(&flags),
+        |module| componentize(&module),
+    )
 }
 
 /// Compiles `crates` as plain core modules that import their linear memory
@@ -97,30 +102,78 @@ pub fn build_core_modules(
         crates,
         target_dir,
         out_dir,
-        "-C link-arg=--import-memory",
+        &Build::policies("-C link-arg=--import-memory"),
         Ok,
     )
 }
 
-/// Compiles `crates` with `flags`, turns each module into what `finish`
+/// Compiles the Kubewarden policies `crates` of the cargo workspace at
+/// `workspace` (one of their own, with its own `Cargo.lock`) for
+/// `wasm32-wasip1` in release, as Kubewarden's policy template builds them,
+/// and copies each module unchanged to `<out_dir>/<name>.wasm`. Returns the
+/// written paths, in order.
+///
+/// # Errors
+///
+/// A failed compilation (with cargo's output) or a missing Rust target.
+pub fn build_kubewarden_modules(
+    workspace: &Path,
+    crates: &[Crate],
+    target_dir: &Path,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
+    let build = Build {
+        target: "wasm32-wasip1",
+        profile: "release",
+        flags: String::new(),
+        locked: true,
+    };
+    write_each(workspace, crates, target_dir, out_dir, &build, Ok)
+}
+
+/// How crates are compiled: for which target, with which cargo profile and
+/// extra `rustc` flags, and whether the workspace's lock file is binding.
+struct Build<'a> {
+    target: &'a str,
+    profile: &'a str,
+    flags: String,
+    locked: bool,
+}
+
+impl Build<'_> {
+    /// A policy build of ours, for [`TARGET`] with [`PROFILE`].
+    fn policies(flags: &str) -> Build<'static> {
+        Build {
+            target: TARGET,
+            profile: PROFILE,
+            // No entropy source in the sandbox: a policy that asks for
+            // random bytes (Rego's `rand.intn`, `uuid.rfc4122`) gets an
+            // error, so an admission never depends on chance.
+            flags: format!("{flags} --cfg getrandom_backend=\"unsupported\""),
+            locked: false,
+        }
+    }
+}
+
+/// Compiles `crates` as `build` says, turns each module into what `finish`
 /// makes of it, and writes that to `<out_dir>/<name>.wasm`.
 fn write_each(
     workspace: &Path,
     crates: &[Crate],
     target_dir: &Path,
     out_dir: &Path,
-    flags: &str,
+    build: &Build,
     finish: impl Fn(Vec<u8>) -> Result<Vec<u8>, String>,
 ) -> Result<Vec<PathBuf>, String> {
-    compile(workspace, crates, target_dir, flags)?;
+    compile(workspace, crates, target_dir, build)?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
     crates
         .iter()
         .map(|krate| {
             let module_path = target_dir
-                .join(TARGET)
-                .join(PROFILE)
+                .join(build.target)
+                .join(build.profile)
                 .join(format!("{}.wasm", krate.name.replace('-', "_")));
             let module = std::fs::read(&module_path)
                 .map_err(|e| format!("cannot read {}: {e}", module_path.display()))?;
@@ -133,14 +186,15 @@ fn write_each(
         .collect()
 }
 
-/// Runs one `cargo build` of `crates` for the Wasm target with `flags`.
+/// Runs one `cargo build` of `crates` as `build` says.
 fn compile(
     workspace: &Path,
     crates: &[Crate],
     target_dir: &Path,
-    flags: &str,
+    build: &Build,
 ) -> Result<(), String> {
-    ensure_target();
+    let target = build.target;
+    ensure_target(target);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -149,12 +203,15 @@ fn compile(
             "build",
             "--quiet",
             "--profile",
-            PROFILE,
+            build.profile,
             "--target",
-            TARGET,
+            target,
             "--target-dir",
         ])
         .arg(target_dir);
+    if build.locked {
+        command.arg("--locked");
+    }
     for krate in crates {
         command.args(["-p", &krate.name]);
     }
@@ -171,13 +228,13 @@ fn compile(
     ] {
         command.env_remove(variable);
     }
-    // No entropy source in the sandbox: a policy that asks for random bytes
-    // (Rego's `rand.intn`, `uuid.rfc4122`) gets an error, so an admission
-    // never depends on chance.
-    command.env(
-        "CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS",
-        format!("{flags} --cfg getrandom_backend=\"unsupported\""),
-    );
+    if !build.flags.is_empty() {
+        let variable = format!(
+            "CARGO_TARGET_{}_RUSTFLAGS",
+            target.to_uppercase().replace('-', "_")
+        );
+        command.env(variable, &build.flags);
+    }
     let output = command
         .output()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -186,31 +243,31 @@ fn compile(
         let hint = if stderr.contains("may not be installed")
             || stderr.contains("can't find crate for `core`")
         {
-            format!("\nhint: run `rustup target add {TARGET}`")
+            format!("\nhint: run `rustup target add {target}`")
         } else {
             String::new()
         };
         return Err(format!(
-            "building policies for {TARGET} failed:\n{stderr}{hint}"
+            "building policies for {target} failed:\n{stderr}{hint}"
         ));
     }
     Ok(())
 }
 
-/// Adds the Wasm target with rustup when it is missing, so that a fresh
+/// Adds the Wasm `target` with rustup when it is missing, so that a fresh
 /// machine with only the Rust toolchain builds (and `cargo install` works).
 /// Without rustup, the build's own error says what to install.
-fn ensure_target() {
+fn ensure_target(target: &str) {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output();
     let installed = sysroot.is_ok_and(|out| {
         let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        Path::new(&root).join("lib/rustlib").join(TARGET).exists()
+        Path::new(&root).join("lib/rustlib").join(target).exists()
     });
     if !installed {
         // Best effort: a failure surfaces as the compiler's clear error below.
         let _ = Command::new("rustup")
-            .args(["target", "add", TARGET])
+            .args(["target", "add", target])
             .status();
     }
 }

@@ -18,7 +18,8 @@ use crate::server::review;
 pub struct Args {
     #[command(flatten)]
     policies: super::PolicyArgs,
-    /// The policy: `builtin:<name>`, a `.wasm` path, `opa:PATH`, or with `--config` the
+    /// The policy: `builtin:<name>`, a `.wasm` path, `opa:PATH`,
+    /// `kubewarden:PATH`, or with `--config` the
     /// name of one of its policies (as configured there, context grants
     /// included).
     #[arg(long)]
@@ -29,6 +30,9 @@ pub struct Args {
     /// The policy mutates (without `--config`).
     #[arg(long)]
     mutating: bool,
+    /// The component is offered WASI (without `--config`).
+    #[arg(long)]
+    wasi: bool,
     /// The AdmissionReview to evaluate (JSON).
     #[arg(long, value_name = "FILE")]
     request: PathBuf,
@@ -83,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             module: Some(args.policy.clone()),
             settings,
             mutating: args.mutating,
+            wasi: args.wasi,
             ..PolicyUnderTest::default()
         }
         .config(&std::env::current_dir()?, &args.request)?
@@ -143,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let when = if module.makes_spares() {
         "done ahead by the spares thread, off the request path"
     } else {
-        "with its data parsed, inside every evaluation"
+        "set up as every evaluation does, inside it"
     };
     println!(
         "  making a fresh instance ({when}): p50 {:.1} µs, p99 {:.1} µs",

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::host::{Abort, Host, LogRate, Meter, sanitize};
+use super::kubewarden::Guest;
 use super::slot::Slot;
+use super::wasi;
 
 /// Bounds on one policy call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,10 @@ pub struct StoreState {
     pub slot: Option<Slot>,
     /// When the current call's last wait on host I/O ended.
     pub waited: Option<Instant>,
+    /// A Kubewarden module's waPC exchange and WASI context.
+    pub wapc: Option<Box<Guest>>,
+    /// A component's WASI context (`wasi: true`), made on first use.
+    pub wasi: Option<Box<wasi::P2>>,
 }
 
 impl StoreState {
@@ -84,6 +90,8 @@ impl StoreState {
             yielding: false,
             slot: None,
             waited: None,
+            wapc: None,
+            wasi: None,
         }
     }
 
@@ -99,6 +107,26 @@ impl StoreState {
 }
 
 impl StoreState {
+    /// The waPC guest's state, made on first use.
+    pub fn wapc_mut(&mut self) -> &mut Guest {
+        self.wapc.get_or_insert_with(Box::default)
+    }
+
+    /// Logs what the policy wrote to stdout and stderr through WASI (a
+    /// line each, within the log limits), and returns it.
+    pub fn log_written(&mut self) -> String {
+        let written = match (&self.wapc, &self.wasi) {
+            (Some(guest), _) => guest.wasi.written(),
+            (None, Some(wasi)) => wasi.written(),
+            (None, None) => return String::new(),
+        };
+        for line in written.lines().filter(|line| !line.trim().is_empty()) {
+            // A stopped meter only drops lines here.
+            let _ = self.log(tracing::Level::INFO, line);
+        }
+        written
+    }
+
     /// Writes one of the policy's log lines, within its per-call and
     /// per-second limits (a host call: the meter counts it).
     ///
@@ -146,5 +174,11 @@ impl wasmtime::ResourceLimiter for StoreState {
         // Tables hold function references; a policy needs few. Refuse growth
         // past what the pool reserves.
         Ok(desired <= 20_000)
+    }
+}
+
+impl wasmtime_wasi::WasiView for StoreState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        self.wasi.get_or_insert_with(Box::default).view()
     }
 }

@@ -24,6 +24,7 @@ mod aside;
 mod bindings;
 pub mod cache;
 pub mod host;
+mod kubewarden;
 mod limits;
 mod opa;
 mod output;
@@ -31,14 +32,16 @@ mod pre;
 mod slot;
 mod spare;
 mod ticker;
+mod wasi;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use host::Host;
+pub use kubewarden::Metadata as KubewardenMetadata;
 pub use limits::Limits;
 pub use output::{IndexEntry, Verdict};
 pub use pre::PolicyPre;
@@ -106,6 +109,9 @@ pub enum Error {
     /// An OPA bundle or module that cannot run here, and why.
     #[error("OPA module: {0}")]
     Opa(String),
+    /// A Kubewarden module that cannot run here, and why.
+    #[error("Kubewarden module: {0}")]
+    Kubewarden(String),
     /// Instantiation failed (pool exhausted, memory minimum above the cap).
     #[error("cannot instantiate the policy: {0:#}")]
     Instantiate(wasmtime::Error),
@@ -184,6 +190,7 @@ impl Error {
             | Error::Cache(_)
             | Error::Link(_)
             | Error::Opa(_)
+            | Error::Kubewarden(_)
             | Error::Instantiate(_) => "load",
             Error::Timeout(_) | Error::StartTimeout(_) => "timeout",
             Error::RequestDeadline(_) | Error::Queued => "request-deadline",
@@ -226,6 +233,9 @@ struct Inner {
     wasmtime: wasmtime::Engine,
     /// Links the host's imports into every policy; built once.
     linker: Linker<StoreState>,
+    /// The same, with the locked-down WASI 0.2 of `wasi`, for components
+    /// configured with `wasi: true`.
+    wasi_linker: Linker<StoreState>,
     /// Advances the epoch while evaluations and start functions run;
     /// shared by every store and the spares thread.
     ticker: Arc<Ticker>,
@@ -277,6 +287,8 @@ impl Engine {
         let mut linker = Linker::new(&wasmtime);
         bindings::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(Error::Link)?;
+        let mut wasi_linker = linker.clone();
+        wasmtime_wasi::p2::add_to_linker_async(&mut wasi_linker).map_err(Error::Link)?;
         let cache = cache::Cache::new(config.cache_dir, config.compiler, &wasmtime)?;
         let ticker = Arc::new(Ticker::start(wasmtime.clone()));
         let slots = config
@@ -286,6 +298,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 wasmtime,
                 linker,
+                wasi_linker,
                 ticker,
                 maker: Maker::start(),
                 cache,
@@ -303,14 +316,41 @@ impl Engine {
     /// When the bytes are not a component of the policy world, or the cache
     /// cannot be written.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
-        let component = self.inner.cache.compiled(&self.inner.wasmtime, bytes)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(Error::Link)?;
-        let pre = PolicyPre::new(name, pre, self.clone())?;
-        Ok(pre)
+        self.load_component(name, bytes, false)
+    }
+
+    /// [`Engine::load`] for a component that imports WASI (one that
+    /// `componentize-py` builds, say): its WASI imports reach the
+    /// locked-down context of the `wasi` module.
+    ///
+    /// # Errors
+    ///
+    /// As [`Engine::load`].
+    pub fn load_with_wasi(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
+        self.load_component(name, bytes, true)
+    }
+
+    fn load_component(&self, name: &str, bytes: &[u8], wasi: bool) -> Result<PolicyPre, Error> {
+        let component: Component = self.inner.cache.compiled(&self.inner.wasmtime, bytes)?;
+        let linker = if wasi {
+            &self.inner.wasi_linker
+        } else {
+            &self.inner.linker
+        };
+        let pre = linker.instantiate_pre(&component).map_err(|error| {
+            let imports_wasi = component
+                .component_type()
+                .imports(&self.inner.wasmtime)
+                .any(|(name, _)| name.starts_with("wasi:"));
+            if imports_wasi && !wasi {
+                Error::Link(wasmtime::format_err!(
+                    "{error:#}; the component imports WASI: set `wasi: true` in its configuration to offer it the host's locked-down WASI (see docs/authoring.md)"
+                ))
+            } else {
+                Error::Link(error)
+            }
+        })?;
+        PolicyPre::new(name, pre, self.clone())
     }
 
     /// Compiles (or fetches from the cache) an OPA Wasm module or an
@@ -323,6 +363,18 @@ impl Engine {
     pub fn load_opa(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
         let program = opa::Program::load(self, name, bytes)?;
         Ok(PolicyPre::opa(name, program, self.clone()))
+    }
+
+    /// Compiles (or fetches from the cache) a Kubewarden policy module (a
+    /// waPC guest), and checks its metadata, imports and protocol.
+    ///
+    /// # Errors
+    ///
+    /// When the bytes are not a waPC module of Kubernetes requests, or
+    /// speak another protocol.
+    pub fn load_kubewarden(&self, name: &str, bytes: &[u8]) -> Result<PolicyPre, Error> {
+        let program = kubewarden::Program::load(self, name, bytes)?;
+        Ok(PolicyPre::kubewarden(name, program, self.clone()))
     }
 }
 
@@ -564,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn outputs_over_the_caps_are_refused_before_they_are_copied() {
+    fn outputs_over_the_caps_are_refused() {
         let limits = Limits {
             memory_bytes: MAX_MEMORY_BYTES,
             timeout: Duration::from_secs(10),

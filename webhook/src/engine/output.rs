@@ -1,41 +1,40 @@
-//! A call's results, read out of the sandbox under the output caps.
+//! A call's results, checked against the output caps.
 //!
-//! The exports are called with result types that wasmtime lifts lazily
-//! ([`WasmStr`], [`WasmList`]): lifting checks only that each list and
-//! string lies within the guest's memory. The counts of warnings,
-//! annotations and index entries are checked before any element is read,
-//! and the bytes of every string before it is copied out, so a policy that
-//! returns ten million empty warnings or a hundred megabytes of message
-//! costs the host a bounds check, not an allocation per item.
+//! wasmtime copies an export's results out of the sandbox while lifting
+//! them, before it runs the component's `post-return`, which frees them and
+//! may reuse that memory at once (componentize-py's does; results read
+//! lazily after it came back as garbage). That copy is bounded by wasmtime's
+//! hostcall fuel (128 MiB of host data per call: ten million empty warnings
+//! stop there); the counts of warnings, annotations and index entries and
+//! the bytes of every string are then checked against the policy's caps.
 
-use wasmtime::Store;
-use wasmtime::component::{ComponentType, Lift, WasmList, WasmStr};
+use wasmtime::component::{ComponentType, Lift};
 
 use super::Error;
-use super::limits::{Limits, StoreState};
+use super::limits::Limits;
 
-/// The `verdict` record, not yet copied out.
+/// The `verdict` record, as lifted.
 #[derive(ComponentType, Lift)]
 #[component(record)]
 pub struct RawVerdict {
     allowed: bool,
-    message: Option<WasmStr>,
+    message: Option<String>,
     code: Option<u16>,
-    warnings: WasmList<WasmStr>,
+    warnings: Vec<String>,
     #[component(name = "audit-annotations")]
-    audit_annotations: WasmList<(WasmStr, WasmStr)>,
+    audit_annotations: Vec<(String, String)>,
     #[component(name = "mutated-object")]
-    mutated_object: Option<WasmStr>,
+    mutated_object: Option<String>,
 }
 
 /// What `evaluate` returns.
-pub type RawEvaluation = Result<RawVerdict, WasmStr>;
+pub type RawEvaluation = Result<RawVerdict, String>;
 
 /// What `validate-settings` returns.
-pub type RawSettings = Result<(), WasmStr>;
+pub type RawSettings = Result<(), String>;
 
 /// What `index` returns.
-pub type RawIndex = Result<WasmList<(WasmStr, WasmStr, u64)>, WasmStr>;
+pub type RawIndex = Result<Vec<(String, String, u64)>, String>;
 
 /// What a policy returned, in host types.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -57,20 +56,15 @@ pub struct Verdict {
 /// One entry of a policy's `index` export: (key, resource, amount).
 pub type IndexEntry = (String, String, u64);
 
-/// The caps of one call's output, consumed as strings are copied out.
-struct Budget<'s> {
-    store: &'s mut Store<StoreState>,
+/// The caps of one call's output, consumed as strings are counted.
+struct Budget<'l> {
     bytes: usize,
-    limits: &'s Limits,
+    limits: &'l Limits,
 }
 
-impl<'s> Budget<'s> {
-    fn new(store: &'s mut Store<StoreState>, limits: &'s Limits) -> Self {
-        Budget {
-            store,
-            bytes: 0,
-            limits,
-        }
+impl<'l> Budget<'l> {
+    fn new(limits: &'l Limits) -> Self {
+        Budget { bytes: 0, limits }
     }
 
     /// Fails when a call returns more items than allowed.
@@ -84,11 +78,8 @@ impl<'s> Budget<'s> {
         Ok(())
     }
 
-    /// Copies one string out, if the bytes so far leave room for it.
-    fn string(&mut self, text: &WasmStr) -> Result<String, Error> {
-        let text = text
-            .to_str(&*self.store)
-            .map_err(|e| Error::InvalidOutput(format!("{e:#}")))?;
+    /// Counts one string, if the bytes so far leave room for it.
+    fn string(&mut self, text: String) -> Result<String, Error> {
         self.bytes = self.bytes.saturating_add(text.len());
         if self.bytes > self.limits.output_bytes {
             return Err(Error::OutputTooLarge {
@@ -96,110 +87,92 @@ impl<'s> Budget<'s> {
                 limit: self.limits.output_bytes,
             });
         }
-        Ok(text.into_owned())
+        Ok(text)
     }
 
-    fn optional(&mut self, text: Option<&WasmStr>) -> Result<Option<String>, Error> {
+    fn optional(&mut self, text: Option<String>) -> Result<Option<String>, Error> {
         text.map(|t| self.string(t)).transpose()
-    }
-
-    /// Copies every element of a list out, once its length is known to fit.
-    fn list<T: Lift, U>(
-        &mut self,
-        list: &WasmList<T>,
-        mut each: impl FnMut(&mut Self, T) -> Result<U, Error>,
-    ) -> Result<Vec<U>, Error> {
-        let mut out = Vec::with_capacity(list.len());
-        let elements: Vec<T> = list
-            .iter(&mut *self.store)
-            .and_then(Iterator::collect)
-            .map_err(|e| Error::InvalidOutput(format!("{e:#}")))?;
-        for element in elements {
-            out.push(each(self, element)?);
-        }
-        Ok(out)
     }
 }
 
-/// Reads a verdict (or the policy's error) out of the sandbox.
+/// Checks a verdict (or the policy's error) against the caps.
 ///
 /// # Errors
 ///
-/// Output over the caps, or not valid UTF-8; the policy's own error as
-/// [`Error::Policy`] (or [`Error::Refused`] after a host refusal).
+/// Output over the caps; the policy's own error as [`Error::Policy`] (or
+/// [`Error::Refused`] after a host refusal, `refused`).
 pub fn verdict(
-    store: &mut Store<StoreState>,
     raw: RawEvaluation,
+    refused: Option<&str>,
     limits: &Limits,
 ) -> Result<Verdict, Error> {
-    let mut budget = Budget::new(store, limits);
+    let mut budget = Budget::new(limits);
     let raw = match raw {
         Ok(raw) => raw,
-        Err(message) => {
-            let message = budget.string(&message)?;
-            return Err(policy_error(store, message));
-        }
+        Err(message) => return Err(policy_error(refused, budget.string(message)?)),
     };
     budget.items(raw.warnings.len() + raw.audit_annotations.len())?;
     Ok(Verdict {
         allowed: raw.allowed,
         code: raw.code,
-        message: budget.optional(raw.message.as_ref())?,
-        warnings: budget.list(&raw.warnings, |b, w| b.string(&w))?,
-        audit_annotations: budget.list(&raw.audit_annotations, |b, (k, v)| {
-            Ok((b.string(&k)?, b.string(&v)?))
-        })?,
-        mutated_object: budget.optional(raw.mutated_object.as_ref())?,
+        message: budget.optional(raw.message)?,
+        warnings: raw
+            .warnings
+            .into_iter()
+            .map(|w| budget.string(w))
+            .collect::<Result<_, _>>()?,
+        audit_annotations: raw
+            .audit_annotations
+            .into_iter()
+            .map(|(k, v)| Ok((budget.string(k)?, budget.string(v)?)))
+            .collect::<Result<_, Error>>()?,
+        mutated_object: budget.optional(raw.mutated_object)?,
     })
 }
 
-/// Reads `validate-settings`' answer: the policy's message when it refused.
+/// Checks `validate-settings`' answer: the policy's message when it refused.
 ///
 /// # Errors
 ///
-/// The message is over the caps, or not valid UTF-8.
-pub fn settings(
-    store: &mut Store<StoreState>,
-    raw: RawSettings,
-    limits: &Limits,
-) -> Result<Result<(), String>, Error> {
+/// The message is over the caps.
+pub fn settings(raw: RawSettings, limits: &Limits) -> Result<Result<(), String>, Error> {
     match raw {
         Ok(()) => Ok(Ok(())),
-        Err(message) => Ok(Err(Budget::new(store, limits).string(&message)?)),
+        Err(message) => Ok(Err(Budget::new(limits).string(message)?)),
     }
 }
 
-/// Reads `index`' entries.
+/// Checks `index`' entries.
 ///
 /// # Errors
 ///
-/// Output over the caps or not UTF-8, or the policy's own error.
+/// Output over the caps, or the policy's own error.
 pub fn index(
-    store: &mut Store<StoreState>,
     raw: RawIndex,
+    refused: Option<&str>,
     limits: &Limits,
 ) -> Result<Vec<IndexEntry>, Error> {
-    let mut budget = Budget::new(store, limits);
+    let mut budget = Budget::new(limits);
     match raw {
         Ok(entries) => {
             budget.items(entries.len())?;
-            budget.list(&entries, |b, (key, resource, amount)| {
-                Ok((b.string(&key)?, b.string(&resource)?, amount))
-            })
+            entries
+                .into_iter()
+                .map(|(key, resource, amount)| {
+                    Ok((budget.string(key)?, budget.string(resource)?, amount))
+                })
+                .collect()
         }
-        Err(message) => {
-            let message = budget.string(&message)?;
-            Err(policy_error(store, message))
-        }
+        Err(message) => Err(policy_error(refused, budget.string(message)?)),
     }
 }
 
 /// The policy's own error, named a refusal when a host call had refused it.
-fn policy_error(store: &Store<StoreState>, message: String) -> Error {
-    match &store.data().refused {
+pub fn policy_error(refused: Option<&str>, message: String) -> Error {
+    match refused {
         Some(refusal) => Error::Refused {
             message,
-            refusal: refusal.clone(),
+            refusal: refusal.to_owned(),
         },
         None => Error::Policy(message),
     }

@@ -12,7 +12,7 @@ use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
 use super::slot::Slot;
 use super::spare::{Instance, Recipe, Spares};
-use super::{Engine, Error, opa};
+use super::{Engine, Error, kubewarden, opa};
 
 /// The exports the host calls, looked up once per component.
 struct Exports {
@@ -42,6 +42,8 @@ enum Kind {
     Component(Arc<Component>),
     /// A core module of OPA's Wasm ABI.
     Opa(Arc<opa::Program>),
+    /// A Kubewarden policy module (waPC).
+    Kubewarden(Arc<kubewarden::Program>),
 }
 
 /// A component, linked, with its exports and spare instances.
@@ -144,11 +146,28 @@ impl PolicyPre {
         }
     }
 
+    pub(super) fn kubewarden(name: &str, program: kubewarden::Program, engine: Engine) -> Self {
+        PolicyPre {
+            name: name.into(),
+            kind: Kind::Kubewarden(Arc::new(program)),
+            log_rate: Arc::default(),
+            engine,
+        }
+    }
+
     /// The component, for the calls only components have.
     fn component(&self) -> Option<&Arc<Component>> {
         match &self.kind {
             Kind::Component(component) => Some(component),
-            Kind::Opa(_) => None,
+            Kind::Opa(_) | Kind::Kubewarden(_) => None,
+        }
+    }
+
+    /// What a Kubewarden module's `kubewarden_metadata` section says.
+    pub fn kubewarden_metadata(&self) -> Option<&kubewarden::Metadata> {
+        match &self.kind {
+            Kind::Kubewarden(program) => program.metadata(),
+            _ => None,
         }
     }
 
@@ -175,6 +194,15 @@ impl PolicyPre {
                     limits,
                 );
             }
+            Kind::Kubewarden(program) => {
+                return program.validate_settings(
+                    &self.engine,
+                    &self.name,
+                    &self.log_rate,
+                    settings,
+                    limits,
+                );
+            }
             Kind::Component(component) => component,
         };
         self.call(component, limits, |store, instance, exports| {
@@ -190,7 +218,7 @@ impl PolicyPre {
                     .map_err(Error::Link)?;
             }
             let (raw,) = block_on(validate.call_async(&mut *store, (settings,))).map_err(Raw)?;
-            Ok(output::settings(store, raw, limits)?)
+            Ok(output::settings(raw, limits)?)
         })
     }
 
@@ -292,6 +320,14 @@ impl PolicyPre {
                     )
                     .await;
             }
+            Kind::Kubewarden(program) => {
+                let (engine, name, log_rate) = (&self.engine, &self.name, &self.log_rate);
+                return program
+                    .run(
+                        engine, name, log_rate, request, settings, limits, &window, slot, host,
+                    )
+                    .await;
+            }
             Kind::Component(component) => component,
         };
         let recipe = self.recipe(component, limits);
@@ -323,7 +359,11 @@ impl PolicyPre {
                     .call_async(&mut store, (request, settings))
                     .await
                     .map_err(Raw)?;
-                Ok(output::verdict(&mut store, raw, limits)?)
+                Ok(output::verdict(
+                    raw,
+                    store.data().refused.as_deref(),
+                    limits,
+                )?)
             };
             let result = evaluated.await;
             // The slot is the caller's, not the instance's.
@@ -392,8 +432,9 @@ impl PolicyPre {
         error
     }
 
-    /// After a call: its errors classified, dropped log lines reported, the
-    /// store torn down (here when `here`, else by the spares thread).
+    /// After a call: what it wrote through WASI logged, its errors
+    /// classified, dropped log lines reported, the store torn down (here
+    /// when `here`, else by the spares thread).
     #[allow(
         clippy::too_many_arguments,
         reason = "one call's parts, handed back together"
@@ -408,8 +449,12 @@ impl PolicyPre {
         window: &Window,
         here: bool,
     ) -> Result<R, Error> {
+        // A component with WASI may have written to stdout or stderr.
+        let written = store.data_mut().log_written();
         let result = result.map_err(|failed| match failed {
-            Failed::Raw(error) => classify(&store, error, limits, window, false),
+            Failed::Raw(error) => {
+                super::wasi::with_written(classify(&store, error, limits, window, false), &written)
+            }
             Failed::Output(error) => error,
         });
         let dropped = store.data().meter.dropped_lines;
@@ -439,7 +484,8 @@ impl PolicyPre {
     }
 
     /// Whether fresh instances are made ahead of calls, off the request
-    /// path (components); OPA modules are instantiated within each call.
+    /// path (components); OPA and Kubewarden modules are instantiated
+    /// within each call.
     pub fn makes_spares(&self) -> bool {
         self.component().is_some()
     }
@@ -474,7 +520,7 @@ impl PolicyPre {
                 .map_err(Error::Link)?;
             let (raw,) =
                 block_on(index.call_async(&mut *store, (object, settings))).map_err(Raw)?;
-            Ok(output::index(store, raw, limits)?)
+            Ok(output::index(raw, store.data().refused.as_deref(), limits)?)
         })
         .map(Some)
     }
@@ -501,6 +547,9 @@ impl PolicyPre {
         let component = match &self.kind {
             Kind::Opa(program) => {
                 return program.time_instantiation(&self.engine, &self.name, settings, limits);
+            }
+            Kind::Kubewarden(program) => {
+                return program.time_instantiation(&self.engine, &self.name, limits);
             }
             Kind::Component(component) => component,
         };

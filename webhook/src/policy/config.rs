@@ -182,8 +182,9 @@ fn default_memory_limit_mb() -> usize {
 pub struct PolicyConfig {
     /// Unique name, used in messages, metrics and logs.
     pub name: String,
-    /// `builtin:<name>` or a path to a `.wasm` component (relative paths are
-    /// relative to the configuration file).
+    /// `builtin:<name>`, a path to a `.wasm` component, `opa:PATH` (an OPA
+    /// Wasm module or bundle) or `kubewarden:PATH` (a Kubewarden policy
+    /// module); relative paths are relative to the configuration file.
     pub module: String,
     /// Settings handed to the policy, as JSON.
     #[serde(default)]
@@ -197,6 +198,11 @@ pub struct PolicyConfig {
     /// Whether the policy may mutate.
     #[serde(default)]
     pub mutating: bool,
+    /// Whether the component is offered the host's locked-down WASI (no
+    /// files, network, environment or wall clock): for components built
+    /// with WASI imports, such as `componentize-py`'s.
+    #[serde(default)]
+    pub wasi: bool,
     /// Which requests it sees.
     #[serde(default, rename = "match")]
     pub matches: Match,
@@ -357,6 +363,8 @@ pub enum ModuleSource {
     File(PathBuf),
     /// An OPA Wasm module or `opa build -t wasm` bundle (`opa:PATH`).
     Opa(PathBuf),
+    /// A Kubewarden policy module (`kubewarden:PATH`).
+    Kubewarden(PathBuf),
 }
 
 /// A whole configuration.
@@ -463,8 +471,11 @@ impl Config {
         if let Some(name) = policy.module.strip_prefix("builtin:") {
             return ModuleSource::Builtin(name.to_owned());
         }
-        match policy.module.strip_prefix("opa:") {
-            Some(path) => ModuleSource::Opa(self.base_dir.join(path)),
+        if let Some(path) = policy.module.strip_prefix("opa:") {
+            return ModuleSource::Opa(self.base_dir.join(path));
+        }
+        match policy.module.strip_prefix("kubewarden:") {
+            Some(path) => ModuleSource::Kubewarden(self.base_dir.join(path)),
             None => ModuleSource::File(self.base_dir.join(&policy.module)),
         }
     }
@@ -509,6 +520,25 @@ fn check(policy: &PolicyConfig, error: &impl Fn(&str, String) -> Error) -> Resul
                     .into(),
             ));
         }
+    }
+    let component_file = !["builtin:", "opa:", "kubewarden:"]
+        .iter()
+        .any(|prefix| policy.module.starts_with(prefix));
+    if policy.wasi && !component_file {
+        return Err(error(
+            "wasi",
+            "only a component file (module: PATH) may be offered WASI; built-in and OPA policies need none, and Kubewarden modules always get WASI preview 1".into(),
+        ));
+    }
+    if policy
+        .module
+        .strip_prefix("kubewarden:")
+        .is_some_and(|path| path.trim().is_empty())
+    {
+        return Err(error(
+            "module",
+            "kubewarden: names no file: write kubewarden:PATH to a Kubewarden policy.wasm".into(),
+        ));
     }
     if let Some(name) = policy.module.strip_prefix("builtin:")
         && !crate::builtin::NAMES.contains(&name)
@@ -593,7 +623,7 @@ mod tests {
 
     #[test]
     fn relative_module_paths_are_relative_to_the_file() {
-        let config = parse("policies:\n- name: a\n  module: mods/a.wasm\n- name: b\n  module: opa:opa/bundle.tar.gz\n").unwrap();
+        let config = parse("policies:\n- name: a\n  module: mods/a.wasm\n- name: b\n  module: opa:opa/bundle.tar.gz\n- name: c\n  module: kubewarden:kw/policy.wasm\n").unwrap();
         assert_eq!(
             config.module_source(&config.policies[0]),
             ModuleSource::File(PathBuf::from("/etc/tollgate/mods/a.wasm"))
@@ -602,6 +632,14 @@ mod tests {
             config.module_source(&config.policies[1]),
             ModuleSource::Opa(PathBuf::from("/etc/tollgate/opa/bundle.tar.gz"))
         );
+        assert_eq!(
+            config.module_source(&config.policies[2]),
+            ModuleSource::Kubewarden(PathBuf::from("/etc/tollgate/kw/policy.wasm"))
+        );
+        let text = parse("policies:\n- name: a\n  module: 'kubewarden: '\n")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("kubewarden: names no file"), "{text}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum LoadError {
     /// `validate-settings` could not run to completion.
     #[error("validate-settings failed: {0}")]
     SettingsFailed(engine::Error),
+    /// The module's own metadata contradicts its configuration.
+    #[error("{0}")]
+    Metadata(String),
 }
 
 /// One policy of a set, ready to evaluate (or failed to load).
@@ -229,6 +232,51 @@ fn settings_text(config: &Config, policy: &PolicyConfig) -> Result<String, Strin
     }
 }
 
+/// Holds a Kubewarden module's metadata against its configuration: a
+/// module that says it never mutates cannot be configured to; what it says
+/// it mutates or reads, but is not configured to, is logged (its mutations
+/// are refused, its reads answered as refused).
+fn check_metadata(
+    policy: &PolicyConfig,
+    metadata: &engine::KubewardenMetadata,
+) -> Result<(), LoadError> {
+    if policy.mutating && !metadata.mutating {
+        return Err(LoadError::Metadata(
+            "its kubewarden_metadata says it does not mutate: set mutating: false".into(),
+        ));
+    }
+    if metadata.mutating && !policy.mutating {
+        tracing::warn!(
+            policy = policy.name,
+            "its kubewarden_metadata says it mutates, but it is configured with mutating: false: its mutations will be refused"
+        );
+    }
+    let ungranted: Vec<String> = metadata
+        .context_aware_resources
+        .iter()
+        .filter(|resource| {
+            !policy
+                .context
+                .iter()
+                .any(|kind| kind.api_version == resource.api_version && kind.kind == resource.kind)
+        })
+        .map(|resource| {
+            format!(
+                "{{apiVersion: {}, kind: {}}}",
+                resource.api_version, resource.kind
+            )
+        })
+        .collect();
+    if !ungranted.is_empty() {
+        tracing::warn!(
+            policy = policy.name,
+            "its kubewarden_metadata says it reads {}, which its configuration does not grant (add them under context); those reads will be refused",
+            ungranted.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A policy's `index` export as the cache's [`Indexer`].
 struct PolicyIndex {
     name: Arc<str>,
@@ -282,14 +330,25 @@ fn prepare(
         }
         ModuleSource::File(path) => {
             let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
-            engine.load(&policy.name, &bytes)
+            if policy.wasi {
+                engine.load_with_wasi(&policy.name, &bytes)
+            } else {
+                engine.load(&policy.name, &bytes)
+            }
         }
         ModuleSource::Opa(path) => {
             let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
             engine.load_opa(&policy.name, &bytes)
         }
+        ModuleSource::Kubewarden(path) => {
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path, source })?;
+            engine.load_kubewarden(&policy.name, &bytes)
+        }
     }
     .map_err(LoadError::Engine)?;
+    if let Some(metadata) = pre.kubewarden_metadata() {
+        check_metadata(policy, metadata)?;
+    }
     match pre.validate_settings(settings, limits) {
         Ok(Ok(())) => pre.warm(limits),
         Ok(Err(message)) => return Err(LoadError::SettingsRejected(message)),

@@ -35,8 +35,8 @@ pub struct Suite {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyUnderTest {
-    /// `builtin:<name>`, a `.wasm` path, or `opa:PATH` (an OPA module or
-    /// bundle), paths relative to the suite.
+    /// `builtin:<name>`, a `.wasm` path, `opa:PATH` (an OPA module or
+    /// bundle) or `kubewarden:PATH`, paths relative to the suite.
     #[serde(default)]
     pub module: Option<String>,
     /// Its settings.
@@ -45,6 +45,9 @@ pub struct PolicyUnderTest {
     /// Whether it mutates.
     #[serde(default)]
     pub mutating: bool,
+    /// Whether the component is offered WASI.
+    #[serde(default)]
+    pub wasi: bool,
     /// The kinds it may read.
     #[serde(default)]
     pub context: Vec<Value>,
@@ -286,11 +289,15 @@ impl PolicyUnderTest {
             return Ok(config);
         }
         let module = self.module.as_deref().context(
-            "policy needs module (builtin:<name>, a .wasm path or opa:PATH) or config and name",
+            "policy needs module (builtin:<name>, a .wasm path, opa:PATH or kubewarden:PATH) or config and name",
         )?;
         let name = self.name.clone().unwrap_or_else(|| {
             let stem = module.strip_prefix("builtin:").unwrap_or_else(|| {
-                Path::new(module.trim_start_matches("opa:"))
+                let path = ["opa:", "kubewarden:"]
+                    .iter()
+                    .find_map(|prefix| module.strip_prefix(prefix))
+                    .unwrap_or(module);
+                Path::new(path)
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .unwrap_or("policy")
@@ -303,7 +310,8 @@ impl PolicyUnderTest {
             .unwrap_or_else(|| json!({"operations": ["CREATE", "UPDATE", "DELETE", "CONNECT"]}));
         let entry = json!({"policies": [{
             "name": name, "module": module, "settings": self.settings,
-            "mutating": self.mutating, "context": self.context, "match": matches,
+            "mutating": self.mutating, "wasi": self.wasi, "context": self.context,
+            "match": matches,
         }]});
         Ok(Config::parse(
             &entry.to_string(),
