@@ -16,7 +16,6 @@ mod live;
 mod network_guard;
 mod opa;
 mod pod_security;
-mod python;
 mod quota_replicas;
 mod sandbox;
 mod serve;

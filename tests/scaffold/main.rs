@@ -1,25 +1,46 @@
 //! `tollgate policy new` and `tollgate policy build`: a scaffolded policy
-//! builds, and its unit tests and suite pass. A test binary of its own, so
-//! that its nested cargo builds never run beside the timed end-to-end tests
+//! builds, and its unit tests and suite pass, in Rust and in Python (with
+//! the Python example). A test binary of its own, so that its nested builds
+//! (cargo, componentize-py) never run beside the timed end-to-end tests
 //! (cargo runs test binaries one after another).
+
+mod python;
 
 use std::process::Command;
 
 use tollgate_e2e::{binary, workspace};
 
+/// `tollgate ARGS`; its output, stdout then stderr, when it succeeded.
+fn tollgate(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(binary()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// `tollgate test` on `path`, with the end-to-end tests' module cache.
+fn suite(path: &std::path::Path) -> Result<String, String> {
+    let cache = workspace().join("target/e2e-module-cache");
+    tollgate(&[
+        "test",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn a_scaffolded_policy_builds_and_its_tests_and_suite_pass() {
     let dir = tempfile::tempdir().unwrap();
-    let tollgate = |args: &[&str]| {
-        let output = Command::new(binary()).args(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(output.status.success(), "tollgate {args:?}: {text}");
-        text
-    };
+    let tollgate =
+        |args: &[&str]| tollgate(args).unwrap_or_else(|text| panic!("tollgate {args:?}: {text}"));
     let sdk = workspace().join("sdk");
     tollgate(&[
         "policy",
@@ -63,15 +84,7 @@ fn a_scaffolded_policy_builds_and_its_tests_and_suite_pass() {
     );
     assert!(stdout.contains("test result: ok. 3 passed"), "{stdout}");
 
-    let suite = tollgate(&[
-        "test",
-        "--cache-dir",
-        workspace()
-            .join("target/e2e-module-cache")
-            .to_str()
-            .unwrap(),
-        project.to_str().unwrap(),
-    ]);
+    let suite = suite(&project).unwrap_or_else(|text| panic!("{text}"));
     assert!(suite.contains("2 passed, 0 failed (1 suites)\n"), "{suite}");
     println!("tollgate policy new: scaffold built, 3 unit tests and 2 suite cases pass");
 }

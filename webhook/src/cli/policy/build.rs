@@ -1,5 +1,6 @@
 //! `tollgate policy build [DIR]`: a policy project compiled for Wasm and
-//! encoded as a component, as the built-in policies are.
+//! encoded as a component: a Rust crate as the built-in policies are, a
+//! Python project (`app.py`, `wit/policy.wit`) by componentize-py.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,9 +10,12 @@ use anyhow::Context as _;
 /// `tollgate policy build` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The policy project: a folder with its Cargo.toml.
+    /// The policy project: a folder with its Cargo.toml, or with `app.py`.
     #[arg(default_value = ".")]
     dir: PathBuf,
+    /// The componentize-py to build a Python policy with.
+    #[arg(long, value_name = "PATH", default_value = "componentize-py")]
+    componentize_py: PathBuf,
     /// Cargo's target directory for the Wasm build (`DIR/target` by
     /// default); projects that share one reuse compiled dependencies.
     #[arg(long, value_name = "DIR")]
@@ -24,6 +28,9 @@ pub struct Args {
 ///
 /// No project there, or the build failed (with cargo's output).
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.dir.join("app.py").is_file() && !args.dir.join("Cargo.toml").exists() {
+        return build_python(&args.dir, &args.componentize_py);
+    }
     let name = package_name(&args.dir)?;
     // Absolute: cargo runs in the project, this process reads the result.
     let target_dir =
@@ -38,6 +45,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for path in built {
         println!("built {}", path.display());
     }
+    Ok(())
+}
+
+/// Builds a Python project's component with componentize-py, named after
+/// the project's folder.
+fn build_python(dir: &Path, componentize_py: &Path) -> anyhow::Result<()> {
+    let dir = std::path::absolute(dir)?;
+    let name = dir
+        .file_name()
+        .and_then(|name| name.to_str())
+        .context("the project's folder has no name")?;
+    let out = dir.join("target/tollgate").join(format!("{name}.wasm"));
+    std::fs::create_dir_all(out.parent().unwrap_or(&dir))?;
+    let output = Command::new(componentize_py)
+        .current_dir(&dir)
+        .args(["-d", "wit", "-w", "policy", "componentize", "app", "-o"])
+        .arg(&out)
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {}: install it with `pip install componentize-py==0.25.1`, or name it with --componentize-py",
+                componentize_py.display()
+            )
+        })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "componentize-py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    println!("built {}", out.display());
     Ok(())
 }
 

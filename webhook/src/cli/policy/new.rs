@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-/// The files of a project, with `{{name}}`, `{{type}}` and `{{sdk}}` to fill.
-const FILES: &[(&str, &str)] = &[
+/// The files of a Rust project, with `{{name}}`, `{{type}}` and `{{sdk}}`
+/// to fill.
+const RUST: &[(&str, &str)] = &[
     ("Cargo.toml", include_str!("template/Cargo.toml.txt")),
     ("src/lib.rs", include_str!("template/lib.rs.txt")),
     (
@@ -17,11 +18,34 @@ const FILES: &[(&str, &str)] = &[
     (".gitignore", include_str!("template/gitignore.txt")),
 ];
 
+/// The files of a Python project, with `{{name}}` to fill; the world it
+/// targets is copied in for componentize-py.
+const PYTHON: &[(&str, &str)] = &[
+    ("rules.py", include_str!("template/python/rules.py.txt")),
+    ("app.py", include_str!("template/python/app.py.txt")),
+    (
+        "test_rules.py",
+        include_str!("template/python/test_rules.py.txt"),
+    ),
+    (
+        "tollgate-test.yaml",
+        include_str!("template/python/tollgate-test.yaml.txt"),
+    ),
+    ("README.md", include_str!("template/python/README.md.txt")),
+    (".gitignore", include_str!("template/python/gitignore.txt")),
+    (
+        "wit/policy.wit",
+        include_str!("../../../../sdk/wit/policy.wit"),
+    ),
+];
+
 /// The language a policy is written in.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Lang {
     /// Rust, with the `tollgate-sdk` crate.
     Rust,
+    /// Python, built into a component by componentize-py.
+    Python,
 }
 
 /// `tollgate policy new` arguments.
@@ -33,9 +57,9 @@ pub struct Args {
     /// The language of the policy.
     #[arg(long, value_enum, default_value = "rust")]
     lang: Lang,
-    /// The SDK dependency: a path to Tollgate's `sdk/` folder, or a version
-    /// of the `tollgate-sdk` crate. By default, the SDK of the source this
-    /// binary was built from, when it is still there.
+    /// The SDK dependency of a Rust policy: a path to Tollgate's `sdk/`
+    /// folder, or a version of the `tollgate-sdk` crate. By default, the SDK
+    /// of the source this binary was built from, when it is still there.
     #[arg(long, value_name = "PATH|VERSION")]
     sdk: Option<String>,
     /// Where to create the project folder.
@@ -50,9 +74,19 @@ pub struct Args {
 /// A bad name, a folder that exists and is not empty, no SDK to point at, or
 /// a file that cannot be written.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Lang::Rust = args.lang;
     check_name(&args.name)?;
-    let sdk = sdk_dependency(args.sdk.as_deref())?;
+    let (files, sdk, next) = match args.lang {
+        Lang::Rust => (
+            RUST,
+            sdk_dependency(args.sdk.as_deref())?,
+            "`cargo test` runs its tests",
+        ),
+        Lang::Python => (
+            PYTHON,
+            String::new(),
+            "`python3 -m unittest` runs its tests",
+        ),
+    };
     let project = args.dir.join(&args.name);
     if project
         .read_dir()
@@ -60,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     {
         anyhow::bail!("{} exists and is not empty", project.display());
     }
-    for (path, template) in FILES {
+    for (path, template) in files {
         let text = template
             .replace("{{name}}", &args.name)
             .replace("{{type}}", &type_name(&args.name))
@@ -73,7 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
-        "created {}: `cargo test` runs its tests, `tollgate policy build` makes target/tollgate/{}.wasm, `tollgate test` runs its suite",
+        "created {}: {next}, `tollgate policy build` makes target/tollgate/{}.wasm, `tollgate test` runs its suite",
         project.display(),
         args.name
     );
