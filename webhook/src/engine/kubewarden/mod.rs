@@ -168,7 +168,8 @@ impl Program {
     }
 
     /// Asks the module which protocol it speaks (`protocol_version`); a
-    /// module that registers no such operation (older SDKs) speaks v1.
+    /// module that does not answer (older SDKs and the Go template register
+    /// no such operation) speaks v1.
     fn check_protocol(&self, engine: &Engine, name: &str) -> Result<(), Error> {
         let limits = Limits {
             timeout: INTROSPECTION,
@@ -187,10 +188,13 @@ impl Program {
                     String::from_utf8_lossy(&bytes)
                 ))),
             },
-            Err(message) if message.starts_with("No handler registered") => Ok(()),
-            Err(message) => Err(Error::Kubewarden(format!(
-                "protocol_version failed: {message}"
-            ))),
+            Err(message) => {
+                tracing::debug!(
+                    policy = name,
+                    "protocol_version not answered ({message}): taken as {PROTOCOL}"
+                );
+                Ok(())
+            }
         }
     }
 

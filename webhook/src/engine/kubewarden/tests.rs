@@ -321,6 +321,19 @@ fn what_is_not_a_runnable_kubewarden_module_is_refused_at_load() {
         "(return (i32.const 0))",
     ));
     assert!(message.contains("speaks protocol v2"), "{message}");
+    // A module that does not answer `protocol_version` (TinyGo's waPC guest
+    // registers none) speaks v1.
+    let silent = r#"(module
+      (import "wapc" "__guest_request" (func $request (param i32 i32)))
+      (import "wapc" "__guest_error" (func $error (param i32 i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 0) "Could not find function \"protocol_version\"")
+      (func (export "_start"))
+      (func (export "__guest_call") (param i32 i32) (result i32)
+        (call $request (i32.const 1024) (i32.const 2048))
+        (call $error (i32.const 0) (i32.const 42))
+        (i32.const 0)))"#;
+    assert!(load(&wat::parse_str(silent).unwrap()).is_ok());
     let message = refused(crate::test_support::MISBEHAVE);
     assert!(message.contains("load it with `module: PATH`"), "{message}");
 }
