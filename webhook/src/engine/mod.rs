@@ -3,8 +3,12 @@
 //! [`PolicyPre`]s, and instantiated fresh for every call ([`PolicyPre::evaluate`]).
 //! A background thread (`spare`) makes those fresh instances ahead of time and
 //! tears used ones down, so neither is on a request's latency. OPA Wasm
-//! modules ([`Engine::load_opa`], the `opa` module) are prepared as
-//! `PolicyPre`s too, and run under the same bounds.
+//! modules ([`Engine::load_opa`], the `opa` module) and Kubewarden's waPC
+//! modules ([`Engine::load_kubewarden`], the `kubewarden` module) are
+//! prepared as `PolicyPre`s too, and run under the same bounds. WASI is
+//! offered only to the modules that need it, locked down (the `wasi`
+//! module): Kubewarden's, and components loaded with
+//! [`Engine::load_with_wasi`].
 //!
 //! # Isolation
 //!

@@ -62,6 +62,21 @@ enum Runs {
     Aside,
 }
 
+/// One evaluation, as the program of a core module (OPA, Kubewarden) runs
+/// it: the policy's engine, name and log rate, the call's inputs, its
+/// window, the slot lent to its store, and what its host calls reach.
+pub(super) struct Call<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) name: &'a str,
+    pub(super) log_rate: &'a Arc<LogRate>,
+    pub(super) request: &'a str,
+    pub(super) settings: &'a str,
+    pub(super) limits: &'a Limits,
+    pub(super) window: Window,
+    pub(super) slot: Option<Slot>,
+    pub(super) host: Option<Box<dyn Host>>,
+}
+
 /// When one call must end: its own timeout from now, or the request's
 /// deadline when that comes first.
 #[derive(Debug, Clone, Copy)]
@@ -311,23 +326,20 @@ impl PolicyPre {
         if window.left().is_zero() {
             return Err(window.out_of_time(false));
         }
+        let call = |slot, host| Call {
+            engine: &self.engine,
+            name: &self.name,
+            log_rate: &self.log_rate,
+            request,
+            settings,
+            limits,
+            window,
+            slot,
+            host,
+        };
         let component = match &self.kind {
-            Kind::Opa(program) => {
-                let (engine, name, log_rate) = (&self.engine, &self.name, &self.log_rate);
-                return program
-                    .run(
-                        engine, name, log_rate, request, settings, limits, &window, slot,
-                    )
-                    .await;
-            }
-            Kind::Kubewarden(program) => {
-                let (engine, name, log_rate) = (&self.engine, &self.name, &self.log_rate);
-                return program
-                    .run(
-                        engine, name, log_rate, request, settings, limits, &window, slot, host,
-                    )
-                    .await;
-            }
+            Kind::Opa(program) => return program.run(call(slot, host)).await,
+            Kind::Kubewarden(program) => return program.run(call(slot, host)).await,
             Kind::Component(component) => component,
         };
         let recipe = self.recipe(component, limits);

@@ -30,8 +30,7 @@ use wasmtime::{ExternType, InstancePre, Linker, Module, Store};
 use super::host::{Host, LogRate};
 use super::limits::{Limits, StoreState};
 use super::output::{self, Verdict};
-use super::pre::{Failed, Window, classify};
-use super::slot::Slot;
+use super::pre::{Call, Failed, Window, classify};
 use super::{Engine, Error, spare, wasi};
 
 pub use metadata::Metadata;
@@ -240,28 +239,25 @@ impl Program {
     }
 
     /// One `validate` call in a fresh instance, yielding at every tick;
-    /// `slot` is lent to the store for the call and `host` answers its
-    /// cluster reads.
+    /// its slot is lent to the store for the call and its host answers the
+    /// module's cluster reads.
     ///
     /// # Errors
     ///
     /// A trap, timeout, memory or output cap, or the policy's own error.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call's inputs, as components get them"
-    )]
-    pub async fn run(
-        &self,
-        engine: &Engine,
-        name: &str,
-        log_rate: &Arc<LogRate>,
-        request: &str,
-        settings: &str,
-        limits: &Limits,
-        window: &Window,
-        slot: Option<Slot>,
-        host: Option<Box<dyn Host>>,
-    ) -> Result<Verdict, Error> {
+    pub async fn run(&self, call: Call<'_>) -> Result<Verdict, Error> {
+        let Call {
+            engine,
+            name,
+            log_rate,
+            request,
+            settings,
+            limits,
+            window,
+            slot,
+            host,
+        } = call;
+        let window = &window;
         let settings = settings_text(settings);
         let mut payload = Vec::with_capacity(request.len() + settings.len() + 24);
         for part in [r#"{"request":"#, request, r#","settings":"#, settings, "}"] {

@@ -37,8 +37,7 @@ use wasmtime::{
 use super::host::LogRate;
 use super::limits::{Limits, StoreState};
 use super::output::Verdict;
-use super::pre::{Failed, Window, classify};
-use super::slot::Slot;
+use super::pre::{Call, Failed, Window, classify};
 use super::{Engine, Error, spare};
 use builtins::{Builtin, Patterns};
 use settings::Bound;
@@ -260,23 +259,22 @@ impl Program {
         }
     }
 
-    /// One evaluation in a fresh instance, yielding at every tick; `slot` is
-    /// lent to the store for the call.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one call's inputs, as components get them"
-    )]
-    pub async fn run(
-        &self,
-        engine: &Engine,
-        name: &str,
-        log_rate: &Arc<LogRate>,
-        request: &str,
-        settings: &str,
-        limits: &Limits,
-        window: &Window,
-        slot: Option<Slot>,
-    ) -> Result<Verdict, Error> {
+    /// One evaluation in a fresh instance, yielding at every tick; its slot
+    /// is lent to the store for the call. OPA modules call no host
+    /// capabilities, so its host is dropped.
+    pub async fn run(&self, call: Call<'_>) -> Result<Verdict, Error> {
+        let Call {
+            engine,
+            name,
+            log_rate,
+            request,
+            settings,
+            limits,
+            window,
+            slot,
+            host: _,
+        } = call;
+        let window = &window;
         let bound = self.bind(settings).map_err(Error::Policy)?;
         let mut store = self.store(engine, name, limits, window, true, Some(log_rate));
         store.data_mut().slot = slot;
