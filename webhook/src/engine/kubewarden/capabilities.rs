@@ -94,12 +94,12 @@ pub fn answer(
         (
             "kubewarden",
             "kubernetes",
-            all @ ("list_resources_by_namespace" | "list_resources_all"),
+            which @ ("list_resources_by_namespace" | "list_resources_all"),
         ) => {
             let Ok(list) = serde_json::from_slice::<List>(payload) else {
                 return refuse(
                     state,
-                    &format!("{all}: the request is not Kubewarden's list request"),
+                    &format!("{which}: the request is not Kubewarden's list request"),
                 );
             };
             if list
@@ -109,10 +109,10 @@ pub fn answer(
             {
                 return refuse(
                     state,
-                    &format!("{all}: field selectors are not supported; select by label"),
+                    &format!("{which}: field selectors are not supported; select by label"),
                 );
             }
-            let namespace = match (all, list.namespace) {
+            let namespace = match (which, list.namespace) {
                 ("list_resources_all", _) => String::new(),
                 (_, Some(namespace)) if !namespace.is_empty() => namespace,
                 _ => {

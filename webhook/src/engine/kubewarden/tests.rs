@@ -34,6 +34,7 @@ fn guest(protocol: &str, settings: &str, answer: &str, validate: &str) -> Vec<u8
   (import "wapc" "__host_response" (func $host_response (param i32)))
   (import "wapc" "__host_error_len" (func $host_error_len (result i32)))
   (import "wapc" "__host_error" (func $host_error (param i32)))
+  (import "wapc" "__console_log" (func $console_log (param i32 i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (data (i32.const 0) "{answer}")
@@ -43,6 +44,7 @@ fn guest(protocol: &str, settings: &str, answer: &str, validate: &str) -> Vec<u8
   (data (i32.const 6100) "{{\"api_version\":\"v1\",\"kind\":\"Namespace\",\"name\":\"ml\",\"disable_cache\":false}}")
   (data (i32.const 6300) "{{\"accepted\":true,\"mutated_object\":")
   (data (i32.const 6400) "panicked at src/lib.rs:7: boom\n")
+  (data (i32.const 40000) "{euros}")
   (global $inits (mut i32) (i32.const 0))
   (func (export "wapc_init") (global.set $inits (i32.add (global.get $inits) (i32.const 1))))
   (func (export "__guest_call") (param $op_len i32) (param $len i32) (result i32)
@@ -55,6 +57,7 @@ fn guest(protocol: &str, settings: &str, answer: &str, validate: &str) -> Vec<u8
       (then (call $response (i32.const 4608) (i32.const {settings_len})) (return (i32.const 1))))
     {validate}))"#,
         answer = quoted(answer),
+        euros = "€".repeat(1700),
         protocol = quoted(protocol),
         protocol_len = protocol.len(),
         settings = quoted(settings),
@@ -213,6 +216,23 @@ fn guest_errors_traps_loops_and_floods_are_contained() {
         Err(Error::InvalidOutput(message)) => assert!(message.contains("no response"), "{message}"),
         other => panic!("expected no response, got {other:?}"),
     }
+}
+
+#[test]
+fn a_console_line_is_cut_to_the_log_limit_even_mid_character() {
+    // 5,100 bytes of three-byte characters: the cut at 4,096 splits one.
+    let log = format!(
+        "(call $console_log (i32.const 40000) (i32.const 5100)) (call $response (i32.const 0) (i32.const {len})) (return (i32.const 1))",
+        len = r#"{"accepted":true}"#.len()
+    );
+    let pre = load(&guest(
+        r#""v1""#,
+        r#"{"valid":true}"#,
+        r#"{"accepted":true}"#,
+        &log,
+    ))
+    .unwrap();
+    assert!(evaluate(&pre, None).unwrap().allowed);
 }
 
 /// A cluster of one Namespace.

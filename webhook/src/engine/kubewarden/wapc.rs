@@ -167,8 +167,9 @@ pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         "wapc",
         "__console_log",
         |mut caller: Caller<'_, StoreState>, ptr: i32, len: i32| -> wasmtime::Result<()> {
-            let len = len.clamp(0, MAX_LOG_LINE as i32);
-            let line = text(&mut caller, ptr, len)?;
+            // Cut to the longest line the log keeps (maybe mid-character).
+            let bytes = read(&mut caller, ptr, len.clamp(0, MAX_LOG_LINE as i32))?;
+            let line = String::from_utf8_lossy(&bytes);
             caller.data_mut().log(tracing::Level::INFO, &line)?;
             Ok(())
         },
