@@ -16,9 +16,7 @@ fn main() {
     for watched in [
         "tests/policies",
         "tests/opa-modules",
-        "tests/kubewarden-policies/Cargo.lock",
-        "tests/kubewarden-policies/kw-require-labels/src",
-        "tests/kubewarden-policies/kw-default-labels/src",
+        "tests/kubewarden-policies",
         "sdk/src",
         "sdk/wit",
     ] {
