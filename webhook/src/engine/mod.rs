@@ -27,6 +27,7 @@
 mod aside;
 mod bindings;
 pub mod cache;
+mod core_module;
 pub mod host;
 mod kubewarden;
 mod limits;

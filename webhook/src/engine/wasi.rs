@@ -52,16 +52,17 @@ pub struct P1 {
     output: MemoryOutputPipe,
 }
 
-impl P1 {
-    /// A fresh context.
-    pub fn new() -> Self {
+impl Default for P1 {
+    fn default() -> Self {
         let output = MemoryOutputPipe::new(OUTPUT_BYTES);
         P1 {
             ctx: builder(&output).build_p1(),
             output,
         }
     }
+}
 
+impl P1 {
     /// The context the WASI imports reach.
     pub fn ctx(&mut self) -> &mut WasiP1Ctx {
         &mut self.ctx

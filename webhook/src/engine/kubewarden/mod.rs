@@ -27,11 +27,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use wasmtime::{ExternType, InstancePre, Linker, Module, Store};
 
-use super::host::{Host, LogRate};
+use super::host::LogRate;
 use super::limits::{Limits, StoreState};
 use super::output::{self, Verdict};
 use super::pre::{Call, Failed, Window, classify};
-use super::{Engine, Error, spare, wasi};
+use super::{Engine, Error, core_module, wasi};
 
 pub use metadata::Metadata;
 pub use wapc::Exchange;
@@ -49,20 +49,12 @@ const INTROSPECTION: Duration = Duration::from_secs(2);
 const STARTS: [&str; 3] = ["_initialize", "_start", "wapc_init"];
 
 /// The waPC guest's state in a store: the exchange, and its WASI context.
+#[derive(Default)]
 pub struct Guest {
     /// The current guest call's buffers.
     pub exchange: Exchange,
     /// What its WASI imports reach.
     pub wasi: wasi::P1,
-}
-
-impl Default for Guest {
-    fn default() -> Self {
-        Guest {
-            exchange: Exchange::default(),
-            wasi: wasi::P1::new(),
-        }
-    }
 }
 
 /// A loaded Kubewarden module: compiled, its imports checked, linked once.
@@ -263,7 +255,7 @@ impl Program {
         for part in [r#"{"request":"#, request, r#","settings":"#, settings, "}"] {
             payload.extend_from_slice(part.as_bytes());
         }
-        let mut store = new_store(engine, name, limits, window, true, log_rate, host);
+        let mut store = core_module::store(engine, name, limits, window, true, log_rate, host);
         store.data_mut().slot = slot;
         let _active = engine.inner.ticker.active();
         let answer = self.call(&mut store, "validate", payload, limits).await;
@@ -292,7 +284,7 @@ impl Program {
         let window = Window::new(limits, None);
         let log_rate = Arc::default();
         let started = Instant::now();
-        let mut store = new_store(engine, name, limits, &window, false, &log_rate, None);
+        let mut store = core_module::store(engine, name, limits, &window, false, &log_rate, None);
         let _active = engine.inner.ticker.active();
         let set_up = futures::executor::block_on(async {
             let instance = self.instantiate(&mut store).await?;
@@ -315,7 +307,7 @@ impl Program {
     ) -> Result<Answer, Error> {
         let window = Window::new(limits, None);
         let log_rate = log_rate.cloned().unwrap_or_default();
-        let mut store = new_store(engine, name, limits, &window, false, &log_rate, None);
+        let mut store = core_module::store(engine, name, limits, &window, false, &log_rate, None);
         let _active = engine.inner.ticker.active();
         let answer = futures::executor::block_on(self.call(&mut store, operation, payload, limits));
         self.finish(&mut store, answer, limits, &window)
@@ -419,27 +411,6 @@ fn settings_text(settings: &str) -> &str {
         "" | "null" => "{}",
         _ => settings,
     }
-}
-
-/// A store for one call within `window`.
-fn new_store(
-    engine: &Engine,
-    name: &str,
-    limits: &Limits,
-    window: &Window,
-    yielding: bool,
-    log_rate: &Arc<LogRate>,
-    host: Option<Box<dyn Host>>,
-) -> Store<StoreState> {
-    let mut store = spare::new_store(
-        &engine.inner.wasmtime,
-        name.into(),
-        limits.memory_bytes,
-        log_rate.clone(),
-    );
-    store.data_mut().start_call(window.end, host, yielding);
-    store.set_epoch_deadline(1);
-    store
 }
 
 /// A ValidationResponse as a verdict, under the output's item cap.

@@ -9,9 +9,10 @@
 //! at once; the guest then fetches the answer's length and bytes
 //! (`__host_response_len`, `__host_response`, or the error's).
 
-use wasmtime::{Caller, Extern, Linker, Memory};
+use wasmtime::{Caller, Linker};
 
 use super::capabilities;
+use crate::engine::core_module::memory_of;
 use crate::engine::host::MAX_LOG_LINE;
 use crate::engine::limits::StoreState;
 
@@ -180,14 +181,6 @@ pub fn add_to_linker(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
 /// A guest address.
 fn addr(ptr: i32) -> usize {
     ptr as u32 as usize
-}
-
-/// The calling instance's memory.
-fn memory_of(caller: &mut Caller<'_, StoreState>) -> wasmtime::Result<Memory> {
-    caller
-        .get_export("memory")
-        .and_then(Extern::into_memory)
-        .ok_or_else(|| wasmtime::format_err!("the module exports no memory"))
 }
 
 /// `len` bytes of the guest's memory at `ptr` (checked against its memory

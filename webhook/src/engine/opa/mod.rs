@@ -34,11 +34,12 @@ use wasmtime::{
     TypedFunc, ValType,
 };
 
+use super::core_module::{self, memory_of};
 use super::host::LogRate;
 use super::limits::{Limits, StoreState};
 use super::output::Verdict;
 use super::pre::{Call, Failed, Window, classify};
-use super::{Engine, Error, spare};
+use super::{Engine, Error};
 use builtins::{Builtin, Patterns};
 use settings::Bound;
 use value::Value;
@@ -186,7 +187,8 @@ impl Program {
             ..Limits::default()
         };
         let window = Window::new(&limits, None);
-        let mut store = self.store(engine, name, &limits, &window, false, None);
+        let mut store =
+            core_module::store(engine, name, &limits, &window, false, &Arc::default(), None);
         let _active = engine.inner.ticker.active();
         let read = futures::executor::block_on(async {
             let (instance, memory) = self.instantiate(&mut store).await?;
@@ -249,7 +251,7 @@ impl Program {
             Err(message) => return Ok(Err(message)),
         };
         let window = Window::new(limits, None);
-        let mut store = self.store(engine, name, limits, &window, false, Some(log_rate));
+        let mut store = core_module::store(engine, name, limits, &window, false, log_rate, None);
         let _active = engine.inner.ticker.active();
         let parsed = futures::executor::block_on(self.prepare(&mut store, &bound));
         match parsed {
@@ -276,7 +278,7 @@ impl Program {
         } = call;
         let window = &window;
         let bound = self.bind(settings).map_err(Error::Policy)?;
-        let mut store = self.store(engine, name, limits, window, true, Some(log_rate));
+        let mut store = core_module::store(engine, name, limits, window, true, log_rate, None);
         store.data_mut().slot = slot;
         let _active = engine.inner.ticker.active();
         let result = async {
@@ -329,33 +331,12 @@ impl Program {
         let bound = self.bind(settings).map_err(Error::Policy)?;
         let window = Window::new(limits, None);
         let started = Instant::now();
-        let mut store = self.store(engine, name, limits, &window, false, None);
+        let mut store =
+            core_module::store(engine, name, limits, &window, false, &Arc::default(), None);
         let _active = engine.inner.ticker.active();
         futures::executor::block_on(self.prepare(&mut store, &bound))
             .map_err(|failed| stopped(failed, &store, limits, &window))?;
         Ok(started.elapsed())
-    }
-
-    /// A store for one call within `window`.
-    fn store(
-        &self,
-        engine: &Engine,
-        name: &str,
-        limits: &Limits,
-        window: &Window,
-        yielding: bool,
-        log_rate: Option<&Arc<LogRate>>,
-    ) -> Store<StoreState> {
-        let log_rate = log_rate.cloned().unwrap_or_default();
-        let mut store = spare::new_store(
-            &engine.inner.wasmtime,
-            name.into(),
-            limits.memory_bytes,
-            log_rate,
-        );
-        store.data_mut().start_call(window.end, None, yielding);
-        store.set_epoch_deadline(1);
-        store
     }
 
     /// A fresh instance with the bound data parsed into it: its exports,
@@ -456,14 +437,6 @@ fn linker(
         })?;
     }
     Ok(linker)
-}
-
-/// The calling instance's memory.
-fn memory_of(caller: &mut Caller<'_, StoreState>) -> wasmtime::Result<Memory> {
-    caller
-        .get_export("memory")
-        .and_then(Extern::into_memory)
-        .ok_or_else(|| wasmtime::format_err!("the module exports no memory"))
 }
 
 /// The NUL-terminated message at `addr`, or what is wrong with it.
