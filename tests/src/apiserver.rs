@@ -3,11 +3,11 @@
 //! and webhook configurations; a watched ConfigMap): objects by path, in
 //! memory, with the apiserver's rules for the verbs used (GET of an object
 //! or of a collection filtered by `fieldSelector=metadata.name=…` or an
-//! equality `labelSelector`, a watch of a collection, POST of a new name,
-//! PUT with the `resourceVersion` last read, DELETE with a
-//! `resourceVersion` precondition; 404 and 409 as `Status` objects), and a
-//! round trip the test sets. Plain HTTP on loopback, reached through a
-//! kubeconfig.
+//! equality `labelSelector`, a watch of a collection (writes and deletions
+//! from when it starts), POST of a new name, PUT with the `resourceVersion`
+//! last read (or none: unconditional), DELETE with a `resourceVersion`
+//! precondition; 404 and 409 as `Status` objects), and a round trip the
+//! test sets. Plain HTTP on loopback, reached through a kubeconfig.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,11 +26,11 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 /// The stored objects by path (`/api/v1/namespaces/NS/secrets/NAME`), and
-/// every write for the watches.
+/// every change for the watches: its type, path and object.
 struct Storage {
     version: u64,
     objects: BTreeMap<String, Value>,
-    writes: broadcast::Sender<(String, Value)>,
+    writes: broadcast::Sender<(&'static str, String, Value)>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -58,7 +58,7 @@ impl Apiserver {
             storage: Mutex::new(Storage {
                 version: 0,
                 objects: BTreeMap::new(),
-                writes: broadcast::channel(64).0,
+                writes: broadcast::channel(1024).0,
             }),
             round_trip: Mutex::new(Duration::ZERO),
         });
@@ -228,13 +228,15 @@ fn selected(collection: &str, name: Option<&str>, path: &str) -> bool {
         && name.is_none_or(|n| n == object)
 }
 
-/// A watch of `collection`: every later write of an object it selects, as
-/// one JSON event per line, until the client goes away.
-fn watch(storage: &Storage, collection: String, name: Option<String>) -> Response<Body> {
+/// A watch of `collection`: every later change of an object it selects
+/// (and labels), as one JSON event per line, until the client goes away.
+fn watch(storage: &Storage, collection: String, query: Query) -> Response<Body> {
     let writes = writes_of(storage.writes.subscribe());
-    let events = writes.filter_map(move |(path, object)| {
-        let event = selected(&collection, name.as_deref(), &path).then(|| {
-            let line = json!({"type": "MODIFIED", "object": object});
+    let events = writes.filter_map(move |(kind, path, object)| {
+        let wanted =
+            selected(&collection, query.name.as_deref(), &path) && labelled(&query, &object);
+        let event = wanted.then(|| {
+            let line = json!({"type": kind, "object": object});
             let mut bytes = serde_json::to_vec(&line).unwrap();
             bytes.push(b'\n');
             Ok::<_, Infallible>(Frame::data(Bytes::from(bytes)))
@@ -250,8 +252,8 @@ fn watch(storage: &Storage, collection: String, name: Option<String>) -> Respons
 
 /// The writes a receiver sees, as a stream (a lagging one skips ahead).
 fn writes_of(
-    receiver: broadcast::Receiver<(String, Value)>,
-) -> impl futures::Stream<Item = (String, Value)> {
+    receiver: broadcast::Receiver<(&'static str, String, Value)>,
+) -> impl futures::Stream<Item = (&'static str, String, Value)> {
     futures::stream::unfold(receiver, |mut receiver| async move {
         loop {
             match receiver.recv().await {
@@ -276,7 +278,7 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let mut storage = shared.storage.lock().unwrap();
     let name = query.name.clone();
     match method {
-        Method::GET if query.watch => watch(&storage, path, name),
+        Method::GET if query.watch => watch(&storage, path, query),
         // Discovery of the core group, for clients that resolve a kind.
         Method::GET if path == "/api" => respond(
             StatusCode::OK,
@@ -322,11 +324,19 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             store(&mut storage, path, object, StatusCode::CREATED)
         }
         Method::PUT => {
-            let current = storage
+            let Some(current) = storage
                 .objects
                 .get(&path)
-                .map(|o| o["metadata"]["resourceVersion"].clone());
-            if current != Some(object["metadata"]["resourceVersion"].clone()) {
+                .map(|o| o["metadata"]["resourceVersion"].clone())
+            else {
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{path} not found"),
+                );
+            };
+            let expected = &object["metadata"]["resourceVersion"];
+            if !expected.is_null() && current != *expected {
                 return status(
                     StatusCode::CONFLICT,
                     "Conflict",
@@ -353,6 +363,7 @@ async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             }
             storage.version += 1;
             let removed = storage.objects.remove(&path).unwrap();
+            let _ = storage.writes.send(("DELETED", path, removed.clone()));
             respond(StatusCode::OK, &removed)
         }
         _ => status(
@@ -373,7 +384,9 @@ fn store(
     object["metadata"]["resourceVersion"] = storage.version.to_string().into();
     let answer = respond(code, &object);
     // No watcher: nobody to tell.
-    let _ = storage.writes.send((path.clone(), object.clone()));
+    let _ = storage
+        .writes
+        .send(("MODIFIED", path.clone(), object.clone()));
     storage.objects.insert(path, object);
     answer
 }

@@ -29,11 +29,13 @@
 //! past its own: its claim is then given back by the committer if it was
 //! written, or never written if its round had not started.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot};
@@ -72,6 +74,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The watch of the ledger's ConfigMaps failed (it is retried).
+    #[error("watching the quota ledger's ConfigMaps in namespace {namespace}: {source}")]
+    Watch {
+        /// The namespace.
+        namespace: String,
+        /// kube-rs's error.
+        #[source]
+        source: kube::runtime::watcher::Error,
+    },
     /// The deadline passed before the apiserver answered.
     #[error("the deadline passed before the apiserver answered")]
     DeadlinePassed,
@@ -90,6 +101,9 @@ pub struct Reservation {
     pub asks: BTreeMap<String, u64>,
     /// Expiry, milliseconds since the Unix epoch.
     pub expires_ms: u64,
+    /// The replica that admitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// Room one replica holds in a scope, to admit from on its own.
@@ -124,9 +138,46 @@ impl Versioned {
     }
 }
 
+/// What the watch of stored scopes tells, in the order it happened.
+#[derive(Debug)]
+pub enum Seen {
+    /// A listing starts: until [`Seen::Listed`], what follows is every
+    /// stored scope.
+    Listing,
+    /// A scope as stored now.
+    Stored(String, Versioned),
+    /// A scope that cannot be read (its data is not the ledger's).
+    Unreadable(String),
+    /// A scope was deleted at `version`.
+    Gone {
+        /// The scope.
+        scope: String,
+        /// The version it was deleted at.
+        version: Option<String>,
+    },
+    /// The listing is complete: scopes not in it are not stored.
+    Listed,
+    /// A replica says it runs until `expires_ms`.
+    Present {
+        /// The replica.
+        replica: String,
+        /// Until when, milliseconds since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// A replica's presence was removed.
+    Departed(String),
+    /// The watch failed and is being retried: until it delivers again,
+    /// views may lag.
+    Broken(Error),
+}
+
 /// Compare-and-swap storage of scopes: the apiserver, or a fake in tests.
 /// Callers bound every call with their deadline.
 pub trait Backend: Send + Sync + 'static {
+    /// Watches every stored scope: a listing, then each change, for as long
+    /// as the stream is polled (a failed watch is retried).
+    fn watch(&self) -> impl Stream<Item = Seen> + Send + 'static;
+
     /// Reads a scope.
     ///
     /// # Errors
@@ -160,6 +211,25 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// The apiserver could not be reached or refused.
     fn delete(&self, scope: &str, version: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Stores that `replica` runs until `expires_ms`, for the watch to tell
+    /// the others.
+    ///
+    /// # Errors
+    ///
+    /// The apiserver could not be reached or refused.
+    fn announce(
+        &self,
+        replica: &str,
+        expires_ms: u64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Removes `replica`'s presence (a replica whose presence lapsed).
+    ///
+    /// # Errors
+    ///
+    /// The apiserver could not be reached or refused.
+    fn withdraw(&self, replica: &str) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// Attempts per batch before giving up: each lost race means another
@@ -173,6 +243,14 @@ const GIVE_BACK_TIME: Duration = Duration::from_secs(5);
 /// How long a grant lives unless a round renews it (at most): room a dead
 /// replica held comes back after this.
 const GRANT_TTL: Duration = Duration::from_secs(10);
+
+/// How long a replica's presence lasts unless renewed; it is renewed every
+/// third of that.
+const PRESENCE_TTL: Duration = Duration::from_secs(15);
+
+/// How long claims that arrive together wait for each other before their
+/// scope's first round: a burst's first claims share one write.
+const GATHER: Duration = Duration::from_millis(3);
 
 /// How long an idle replica keeps the room it holds before giving it back.
 const LINGER: Duration = Duration::from_millis(20);
@@ -195,6 +273,13 @@ struct Inner<B> {
     runtime: Handle,
     /// This replica's name in grants: unique per process.
     me: String,
+    /// Whether the watch of stored scopes is listed and delivering: then
+    /// each scope's view is as the apiserver last told (or absent when not
+    /// stored), and a round needs no read.
+    synced: AtomicBool,
+    /// The other replicas the watch shows running, until when
+    /// (milliseconds since the Unix epoch).
+    present: Mutex<HashMap<String, u64>>,
     /// Each scope's queue, lease and view. A `std::sync::Mutex`: held only
     /// to decide from the lease or to queue or take work, never across I/O.
     scopes: Mutex<HashMap<String, Queue>>,
@@ -212,7 +297,8 @@ struct Queue {
     released: Vec<String>,
     /// Whether a committer is running for the scope.
     running: bool,
-    /// The scope as this replica last read or wrote it.
+    /// The scope as this replica last read, wrote or was told by the watch
+    /// (an empty one with no version: not stored); `None` when unknown.
     view: Option<View>,
     /// The room this replica holds, and what it admitted from it.
     lease: Lease,
@@ -250,6 +336,41 @@ impl Lease {
             .map(|resource| (resource.clone(), self.unused(resource)))
             .filter(|(_, left)| *left > 0)
             .collect()
+    }
+}
+
+/// Whether `candidate` is a later version of a scope than `known`.
+/// Versions are etcd's revisions, numbers that grow with every write; one
+/// that is not a number (or none) is taken as later, as the watch and the
+/// apiserver's answers tell them in order.
+fn newer(candidate: Option<&str>, known: Option<&str>) -> bool {
+    let revision = |version: Option<&str>| version?.parse::<u64>().ok();
+    match (revision(candidate), revision(known)) {
+        (Some(candidate), Some(known)) => candidate > known,
+        _ => candidate != known,
+    }
+}
+
+impl Queue {
+    /// A queue for a scope this replica has not seen: known not stored
+    /// when the watch is `synced` (it would have told otherwise).
+    fn new(synced: bool) -> Self {
+        Queue {
+            view: synced.then(View::default),
+            ..Queue::default()
+        }
+    }
+
+    /// Takes `view` as the scope's, unless the one known is later; wakes
+    /// the committer, whose waiting claims may now fit.
+    fn see(&mut self, view: View) {
+        let known = self.view.as_ref().and_then(|v| v.version.as_deref());
+        if self.view.is_none() || newer(view.version.as_deref(), known) {
+            self.view = Some(view);
+            if self.running {
+                self.wake.notify_one();
+            }
+        }
     }
 }
 
@@ -409,13 +530,41 @@ impl Asking {
     }
 
     /// The claim as a reservation made at `now_ms`.
-    fn reservation(&self, now_ms: u64, ttl: Duration) -> Reservation {
+    fn reservation(&self, me: &str, now_ms: u64, ttl: Duration) -> Reservation {
         Reservation {
             uid: self.subject.uid.clone(),
             object: self.subject.object.as_ref().map(object_name),
             asks: self.claim.asks.clone(),
             expires_ms: now_ms + ttl.as_millis() as u64,
+            replica: Some(me.to_owned()),
         }
+    }
+
+    /// This replica's share of `resource`: the claim's limit, less the
+    /// usage, split evenly between `replicas`.
+    fn share(&self, resource: &str, replicas: u64) -> Option<u64> {
+        let limit = self.claim.limits.get(resource)?;
+        let used = amount(&self.claim.usage, resource);
+        Some(limit.saturating_sub(used).div_ceil(replicas))
+    }
+
+    /// What `me` holds of `resource` by its reservations in `held`.
+    fn mine(&self, held: &[Held], me: &str, resource: &str) -> u64 {
+        held.iter()
+            .filter(|h| {
+                h.reservation.replica.as_deref() == Some(me)
+                    && ledger::counts(h.key.as_ref(), self.seen, &self.store)
+            })
+            .map(|h| amount(&h.reservation.asks, resource))
+            .sum()
+    }
+
+    /// Whether taking the claim would put `me` over its share.
+    fn over_share(&self, held: &[Held], me: &str, replicas: u64) -> bool {
+        self.claim.asks.iter().any(|(resource, ask)| {
+            self.share(resource, replicas)
+                .is_some_and(|share| self.mine(held, me, resource) + ask > share)
+        })
     }
 
     /// Whether other replicas hold room of a resource the claim asks for:
@@ -477,7 +626,12 @@ impl Queue {
         if !asking.subject.dry_run {
             let lease = &mut self.lease;
             lease.carved.retain(|r| others(r));
-            lease.carved.push(asking.reservation(now, ttl));
+            lease.carved.push(asking.reservation(me, now, ttl));
+            // Used up: named at once, so that the others know the room is
+            // taken (their claims may be waiting for it).
+            if lease.left().is_empty() {
+                self.give_back = true;
+            }
         }
         Some(decision)
     }
@@ -507,6 +661,8 @@ struct Ended {
     waiting: Vec<Pending>,
     /// The last round trip to the apiserver.
     round_trip: Duration,
+    /// Whether the round wrote the scope.
+    wrote: bool,
 }
 
 /// A number no other process is likely to draw.
@@ -527,10 +683,14 @@ impl<B: Backend> Shared<B> {
             grant_ttl: ttl.min(GRANT_TTL),
             runtime: runtime.clone(),
             me: format!("{host}-{:016x}", unique()),
+            synced: AtomicBool::new(false),
+            present: Mutex::default(),
             scopes: Mutex::default(),
             taken: Mutex::default(),
         });
         runtime.spawn(sweep(Arc::downgrade(&inner)));
+        runtime.spawn(follow(Arc::downgrade(&inner), inner.backend.watch()));
+        runtime.spawn(announce(Arc::downgrade(&inner)));
         Shared { inner }
     }
 
@@ -554,10 +714,15 @@ impl<B: Backend> Shared<B> {
         {
             let inner = &self.inner;
             let mut scopes = inner.scopes.lock().expect("ledger lock poisoned");
-            let queue = scopes.entry(scope.to_owned()).or_default();
+            let queue = scopes
+                .entry(scope.to_owned())
+                .or_insert_with(|| Queue::new(inner.synced()));
             if let Some(decision) =
                 queue.decide_locally(&asking, &inner.me, inner.ttl, inner.grant_ttl)
             {
+                if queue.give_back {
+                    inner.start(scope, queue);
+                }
                 return Ok(decision);
             }
             queue.waiting.push(Pending { asking, reply });
@@ -574,6 +739,127 @@ impl<B: Backend> Shared<B> {
 }
 
 impl<B: Backend> Inner<B> {
+    /// Whether the watch is listed and delivering.
+    fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// How many replicas run, this one included, as their presences say
+    /// at `now_ms`.
+    fn replicas(&self, now_ms: u64) -> u64 {
+        let present = self.present.lock().expect("ledger lock poisoned");
+        1 + present.values().filter(|e| **e > now_ms).count() as u64
+    }
+
+    /// What wakes `scope`'s committer.
+    fn wake(&self, scope: &str) -> Arc<Notify> {
+        let scopes = self.scopes.lock().expect("ledger lock poisoned");
+        scopes
+            .get(scope)
+            .expect("a running committer's queue")
+            .wake
+            .clone()
+    }
+
+    /// The scope's view once the watch tells a version later than
+    /// `version` (what another replica wrote), within `patience`; `None`
+    /// (read it) when the watch is not synced or does not tell in time.
+    async fn seen_after(
+        &self,
+        scope: &str,
+        version: Option<&str>,
+        patience: Duration,
+    ) -> Option<View> {
+        let until = Instant::now() + patience;
+        loop {
+            if !self.synced() {
+                return None;
+            }
+            let wake = {
+                let scopes = self.scopes.lock().expect("ledger lock poisoned");
+                let queue = scopes.get(scope)?;
+                match &queue.view {
+                    Some(view) if newer(view.version.as_deref(), version) => {
+                        return Some(view.clone());
+                    }
+                    _ => queue.wake.clone(),
+                }
+            };
+            tokio::time::timeout_at(until.into(), wake.notified())
+                .await
+                .ok()?;
+        }
+    }
+
+    /// Takes what the watch tells; `listed` gathers the scopes of a
+    /// listing (`None` outside one), to forget those it leaves out.
+    fn follow(&self, seen: Seen, listed: &mut Option<HashSet<String>>) {
+        let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
+        let synced = self.synced();
+        fn queue<'a>(
+            scopes: &'a mut HashMap<String, Queue>,
+            scope: &str,
+            synced: bool,
+        ) -> &'a mut Queue {
+            scopes
+                .entry(scope.to_owned())
+                .or_insert_with(|| Queue::new(synced))
+        }
+        match seen {
+            Seen::Listing => {
+                self.synced.store(false, Ordering::Release);
+                *listed = Some(HashSet::new());
+            }
+            Seen::Stored(scope, state) => {
+                queue(&mut scopes, &scope, synced).see(View::from(state));
+                listed.as_mut().map(|l| l.insert(scope));
+            }
+            Seen::Unreadable(scope) => {
+                // Rounds read it, and say what is wrong.
+                queue(&mut scopes, &scope, synced).view = None;
+                listed.as_mut().map(|l| l.insert(scope));
+            }
+            Seen::Gone { scope, version } => {
+                let queue = queue(&mut scopes, &scope, synced);
+                let known = queue.view.as_ref().and_then(|v| v.version.as_deref());
+                if !newer(known, version.as_deref()) {
+                    queue.see(View::default());
+                }
+            }
+            Seen::Listed => {
+                let listed = listed.take().unwrap_or_default();
+                for (scope, queue) in scopes.iter_mut() {
+                    if !listed.contains(scope) {
+                        queue.see(View::default());
+                    }
+                }
+            }
+            Seen::Present {
+                replica,
+                expires_ms,
+            } => {
+                if replica != self.me {
+                    let mut present = self.present.lock().expect("ledger lock poisoned");
+                    present.insert(replica, expires_ms);
+                }
+            }
+            Seen::Departed(replica) => {
+                let mut present = self.present.lock().expect("ledger lock poisoned");
+                present.remove(&replica);
+            }
+            Seen::Broken(error) => {
+                tracing::warn!("watching the quota ledger's scopes failed, retrying: {error}");
+                self.synced.store(false, Ordering::Release);
+                return;
+            }
+        }
+        // Delivering again after a failure: the watch resumed where it
+        // broke off, in order.
+        if listed.is_none() {
+            self.synced.store(true, Ordering::Release);
+        }
+    }
+
     /// Starts `scope`'s committer if none runs.
     fn start(self: &Arc<Self>, scope: &str, queue: &mut Queue) {
         if queue.running {
@@ -656,6 +942,7 @@ impl<B: Backend> Inner<B> {
     /// A scope's committer: rounds until there is no work, then, after a
     /// while idle, one more that gives the lease back.
     async fn commit(self: Arc<Self>, scope: String) {
+        tokio::time::sleep(GATHER).await;
         loop {
             let Some(mut work) = self.work(&scope) else {
                 if !self.linger(&scope).await {
@@ -668,10 +955,16 @@ impl<B: Backend> Inner<B> {
             let restore = (work.carved.clone(), work.kept.clone());
             let ended = self.round(&scope, work).await;
             let poll = !ended.waiting.is_empty();
+            let (wrote, round_trip) = (ended.wrote, ended.round_trip);
             {
                 let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
                 let queue = scopes.get_mut(&scope).expect("a running committer's queue");
-                queue.view = ended.view;
+                match ended.view {
+                    Some(view) => queue.see(view),
+                    // Unknown, unless the watch tells.
+                    None if !self.synced() => queue.view = None,
+                    None => {}
+                }
                 queue.active = Some(Instant::now());
                 queue.shrinking = false;
                 match ended.grant {
@@ -698,8 +991,21 @@ impl<B: Backend> Inner<B> {
                     queue.waiting = waiting;
                 }
             }
+            if wrote && !poll && self.replicas(now_ms()) > 1 {
+                // Others that lost to this write are deciding again: let
+                // their writes go first, so that no replica loses every
+                // race while this one wins each.
+                tokio::time::sleep(round_trip / 4).await;
+            }
             if poll {
-                tokio::time::sleep(ended.round_trip.clamp(POLL.0, POLL.1)).await;
+                if self.synced() {
+                    // The watch wakes the committer when the scope changes;
+                    // grants also lapse with time.
+                    let wake = self.wake(&scope);
+                    let _ = tokio::time::timeout(POLL.1, wake.notified()).await;
+                } else {
+                    tokio::time::sleep(ended.round_trip.clamp(POLL.0, POLL.1)).await;
+                }
             }
         }
     }
@@ -718,7 +1024,7 @@ impl<B: Backend> Inner<B> {
                     queue.running = false;
                     return false;
                 }
-                if !queue.waiting.is_empty() || !queue.released.is_empty() {
+                if !queue.waiting.is_empty() || !queue.released.is_empty() || queue.give_back {
                     return true;
                 }
                 let quiet = queue.active.map_or(LINGER, |at| at.elapsed());
@@ -755,9 +1061,11 @@ impl<B: Backend> Inner<B> {
             grant: None,
             waiting: Vec::new(),
             round_trip,
+            wrote: false,
         };
         for _ in 0..MAX_ATTEMPTS {
-            let fresh = view.is_none();
+            // A view the watch keeps is as fresh as a read.
+            let fresh = view.is_none() || self.synced();
             let current = match view.take() {
                 Some(current) => current,
                 None => {
@@ -792,13 +1100,9 @@ impl<B: Backend> Inner<B> {
                 .cloned()
                 .collect();
             let kept_of = |resource: &str| amount(&kept, resource);
+            // As many as run, as their presences say, or as hold room here.
+            let replicas = self.replicas(now).max(1 + grants.len() as u64);
             let mut decisions = Vec::with_capacity(waiting.len());
-            // What this replica took since its last round: from its lease,
-            // and in this round.
-            let mut demand: BTreeMap<String, u64> = BTreeMap::new();
-            for reservation in &carved {
-                add(&mut demand, &reservation.asks);
-            }
             let mut last = None;
             for (index, pending) in waiting.iter().enumerate() {
                 let asking = &pending.asking;
@@ -807,37 +1111,38 @@ impl<B: Backend> Inner<B> {
                     let mine = asking.subject.object.as_ref().map(object_name);
                     held.retain(|h| asking.others(&h.reservation, mine.as_deref()));
                     held.push(Held {
-                        reservation: asking.reservation(now, self.ttl),
+                        reservation: asking.reservation(&self.me, now, self.ttl),
                         key: asking.subject.object.clone(),
                     });
-                    add(&mut demand, &asking.claim.asks);
                     last = Some(index);
                 }
                 // Room held by others may yet be given back, and room kept
                 // here is given up by the next round: a claim that would
-                // fit without them waits for that rather than being refused.
+                // fit without them waits for that rather than being refused
+                // — unless it would put this replica over its share: what
+                // the others hold is within theirs, for them to use.
                 let kept_some = asking.claim.asks.keys().any(|r| kept_of(r) > 0);
+                let others_may_give = asking.others_hold(&grants, &self.me, now)
+                    && !asking.over_share(&held, &self.me, replicas);
                 let wait = !decision.admitted
-                    && (kept_some || asking.others_hold(&grants, &self.me, now))
+                    && (kept_some || others_may_give)
                     && asking.check(&held, &[], &self.me, now, |_| 0).admitted;
                 decisions.push((decision, wait));
             }
             if !fresh && decisions.iter().any(|(d, _)| !d.admitted) {
                 continue;
             }
-            // The room kept, and as much again as this replica took since
-            // its last round (the next ones are likely to ask as much), as far as it fits
-            // by the last admitted claim's usage, and no more than a fair
-            // share of what is left when other replicas hold room too.
-            let sharers = 1 + grants.len() as u64;
+            // The room kept, topped up to this replica's share, less what it
+            // holds already, as far as it fits by the last admitted claim's
+            // usage. Even shares from the first round on: each replica then
+            // admits its part of a burst on its own.
             let mut grant = kept.clone();
             if let Some(last) = last.filter(|_| !shrinking) {
                 let asking = &waiting[last].asking;
-                for (resource, more) in &demand {
-                    // Only what the last claim's usage and limits speak for.
-                    let (Some(limit), true) = (
+                for (resource, ask) in &asking.claim.asks {
+                    let (Some(limit), Some(share)) = (
                         asking.claim.limits.get(resource),
-                        asking.claim.asks.contains_key(resource),
+                        asking.share(resource, replicas),
                     ) else {
                         continue;
                     };
@@ -850,9 +1155,10 @@ impl<B: Backend> Inner<B> {
                         .map(|h| h.amount)
                         .sum::<u64>();
                     // `check` leaves out the claim's own reservation.
-                    let room = limit
-                        .saturating_sub(used + held_now + amount(&asking.claim.asks, resource));
-                    *grant.entry(resource.clone()).or_default() += (*more).min(room / sharers);
+                    let room = limit.saturating_sub(used + held_now + ask);
+                    let mine = asking.mine(&held, &self.me, resource);
+                    let more = share.saturating_sub(mine + kept_of(resource)).min(room);
+                    *grant.entry(resource.clone()).or_default() += more;
                 }
             }
             grant.retain(|_, a| *a > 0);
@@ -865,14 +1171,19 @@ impl<B: Backend> Inner<B> {
                 }
                 None => !grant.is_empty(),
             };
-            let changed = grant_changed
-                || held.len() != current.held.len()
-                || !carved.is_empty()
-                || decisions
-                    .iter()
-                    .zip(&waiting)
-                    .any(|((d, _), p)| d.admitted && !p.asking.subject.dry_run);
-            let (answers, still) = split(waiting, decisions);
+            let admitted = decisions
+                .iter()
+                .zip(&waiting)
+                .any(|((d, _), p)| d.admitted && !p.asking.subject.dry_run);
+            let changed =
+                grant_changed || held.len() != current.held.len() || !carved.is_empty() || admitted;
+            let (mut answers, still) = split(waiting, decisions);
+            if !admitted {
+                // Refusals that rest on no admission of this batch hold
+                // whatever becomes of the write (it only names and renews):
+                // answered now.
+                self.answer(scope, std::mem::take(&mut answers));
+            }
             if !changed {
                 let own =
                     stored_own.map_or((BTreeMap::new(), 0), |g| (g.asks.clone(), g.expires_ms));
@@ -882,6 +1193,7 @@ impl<B: Backend> Inner<B> {
                     grant: Some(own),
                     waiting: still,
                     round_trip,
+                    wrote: false,
                 };
             }
             let mut grants = grants;
@@ -910,12 +1222,17 @@ impl<B: Backend> Inner<B> {
                         grant: Some((grant, expires_ms)),
                         waiting: still,
                         round_trip: writing.elapsed(),
+                        wrote: true,
                     };
                 }
                 Ok(None) => {
                     // Another replica wrote first: read and decide again.
                     waiting = answers.into_iter().map(|(p, _)| p).chain(still).collect();
                     round_trip = writing.elapsed();
+                    let patience = round_trip.clamp(POLL.0, POLL.1);
+                    view = self
+                        .seen_after(scope, state.version.as_deref(), patience)
+                        .await;
                 }
                 Err(error) => {
                     let waiting = answers.into_iter().map(|(p, _)| p).chain(still).collect();
@@ -994,6 +1311,35 @@ fn split(
     (answers, still)
 }
 
+/// Keeps the scopes' views as the watch tells them; ends with the ledger.
+async fn follow<B: Backend>(ledger: Weak<Inner<B>>, seen: impl Stream<Item = Seen> + Send) {
+    let mut seen = std::pin::pin!(seen);
+    let mut listed = None;
+    while let Some(event) = seen.next().await {
+        let Some(ledger) = ledger.upgrade() else {
+            return;
+        };
+        ledger.follow(event, &mut listed);
+    }
+}
+
+/// Stores this replica's presence, renewed while the ledger lives.
+async fn announce<B: Backend>(ledger: Weak<Inner<B>>) {
+    let every = PRESENCE_TTL / 3;
+    loop {
+        let Some(ledger) = ledger.upgrade() else {
+            return;
+        };
+        let expires_ms = now_ms() + PRESENCE_TTL.as_millis() as u64;
+        let deadline = Instant::now() + every;
+        if let Err(error) = by(deadline, ledger.backend.announce(&ledger.me, expires_ms)).await {
+            tracing::warn!("storing this replica's presence in the quota ledger: {error}");
+        }
+        drop(ledger);
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// How often the sweep looks for scopes whose reservations have all lapsed.
 fn sweep_interval(ttl: Duration) -> Duration {
     ttl.max(Duration::from_secs(1))
@@ -1021,6 +1367,20 @@ async fn sweep<B: Backend>(ledger: Weak<Inner<B>>) {
             }
         };
         let now = now_ms();
+        let departed: Vec<String> = {
+            let present = ledger.present.lock().expect("ledger lock poisoned");
+            let grace = PRESENCE_TTL.as_millis() as u64;
+            present
+                .iter()
+                .filter(|(_, expires_ms)| **expires_ms + grace < now)
+                .map(|(replica, _)| replica.clone())
+                .collect()
+        };
+        for replica in departed {
+            if let Err(error) = by(deadline, ledger.backend.withdraw(&replica)).await {
+                tracing::warn!("removing the lapsed presence of replica {replica:?}: {error}");
+            }
+        }
         for (scope, stored) in scopes {
             let Some(version) = stored.version.clone().filter(|_| stored.lapsed(now)) else {
                 continue;

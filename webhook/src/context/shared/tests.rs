@@ -7,23 +7,74 @@ use super::*;
 /// The apiserver's compare-and-swap, in memory: versions count writes,
 /// and a write at a stale version fails as a 409 would. Every call takes
 /// a round trip (half before, half after the storage acts, as on a
-/// network); calls on the `slow` scope take its delay; a `down` one
-/// answers nothing.
+/// network), and a watch tells each change half a round trip after it
+/// (a `blind` one tells nothing); calls on the `slow` scope take its
+/// delay; a `down` one answers and tells nothing.
 #[derive(Default)]
 struct FakeApiserver {
     scopes: Mutex<BTreeMap<String, Versioned>>,
     versions: AtomicUsize,
     round_trip: Duration,
+    loads: AtomicUsize,
     writes: AtomicUsize,
     conflicts: AtomicUsize,
+    blind: bool,
     slow: Mutex<Option<(String, Duration)>>,
     down: AtomicBool,
+    /// The replicas' presences.
+    present: Mutex<BTreeMap<String, u64>>,
+    /// Each watch, told what changed and when.
+    watchers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<(Instant, Change)>>>,
+}
+
+/// A change a watch is told of.
+#[derive(Clone)]
+enum Change {
+    Stored(String, Versioned),
+    Deleted(String, Versioned),
+    Present(String, u64),
+    Departed(String),
+}
+
+impl Change {
+    /// The scope it concerns (`""` for a presence), for its delay.
+    fn scope(&self) -> &str {
+        match self {
+            Change::Stored(scope, _) | Change::Deleted(scope, _) => scope,
+            Change::Present(..) | Change::Departed(_) => "",
+        }
+    }
+}
+
+impl From<Change> for Seen {
+    fn from(change: Change) -> Seen {
+        match change {
+            Change::Stored(scope, state) => Seen::Stored(scope, state),
+            Change::Deleted(scope, state) => Seen::Gone {
+                scope,
+                version: state.version,
+            },
+            Change::Present(replica, expires_ms) => Seen::Present {
+                replica,
+                expires_ms,
+            },
+            Change::Departed(replica) => Seen::Departed(replica),
+        }
+    }
 }
 
 impl FakeApiserver {
     fn with_round_trip(round_trip: Duration) -> Arc<Self> {
         Arc::new(FakeApiserver {
             round_trip,
+            ..FakeApiserver::default()
+        })
+    }
+
+    /// One without a watch.
+    fn blind() -> Arc<Self> {
+        Arc::new(FakeApiserver {
+            blind: true,
             ..FakeApiserver::default()
         })
     }
@@ -48,6 +99,11 @@ impl FakeApiserver {
 
     /// Half a round trip, or the scope's delay; forever when down.
     async fn travel(&self, scope: &str) {
+        self.travel_from(scope, Instant::now()).await;
+    }
+
+    /// [`FakeApiserver::travel`], from `at`.
+    async fn travel_from(&self, scope: &str, at: Instant) {
         if self.down.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
@@ -55,12 +111,53 @@ impl FakeApiserver {
             Some((slow, delay)) if slow == scope => *delay,
             _ => self.round_trip / 2,
         };
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep_until((at + delay).into()).await;
+    }
+
+    /// Tells every watch of `change`.
+    fn tell(&self, change: Change) {
+        let told = (Instant::now(), change);
+        let mut watchers = self.watchers.lock().unwrap();
+        watchers.retain(|watcher| watcher.send(told.clone()).is_ok());
     }
 }
 
 impl Backend for Arc<FakeApiserver> {
+    fn watch(&self) -> impl Stream<Item = Seen> + Send + 'static {
+        let (told, changes) = tokio::sync::mpsc::unbounded_channel();
+        let listing: Vec<Seen> = if self.blind {
+            // Nothing is ever told: the stream ends.
+            Vec::new()
+        } else {
+            // Listed and registered at once: no change falls between.
+            let scopes = self.scopes.lock().unwrap();
+            let present = self.present.lock().unwrap();
+            self.watchers.lock().unwrap().push(told);
+            let stored = scopes
+                .iter()
+                .map(|(scope, state)| Change::Stored(scope.clone(), state.clone()));
+            let present = present
+                .iter()
+                .map(|(replica, expires_ms)| Change::Present(replica.clone(), *expires_ms));
+            std::iter::once(Seen::Listing)
+                .chain(stored.chain(present).map(Seen::from))
+                .chain(std::iter::once(Seen::Listed))
+                .collect()
+        };
+        let apiserver = self.clone();
+        let changes = futures::stream::unfold(changes, move |mut changes| {
+            let apiserver = apiserver.clone();
+            async move {
+                let (at, change) = changes.recv().await?;
+                apiserver.travel_from(change.scope(), at).await;
+                Some((Seen::from(change), changes))
+            }
+        });
+        futures::stream::iter(listing).chain(changes)
+    }
+
     async fn load(&self, scope: &str) -> Result<Versioned, Error> {
+        self.loads.fetch_add(1, Ordering::Relaxed);
         self.travel(scope).await;
         let found = self.scopes.lock().unwrap().get(scope).cloned();
         self.travel(scope).await;
@@ -78,6 +175,7 @@ impl Backend for Arc<FakeApiserver> {
                     version: Some(version.clone()),
                     ..state.clone()
                 };
+                self.tell(Change::Stored(scope.into(), stored.clone()));
                 scopes.insert(scope.into(), stored);
                 self.writes.fetch_add(1, Ordering::Relaxed);
                 Some(version)
@@ -96,6 +194,23 @@ impl Backend for Arc<FakeApiserver> {
         Ok(scopes.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
+    async fn announce(&self, replica: &str, expires_ms: u64) -> Result<(), Error> {
+        self.travel("").await;
+        let mut present = self.present.lock().unwrap();
+        present.insert(replica.into(), expires_ms);
+        self.tell(Change::Present(replica.into(), expires_ms));
+        Ok(())
+    }
+
+    async fn withdraw(&self, replica: &str) -> Result<(), Error> {
+        self.travel("").await;
+        let mut present = self.present.lock().unwrap();
+        if present.remove(replica).is_some() {
+            self.tell(Change::Departed(replica.into()));
+        }
+        Ok(())
+    }
+
     async fn delete(&self, scope: &str, version: &str) -> Result<(), Error> {
         self.travel(scope).await;
         let mut scopes = self.scopes.lock().unwrap();
@@ -103,7 +218,8 @@ impl Backend for Arc<FakeApiserver> {
             .get(scope)
             .is_some_and(|s| s.version.as_deref() == Some(version))
         {
-            scopes.remove(scope);
+            let gone = scopes.remove(scope).expect("just found");
+            self.tell(Change::Deleted(scope.into(), gone));
         }
         Ok(())
     }
@@ -417,8 +533,8 @@ async fn denied_requests_are_released() {
 }
 
 #[tokio::test]
-async fn a_refusal_from_a_stale_view_is_checked_against_a_fresh_read() {
-    let apiserver = FakeApiserver::with_round_trip(Duration::ZERO);
+async fn without_the_watch_a_refusal_from_a_stale_view_is_checked_against_a_fresh_read() {
+    let apiserver = FakeApiserver::blind();
     let one = ledger_over(&apiserver, Duration::from_secs(60));
     let other = ledger_over(&apiserver, Duration::from_secs(60));
     assert!(
@@ -495,4 +611,67 @@ fn stored_object_names_read_back() {
         name: "train".into(),
     };
     assert_eq!(object_key(&object_name(&key)), Some(key));
+}
+
+#[tokio::test]
+async fn with_the_watch_rounds_decide_without_reading() {
+    for (apiserver, reads) in [
+        (FakeApiserver::with_round_trip(Duration::ZERO), false),
+        (FakeApiserver::blind(), true),
+    ] {
+        let ledger = ledger_over(&apiserver, Duration::from_secs(60));
+        eventually(|| apiserver.blind || ledger.inner.synced()).await;
+        let claim = claims(&[("ns/a", 2)]);
+        let admitted: Vec<bool> = [
+            reserve(&*ledger, "a", &claim, false).await.admitted,
+            reserve(&*ledger, "b", &claim, false).await.admitted,
+            reserve(&*ledger, "c", &claim, false).await.admitted,
+        ]
+        .into();
+        assert_eq!(admitted, [true, true, false]);
+        // The refusal rests on the scope as the watch last told it, or on a
+        // read when there is no watch.
+        assert_eq!(apiserver.loads.load(Ordering::Relaxed) > 0, reads);
+    }
+}
+
+#[tokio::test]
+async fn grants_are_even_shares_of_the_replicas_that_run() {
+    let apiserver = FakeApiserver::with_round_trip(Duration::ZERO);
+    let ledgers: Vec<_> = (0..3)
+        .map(|_| ledger_over(&apiserver, Duration::from_secs(60)))
+        .collect();
+    eventually(|| ledgers.iter().all(|l| l.inner.replicas(now_ms()) == 3)).await;
+    assert!(
+        reserve(&*ledgers[0], "a", &claims(&[("ns/a", 30)]), false)
+            .await
+            .admitted
+    );
+    // A third of 30, less the one it just took.
+    let stored = apiserver.scopes.lock().unwrap()["quota/ns/a"].clone();
+    assert_eq!(stored.grants.len(), 1);
+    assert_eq!(stored.grants[0].asks["nvidia.com/gpu"], 9);
+    assert_eq!(
+        stored.reservations[0].replica.as_deref(),
+        Some(&*ledgers[0].inner.me)
+    );
+}
+
+#[tokio::test]
+async fn a_lapsed_presence_is_withdrawn() {
+    let apiserver = FakeApiserver::with_round_trip(Duration::ZERO);
+    let long_ago = now_ms() - 2 * PRESENCE_TTL.as_millis() as u64;
+    apiserver
+        .present
+        .lock()
+        .unwrap()
+        .insert("dead".into(), long_ago);
+    let ledger = ledger_over(&apiserver, Duration::from_millis(100));
+    // Its own presence is stored; the dead one's goes at the next sweep.
+    eventually(|| {
+        let present = apiserver.present.lock().unwrap();
+        present.contains_key(&ledger.inner.me) && !present.contains_key("dead")
+    })
+    .await;
+    assert_eq!(ledger.inner.replicas(now_ms()), 1);
 }
