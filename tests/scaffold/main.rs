@@ -7,8 +7,18 @@
 mod python;
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tollgate_e2e::{binary, workspace};
+
+/// One test at a time: a suite's evaluations have deadlines, and another
+/// test's build (cargo, componentize-py) beside them would starve them.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Waits for the other tests of this binary to end.
+fn turn() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// `tollgate ARGS`; its output, stdout then stderr, when it succeeded.
 fn tollgate(args: &[&str]) -> Result<String, String> {
@@ -38,6 +48,7 @@ fn suite(path: &std::path::Path) -> Result<String, String> {
 
 #[test]
 fn a_scaffolded_policy_builds_and_its_tests_and_suite_pass() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let tollgate =
         |args: &[&str]| tollgate(args).unwrap_or_else(|text| panic!("tollgate {args:?}: {text}"));

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use tollgate_e2e::workspace;
 
-use crate::{suite, tollgate};
+use crate::{suite, tollgate, turn};
 
 /// Runs a project's unit tests, builds its component and runs its suite;
 /// the component's path.
@@ -45,6 +45,7 @@ fn test_and_build(project: &Path) -> PathBuf {
 
 #[test]
 fn the_python_example_passes_its_suite_and_needs_wasi_granted() {
+    let _turn = turn();
     let component = test_and_build(&workspace().join("examples/policies/python-team-labels"));
     // Without `wasi: true` the component does not link, and says why.
     let dir = tempfile::tempdir().unwrap();
@@ -65,6 +66,7 @@ fn the_python_example_passes_its_suite_and_needs_wasi_granted() {
 
 #[test]
 fn a_scaffolded_python_policy_tests_builds_and_passes_its_suite() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let created = tollgate(&[
         "policy",

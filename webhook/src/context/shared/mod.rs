@@ -352,13 +352,14 @@ fn newer(candidate: Option<&str>, known: Option<&str>) -> bool {
 }
 
 impl Queue {
-    /// A queue for a scope this replica has not seen: known not stored
-    /// when the watch is `synced` (it would have told otherwise).
-    fn new(synced: bool) -> Self {
-        Queue {
+    /// `scope`'s queue in `scopes`; a new one for a scope this replica has
+    /// not seen is known not stored when the watch is `synced` (it would
+    /// have told otherwise).
+    fn of<'a>(scopes: &'a mut HashMap<String, Queue>, scope: &str, synced: bool) -> &'a mut Queue {
+        scopes.entry(scope.to_owned()).or_insert_with(|| Queue {
             view: synced.then(View::default),
             ..Queue::default()
-        }
+        })
     }
 
     /// Takes `view` as the scope's, unless the one known is later; wakes
@@ -714,9 +715,7 @@ impl<B: Backend> Shared<B> {
         {
             let inner = &self.inner;
             let mut scopes = inner.scopes.lock().expect("ledger lock poisoned");
-            let queue = scopes
-                .entry(scope.to_owned())
-                .or_insert_with(|| Queue::new(inner.synced()));
+            let queue = Queue::of(&mut scopes, scope, inner.synced());
             if let Some(decision) =
                 queue.decide_locally(&asking, &inner.me, inner.ttl, inner.grant_ttl)
             {
@@ -796,31 +795,26 @@ impl<B: Backend> Inner<B> {
     fn follow(&self, seen: Seen, listed: &mut Option<HashSet<String>>) {
         let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
         let synced = self.synced();
-        fn queue<'a>(
-            scopes: &'a mut HashMap<String, Queue>,
-            scope: &str,
-            synced: bool,
-        ) -> &'a mut Queue {
-            scopes
-                .entry(scope.to_owned())
-                .or_insert_with(|| Queue::new(synced))
-        }
         match seen {
             Seen::Listing => {
                 self.synced.store(false, Ordering::Release);
                 *listed = Some(HashSet::new());
             }
             Seen::Stored(scope, state) => {
-                queue(&mut scopes, &scope, synced).see(View::from(state));
-                listed.as_mut().map(|l| l.insert(scope));
+                Queue::of(&mut scopes, &scope, synced).see(View::from(state));
+                if let Some(listed) = listed {
+                    listed.insert(scope);
+                }
             }
             Seen::Unreadable(scope) => {
                 // Rounds read it, and say what is wrong.
-                queue(&mut scopes, &scope, synced).view = None;
-                listed.as_mut().map(|l| l.insert(scope));
+                Queue::of(&mut scopes, &scope, synced).view = None;
+                if let Some(listed) = listed {
+                    listed.insert(scope);
+                }
             }
             Seen::Gone { scope, version } => {
-                let queue = queue(&mut scopes, &scope, synced);
+                let queue = Queue::of(&mut scopes, &scope, synced);
                 let known = queue.view.as_ref().and_then(|v| v.version.as_deref());
                 if !newer(known, version.as_deref()) {
                     queue.see(View::default());
@@ -875,7 +869,7 @@ impl<B: Backend> Inner<B> {
     fn release_in(self: &Arc<Self>, uid: &str, scopes: &[String]) {
         let mut all = self.scopes.lock().expect("ledger lock poisoned");
         for scope in scopes {
-            let queue = all.entry(scope.clone()).or_default();
+            let queue = Queue::of(&mut all, scope, self.synced());
             let carved = queue.lease.carved.len();
             queue.lease.carved.retain(|r| r.uid != uid);
             if queue.lease.carved.len() == carved {
@@ -1286,7 +1280,7 @@ impl<B: Backend> Inner<B> {
         }
         if !unsure.is_empty() {
             let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
-            let queue = scopes.entry(scope.to_owned()).or_default();
+            let queue = Queue::of(&mut scopes, scope, self.synced());
             queue.released.extend(unsure);
             self.start(scope, queue);
         }
