@@ -989,7 +989,7 @@ impl<B: Backend> Inner<B> {
                 // Others that lost to this write are deciding again: let
                 // their writes go first, so that no replica loses every
                 // race while this one wins each.
-                tokio::time::sleep(round_trip / 4).await;
+                tokio::time::sleep(round_trip / 2).await;
             }
             if poll {
                 if self.synced() {
