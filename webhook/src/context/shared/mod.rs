@@ -1,21 +1,26 @@
 //! The ledger shared by several replicas, kept in the apiserver: one
 //! ConfigMap per scope holds the scope's reservations, and every change is a
 //! compare-and-swap on its `resourceVersion` (create fails if it exists,
-//! replace fails if it changed). A replica that loses the race reads again
-//! and re-checks; no replica trusts another's memory, and there is no
-//! protocol of our own beyond the apiserver's optimistic concurrency.
+//! replace fails if it changed). A replica that loses the race re-checks
+//! against what the winner wrote; no replica trusts another's memory, and
+//! there is no protocol of our own beyond the apiserver's optimistic
+//! concurrency. Each replica watches the ledger's ConfigMaps, so it knows
+//! every scope as last stored without reading it, and the other replicas'
+//! presences (ConfigMaps they renew), so that it takes an even share of
+//! each scope's room as its grant.
 //!
 //! Group commit: each replica runs one committer per scope. Claims that
 //! arrive while a round trip is in flight wait in the scope's queue, and the
 //! next round decides them all, in arrival order, against the scope as last
 //! written and stores the result in one compare-and-swap. Under a burst, one
 //! write admits every claim that arrived meanwhile, instead of one write per
-//! claim queueing behind the others. A round starts from the scope as this
-//! replica last wrote it (no read); a conflict means another replica wrote,
-//! and the round reads and decides again. A refusal is only ever given
-//! against a fresh read, so a stale view can delay an admission but never
-//! refuse one that fits. Releases (a denied request's reservations) go
-//! through the same queue.
+//! claim queueing behind the others. A round starts from the scope as the
+//! watch (or this replica's last write) shows it, without a read; a conflict
+//! means another replica wrote, and the round decides again once the watch
+//! tells what (or reads it, when the watch is down). Without the watch, a
+//! refusal is only given against a fresh read; with it, against the scope
+//! as last told, which lags the apiserver by one event. Releases (a denied
+//! request's reservations) go through the same queue.
 //!
 //! Claims over several scopes are taken scope by scope in a fixed order; if
 //! a later one does not fit, the earlier ones are given back. Reservations
@@ -1220,7 +1225,8 @@ impl<B: Backend> Inner<B> {
                     };
                 }
                 Ok(None) => {
-                    // Another replica wrote first: read and decide again.
+                    // Another replica wrote first: decide again on what it
+                    // wrote, as the watch tells it (else read it).
                     waiting = answers.into_iter().map(|(p, _)| p).chain(still).collect();
                     round_trip = writing.elapsed();
                     let patience = round_trip.clamp(POLL.0, POLL.1);
