@@ -53,6 +53,7 @@ impl ConfigMaps {
         format!("tollgate-quota-replica-{}", Self::digest(replica))
     }
 
+    /// A short digest of `text`, valid in a name.
     fn digest(text: &str) -> String {
         use sha2::{Digest, Sha256};
         hex::encode(&Sha256::digest(text.as_bytes())[..10])
@@ -96,8 +97,8 @@ impl ConfigMaps {
             .cloned()
     }
 
-    /// A stored ConfigMap as the watch tells it: `None` when it holds no
-    /// scope.
+    /// A stored ConfigMap as the watch tells it: `None` when it holds
+    /// neither a scope nor a presence.
     fn seen(map: ConfigMap) -> Option<Seen> {
         if let Some(replica) = Self::replica(&map) {
             let expires = map.data.as_ref().and_then(|d| d.get(EXPIRES));
