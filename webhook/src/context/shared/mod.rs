@@ -635,7 +635,11 @@ impl Queue {
             lease.carved.push(asking.reservation(me, now, ttl));
             // Used up: named at once, so that the others know the room is
             // taken (their claims may be waiting for it).
-            if lease.left().is_empty() {
+            if lease
+                .amounts
+                .keys()
+                .all(|resource| lease.unused(resource) == 0)
+            {
                 self.give_back = true;
             }
         }
@@ -755,16 +759,6 @@ impl<B: Backend> Inner<B> {
         1 + present.values().filter(|e| **e > now_ms).count() as u64
     }
 
-    /// What wakes `scope`'s committer.
-    fn wake(&self, scope: &str) -> Arc<Notify> {
-        let scopes = self.scopes.lock().expect("ledger lock poisoned");
-        scopes
-            .get(scope)
-            .expect("a running committer's queue")
-            .wake
-            .clone()
-    }
-
     /// The scope's view once the watch tells a version later than
     /// `version` (what another replica wrote), within `patience`; `None`
     /// (read it) when the watch is not synced or does not tell in time.
@@ -795,9 +789,9 @@ impl<B: Backend> Inner<B> {
         }
     }
 
-    /// Takes what the watch tells; `listed` gathers the scopes of a
+    /// Takes in one thing the watch tells; `listed` gathers the scopes of a
     /// listing (`None` outside one), to forget those it leaves out.
-    fn follow(&self, seen: Seen, listed: &mut Option<HashSet<String>>) {
+    fn apply(&self, seen: Seen, listed: &mut Option<HashSet<String>>) {
         let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
         let synced = self.synced();
         match seen {
@@ -951,11 +945,11 @@ impl<B: Backend> Inner<B> {
             };
             // A caller that is gone (its deadline passed) reserves nothing.
             work.waiting.retain(|p| !p.reply.is_closed());
-            let restore = (work.carved.clone(), work.kept.clone());
+            let carved = work.carved.clone();
             let ended = self.round(&scope, work).await;
             let poll = !ended.waiting.is_empty();
             let (wrote, round_trip) = (ended.wrote, ended.round_trip);
-            {
+            let wake = {
                 let mut scopes = self.scopes.lock().expect("ledger lock poisoned");
                 let queue = scopes.get_mut(&scope).expect("a running committer's queue");
                 match ended.view {
@@ -974,7 +968,6 @@ impl<B: Backend> Inner<B> {
                     None => {
                         // The stored grant is as before: what it covered is
                         // this replica's to name again.
-                        let (carved, _) = restore;
                         for reservation in &carved {
                             add(&mut queue.lease.amounts, &reservation.asks);
                         }
@@ -989,7 +982,8 @@ impl<B: Backend> Inner<B> {
                     waiting.append(&mut queue.waiting);
                     queue.waiting = waiting;
                 }
-            }
+                queue.wake.clone()
+            };
             if wrote && !poll && self.replicas(now_ms()) > 1 {
                 // Others that lost to this write are deciding again: let
                 // their writes go first, so that no replica loses every
@@ -1000,10 +994,9 @@ impl<B: Backend> Inner<B> {
                 if self.synced() {
                     // The watch wakes the committer when the scope changes;
                     // grants also lapse with time.
-                    let wake = self.wake(&scope);
                     let _ = tokio::time::timeout(POLL.1, wake.notified()).await;
                 } else {
-                    tokio::time::sleep(ended.round_trip.clamp(POLL.0, POLL.1)).await;
+                    tokio::time::sleep(round_trip.clamp(POLL.0, POLL.1)).await;
                 }
             }
         }
@@ -1120,11 +1113,10 @@ impl<B: Backend> Inner<B> {
                 // fit without them waits for that rather than being refused
                 // — unless it would put this replica over its share: what
                 // the others hold is within theirs, for them to use.
-                let kept_some = asking.claim.asks.keys().any(|r| kept_of(r) > 0);
-                let others_may_give = asking.others_hold(&grants, &self.me, now)
-                    && !asking.over_share(&held, &self.me, replicas);
                 let wait = !decision.admitted
-                    && (kept_some || others_may_give)
+                    && (asking.claim.asks.keys().any(|r| kept_of(r) > 0)
+                        || (asking.others_hold(&grants, &self.me, now)
+                            && !asking.over_share(&held, &self.me, replicas)))
                     && asking.check(&held, &[], &self.me, now, |_| 0).admitted;
                 decisions.push((decision, wait));
             }
@@ -1319,7 +1311,7 @@ async fn follow<B: Backend>(ledger: Weak<Inner<B>>, seen: impl Stream<Item = See
         let Some(ledger) = ledger.upgrade() else {
             return;
         };
-        ledger.follow(event, &mut listed);
+        ledger.apply(event, &mut listed);
     }
 }
 
