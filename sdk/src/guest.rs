@@ -1,13 +1,13 @@
 //! Generated bindings for the `tollgate:policy` world and the glue that
 //! [`crate::export!`] uses. Compiled only for Wasm targets.
 //!
-//! Policies target `indexed-policy` (`policy` plus the `index` export); the
-//! host also runs components built for plain `policy`. Imports a policy
-//! never calls are left out of its component, so a policy that reads no
-//! cluster context does not import it.
+//! Policies target `prepared-policy` (`policy` plus the `index` and
+//! `prepare` exports); the host also runs components built for plain
+//! `policy`. Imports a policy never calls are left out of its component, so
+//! a policy that reads no cluster context does not import it.
 
 wit_bindgen::generate!({
-    world: "indexed-policy",
+    world: "prepared-policy",
     path: "wit",
     pub_export_macro: true,
     default_bindings_module: "tollgate_sdk::guest",

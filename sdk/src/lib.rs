@@ -51,6 +51,7 @@
 //! - [`selector`]: label selectors, in kubectl's syntax or Kubernetes'
 //!   object form.
 //! - [`log`]: diagnostics through the host.
+//! - [`prepared`]: settings read ahead of a call, off the request path.
 //! - [`testing`]: the native harness.
 //! - `guest` (Wasm only): the generated bindings behind [`export!`].
 
@@ -58,6 +59,7 @@ pub mod context;
 pub mod edit;
 pub mod log;
 pub mod pod;
+pub mod prepared;
 pub mod quantity;
 pub mod quota;
 pub mod request;
@@ -121,8 +123,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A Tollgate policy.
 pub trait Policy {
     /// The policy's settings, deserialized from the configuration's
-    /// `settings` (absent settings deserialize from `{}`).
-    type Settings: serde::de::DeserializeOwned;
+    /// `settings` (absent settings deserialize from `{}`). In the sandbox
+    /// they are read once per instance, off the request path (see
+    /// [`prepared`]): whatever a policy derives from its settings alone
+    /// belongs in their deserialization.
+    type Settings: serde::de::DeserializeOwned + 'static;
 
     /// Checks settings beyond what deserialization checks.
     ///
@@ -194,26 +199,26 @@ pub fn run_validate_settings<P: Policy>(settings: &str) -> Result<(), String> {
     P::validate_settings(&settings)
 }
 
-/// Runs [`Policy::evaluate`] on request and settings text (used by the export
-/// glue and the test harness).
+/// Runs [`Policy::evaluate`] on request and settings text, with the settings
+/// [`prepared`] ahead when they are the same text (used by the export glue
+/// and the test harness).
 ///
 /// # Errors
 ///
 /// Unparseable request or settings, or the policy's own error.
 pub fn run_evaluate<P: Policy>(request: &str, settings: &str) -> Result<Verdict> {
-    let settings: P::Settings = parse_settings(settings).map_err(Error)?;
-    P::evaluate_text(request, &settings)
+    prepared::with_settings::<P, _>(settings, |settings| P::evaluate_text(request, settings))
 }
 
-/// Runs [`Policy::index`] on object and settings text (used by the export
-/// glue and the test harness).
+/// Runs [`Policy::index`] on object and settings text, as
+/// [`run_evaluate`] runs `evaluate` (used by the export glue and the test
+/// harness).
 ///
 /// # Errors
 ///
 /// Unparseable settings, or the policy's own error.
 pub fn run_index<P: Policy>(object: &str, settings: &str) -> Result<Vec<quota::Entry>> {
-    let settings: P::Settings = parse_settings(settings).map_err(Error)?;
-    P::index(object, &settings)
+    prepared::with_settings::<P, _>(settings, |settings| P::index(object, settings))
 }
 
 /// Makes a [`Policy`] the component's exports. Call it once, at the crate
@@ -248,6 +253,11 @@ macro_rules! export {
                     ::std::string::String,
                 > {
                     $crate::guest::to_wit_entries($crate::run_index::<$policy>(&object, &settings))
+                }
+                fn prepare(
+                    settings: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::prepared::prepare::<$policy>(&settings)
                 }
             }
     $crate::guest::export!(Export with_types_in $crate::guest);

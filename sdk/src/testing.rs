@@ -52,13 +52,15 @@ pub fn validate_settings<P: Policy>(settings: &str) -> Result<(), String> {
     crate::run_validate_settings::<P>(settings)
 }
 
-/// Evaluates a request as the host would (settings validated first).
+/// Evaluates a request as the host would (settings validated first, then
+/// prepared).
 ///
 /// # Errors
 ///
 /// A settings error or the policy's own error.
 pub fn evaluate<P: Policy>(request: &str, settings: &str) -> Result<Verdict> {
     validate_settings::<P>(settings)?;
+    crate::prepared::prepare::<P>(settings)?;
     crate::run_evaluate::<P>(request, settings)
 }
 

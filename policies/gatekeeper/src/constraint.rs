@@ -22,9 +22,14 @@ pub struct Constraint {
     /// `spec.scopedEnforcementActions`, for `enforcementAction: scoped`.
     #[serde(default)]
     pub scoped_enforcement_actions: Vec<ScopedAction>,
-    /// `spec.parameters`, checked against the template's schema.
-    #[serde(default)]
-    pub parameters: serde_json::Value,
+    /// `spec.parameters`, checked against the template's schema, as Rego
+    /// values (`null` when absent).
+    #[serde(default = "null")]
+    pub parameters: regorus::Value,
+}
+
+fn null() -> regorus::Value {
+    regorus::Value::Null
 }
 
 /// What a violation does.

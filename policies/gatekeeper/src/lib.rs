@@ -5,23 +5,26 @@
 //! {template, constraints}`), checks each constraint's parameters against
 //! the template's schema, and compiles the template's Rego once into a
 //! regorus VM program; this policy gets the program and the constraints as
-//! its settings. Per request it selects the constraints whose `spec.match`
-//! holds, runs the program's `violation` rule for each with Gatekeeper's
-//! input (`input.review`, `input.parameters`), and turns violations into
-//! Gatekeeper's messages (`[constraint] msg`) by each constraint's
-//! enforcement action: `deny` refuses, `warn` warns, `dryrun` records an
-//! audit annotation.
+//! its settings, and reads them (the program loaded, the parameters as Rego
+//! values) when an instance is prepared, off the request path. Per request
+//! it reads the request into Rego values once, selects the constraints whose
+//! `spec.match` holds, runs the program's `violation` rule for each with
+//! Gatekeeper's input (`input.review`, `input.parameters`), and turns
+//! violations into Gatekeeper's messages (`[constraint] msg`) by each
+//! constraint's enforcement action: `deny` refuses, `warn` warns, `dryrun`
+//! records an audit annotation.
 
 mod constraint;
+mod input;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use regorus::Value;
 use regorus::rvm::program::{DeserializationResult, Program};
 use regorus::rvm::vm::RegoVM;
 use serde::Deserialize;
-use tollgate_sdk::request::GroupVersionKind;
 use tollgate_sdk::{Policy, Request, Verdict, context};
 
 use constraint::{Action, Constraint, Subject};
@@ -30,19 +33,43 @@ use constraint::{Action, Constraint, Subject};
 const DRYRUN_ANNOTATION: &str = "gatekeeper.tollgate.dev/dryrun-violations";
 
 /// The settings, as the host prepares them from the template and
-/// constraints.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// constraints, with the program loaded.
+#[derive(Deserialize)]
+#[serde(try_from = "Stored")]
 pub struct Settings {
     /// The template's name, for messages.
     pub template: String,
-    /// The template's Rego compiled into a regorus VM program, base64.
-    pub program: String,
+    /// The template's Rego compiled into a regorus VM program.
+    pub program: Arc<Program>,
     /// The template's constraints.
     pub constraints: Vec<Constraint>,
     /// The kinds served in `data.inventory`, for a template that reads it.
-    #[serde(default)]
     pub inventory: Vec<Inventoried>,
+}
+
+/// The settings as the host writes them.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Stored {
+    template: String,
+    /// The program, serialized by regorus, in base64.
+    program: String,
+    constraints: Vec<Constraint>,
+    #[serde(default)]
+    inventory: Vec<Inventoried>,
+}
+
+impl TryFrom<Stored> for Settings {
+    type Error = String;
+
+    fn try_from(stored: Stored) -> Result<Self, String> {
+        Ok(Settings {
+            program: program(&stored.program)?,
+            template: stored.template,
+            constraints: stored.constraints,
+            inventory: stored.inventory,
+        })
+    }
 }
 
 /// A kind of the inventory.
@@ -68,7 +95,7 @@ impl Policy for Gatekeeper {
                 settings.template
             ));
         }
-        program(settings).map(drop).map_err(|e| e.0)
+        Ok(())
     }
 
     fn evaluate(request: &Request<'_>, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
@@ -76,7 +103,10 @@ impl Policy for Gatekeeper {
     }
 
     fn evaluate_text(text: &str, settings: &Settings) -> tollgate_sdk::Result<Verdict> {
-        let envelope: Envelope = serde_json::from_str(text)?;
+        // Read once, for matching and as the templates' input: nearly every
+        // request the webhook sends matches a constraint.
+        let review = input::read(text)?;
+        let envelope = Envelope::of(&review);
         let subject = envelope.subject();
         let mut labels: Option<BTreeMap<String, String>> = None;
         let mut selected = Vec::new();
@@ -99,24 +129,17 @@ impl Policy for Gatekeeper {
         }
 
         let mut vm = RegoVM::new();
-        vm.load_program(program(settings)?);
+        vm.load_program(settings.program.clone());
         if !settings.inventory.is_empty() {
             vm.set_data(inventory(&settings.inventory)?)
                 .map_err(|e| format!("data.inventory: {e}"))?;
         }
-        // The review is read into Rego values once for every constraint,
-        // straight from the text: regorus' own `from_json_str` interns keys,
-        // which costs more than it saves on one request.
-        let review: Value = serde_json::from_str(text).map_err(|e| format!("input: {e}"))?;
         let mut found: BTreeMap<Action, Vec<String>> = BTreeMap::new();
         for (constraint, action) in selected {
-            let parameters = Value::deserialize(&constraint.parameters)
-                .map_err(|e| format!("parameters: {e}"))?;
-            let mut input = Value::new_object();
-            let fields = input.as_object_mut().map_err(|e| format!("input: {e}"))?;
-            fields.insert(Value::from("review"), review.clone());
-            fields.insert(Value::from("parameters"), parameters);
-            vm.set_input(input);
+            vm.set_input(Value::from(BTreeMap::from([
+                (Value::from("review"), review.clone()),
+                (Value::from("parameters"), constraint.parameters.clone()),
+            ])));
             let result = vm
                 .execute()
                 .map_err(|e| format!("template {:?}: {e}", settings.template))?;
@@ -142,13 +165,13 @@ impl Policy for Gatekeeper {
 
 tollgate_sdk::export!(Gatekeeper);
 
-/// The settings' program, decoded and loaded.
-fn program(settings: &Settings) -> tollgate_sdk::Result<std::sync::Arc<Program>> {
+/// The program of the settings, decoded and loaded.
+fn program(base64: &str) -> Result<Arc<Program>, String> {
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&settings.program)
+        .decode(base64)
         .map_err(|e| format!("program: not base64: {e}"))?;
     match Program::deserialize_binary(&bytes).map_err(|e| format!("program: {e}"))? {
-        DeserializationResult::Complete(program) => Ok(std::sync::Arc::new(program)),
+        DeserializationResult::Complete(program) => Ok(Arc::new(program)),
         DeserializationResult::Partial(_) => Err(
             "program: compiled by another regorus version; reload the configuration to compile it again"
                 .into(),
@@ -201,38 +224,67 @@ fn violations(result: &Value) -> impl Iterator<Item = String> + '_ {
 }
 
 /// What matching reads of an AdmissionRequest.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Envelope {
-    #[serde(default)]
-    kind: GroupVersionKind,
-    #[serde(default)]
+    group: String,
+    kind: String,
     name: String,
-    #[serde(default)]
     namespace: String,
-    #[serde(default)]
-    object: Option<Object>,
-    #[serde(default)]
-    old_object: Option<Object>,
+    object: Option<Metadata>,
+    old_object: Option<Metadata>,
 }
 
-#[derive(Default, Deserialize)]
-struct Object {
-    #[serde(default)]
-    metadata: Metadata,
-}
-
-#[derive(Default, Deserialize)]
+/// What matching reads of an object's metadata.
 struct Metadata {
-    #[serde(default)]
     name: String,
-    #[serde(default)]
     labels: BTreeMap<String, String>,
 }
 
+/// A string field's text; empty when it is missing or not a string.
+fn text(value: &Value) -> String {
+    value.as_string().map(|s| s.to_string()).unwrap_or_default()
+}
+
+impl Metadata {
+    /// The metadata of `object`, when it is an object.
+    fn of(object: &Value) -> Option<Self> {
+        object.as_object().ok()?;
+        let metadata = &object["metadata"];
+        let labels = metadata["labels"].as_object().map_or_else(
+            |_| BTreeMap::new(),
+            |labels| {
+                labels
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.as_string().ok()?.to_string(),
+                            v.as_string().ok()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            },
+        );
+        Some(Metadata {
+            name: text(&metadata["name"]),
+            labels,
+        })
+    }
+}
+
 impl Envelope {
+    /// What matching reads of `review`; a missing field reads as empty.
+    fn of(review: &Value) -> Self {
+        Envelope {
+            group: text(&review["kind"]["group"]),
+            kind: text(&review["kind"]["kind"]),
+            name: text(&review["name"]),
+            namespace: text(&review["namespace"]),
+            object: Metadata::of(&review["object"]),
+            old_object: Metadata::of(&review["oldObject"]),
+        }
+    }
+
     fn is_namespace(&self) -> bool {
-        self.kind.group.is_empty() && self.kind.kind == "Namespace"
+        self.group.is_empty() && self.kind == "Namespace"
     }
 
     fn subject(&self) -> Subject<'_> {
@@ -240,12 +292,12 @@ impl Envelope {
             .object
             .as_ref()
             .or(self.old_object.as_ref())
-            .map(|o| o.metadata.name.as_str())
+            .map(|o| o.name.as_str())
             .filter(|n| !n.is_empty());
         let name = object_name.unwrap_or(&self.name);
         Subject {
-            group: &self.kind.group,
-            kind: &self.kind.kind,
+            group: &self.group,
+            kind: &self.kind,
             name,
             // A Namespace is matched by its own name, as Gatekeeper does.
             namespace: if self.is_namespace() {
@@ -255,8 +307,8 @@ impl Envelope {
             },
             namespaced: !self.namespace.is_empty(),
             labels: [
-                self.object.as_ref().map(|o| &o.metadata.labels),
-                self.old_object.as_ref().map(|o| &o.metadata.labels),
+                self.object.as_ref().map(|o| &o.labels),
+                self.old_object.as_ref().map(|o| &o.labels),
             ],
         }
     }
@@ -268,11 +320,14 @@ impl Envelope {
                 .object
                 .as_ref()
                 .or(self.old_object.as_ref())
-                .map(|o| o.metadata.labels.clone())
+                .map(|o| o.labels.clone())
                 .unwrap_or_default());
         }
-        let namespace: Option<Object> = context::get_as("v1", "Namespace", "", &self.namespace)?;
-        namespace.map(|n| n.metadata.labels).ok_or_else(|| {
+        let namespace = context::get("v1", "Namespace", "", &self.namespace)?
+            .map(|text| input::read(&text))
+            .transpose()?;
+        let metadata = namespace.as_ref().and_then(Metadata::of);
+        metadata.map(|m| m.labels).ok_or_else(|| {
             format!(
                 "namespace {:?} is not in the cluster context, so a constraint's namespaceSelector cannot be matched",
                 self.namespace
@@ -478,10 +533,7 @@ violation[{"msg": msg}] {
         );
         let broken =
             json!({"template": "t", "program": "AAAA", "constraints": [{"name": "c"}]}).to_string();
-        assert!(
-            testing::validate_settings::<Gatekeeper>(&broken)
-                .unwrap_err()
-                .starts_with("program: ")
-        );
+        let error = testing::validate_settings::<Gatekeeper>(&broken).unwrap_err();
+        assert!(error.starts_with("invalid settings: program: "), "{error}");
     }
 }

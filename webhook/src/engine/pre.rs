@@ -1,6 +1,6 @@
 //! A policy prepared for fast instantiation, and one call of it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
@@ -11,7 +11,7 @@ use super::host::{Abort, Host, LogRate};
 use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
 use super::slot::Slot;
-use super::spare::{Instance, Recipe, Spares};
+use super::spare::{Instance, Prepare, Recipe, Spares};
 use super::{Engine, Error, kubewarden, opa};
 
 /// The exports the host calls, looked up once per component.
@@ -20,6 +20,8 @@ struct Exports {
     evaluate: ComponentExportIndex,
     /// `None` for components of the plain `policy` world.
     index: Option<ComponentExportIndex>,
+    /// `None` for components of the worlds before `prepared-policy`.
+    prepare: Option<ComponentExportIndex>,
 }
 
 /// A compiled, linked policy: type-checked once, instantiated per call.
@@ -52,6 +54,9 @@ struct Component {
     exports: Exports,
     /// Fresh instances made ahead of time; shared by clones of the handle.
     spares: Arc<Spares>,
+    /// The settings instances are prepared with: the policy's, set when it
+    /// is warmed.
+    settings: OnceLock<Arc<str>>,
 }
 
 /// Where an evaluation runs.
@@ -139,6 +144,7 @@ impl PolicyPre {
                 .ok_or_else(|| missing("validate-settings"))?,
             evaluate: export(&pre, "evaluate").ok_or_else(|| missing("evaluate"))?,
             index: export(&pre, "index"),
+            prepare: export(&pre, "prepare"),
         };
         Ok(PolicyPre {
             name: name.into(),
@@ -146,6 +152,7 @@ impl PolicyPre {
                 pre,
                 exports,
                 spares: Arc::default(),
+                settings: OnceLock::new(),
             })),
             log_rate: Arc::default(),
             engine,
@@ -230,6 +237,11 @@ impl PolicyPre {
             if let Some(index) = &exports.index {
                 instance
                     .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, index)
+                    .map_err(Error::Link)?;
+            }
+            if let Some(prepare) = &exports.prepare {
+                instance
+                    .get_typed_func::<(&str,), (RawSettings,)>(&mut *store, prepare)
                     .map_err(Error::Link)?;
             }
             let (raw,) = block_on(validate.call_async(&mut *store, (settings,))).map_err(Raw)?;
@@ -545,6 +557,12 @@ impl PolicyPre {
             timeout: limits.timeout,
             log_rate: self.log_rate.clone(),
             ticker: self.engine.inner.ticker.clone(),
+            prepare: component.exports.prepare.zip(component.settings.get()).map(
+                |(export, settings)| Prepare {
+                    export,
+                    settings: settings.clone(),
+                },
+            ),
         }
     }
 
@@ -575,9 +593,12 @@ impl PolicyPre {
     }
 
     /// Makes the first spares, so that the first requests do not
-    /// instantiate inline.
-    pub fn warm(&self, limits: &Limits) {
+    /// instantiate inline; from now on instances are prepared with
+    /// `settings` (the policy's, as its calls get them).
+    pub fn warm(&self, settings: &str, limits: &Limits) {
         if let Some(component) = self.component() {
+            // Set once: a policy's settings change only with a new load.
+            component.settings.get_or_init(|| settings.into());
             let recipe = self.recipe(component, limits);
             self.engine
                 .inner

@@ -1,15 +1,19 @@
-//! Spare instances: fresh, never-called instances of each policy, made ahead
-//! of time by a background thread, which also tears down used ones. A call
-//! takes a spare (or instantiates inline when none is ready), uses it once,
-//! and hands it back for teardown, so instantiation and teardown stay off
-//! the request's latency. Each instance still serves exactly one call: no
-//! state crosses from one request to the next.
+//! Spare instances: fresh instances of each policy, made ahead of time by a
+//! background thread, which also tears down used ones. A call takes a spare
+//! (or instantiates inline when none is ready), uses it once, and hands it
+//! back for teardown, so instantiation and teardown stay off the request's
+//! latency. Each instance still serves exactly one call: no state crosses
+//! from one request to the next.
 //!
-//! Instantiation runs the component's start function, which is policy code:
-//! it runs under the policy's deadline like a call, here and inline. A
-//! policy whose spares cannot be made (its start function traps or loops)
-//! gets none until a call instantiates it successfully, so the thread does
-//! not spend a deadline on it after every call.
+//! Making an instance runs the component's start function and, when it
+//! exports one, its `prepare` with the policy's own settings (world
+//! `prepared-policy`): what a policy reads of its settings is read here, off
+//! the request path, and only settings cross into the call. Both are policy
+//! code: they run under the policy's deadline like a call, here and inline.
+//! A policy whose spares cannot be made (its start function or `prepare`
+//! traps, loops or fails) gets none until a call instantiates it
+//! successfully, so the thread does not spend a deadline on it after every
+//! call.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -17,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::InstancePre;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
 use wasmtime::{Store, UpdateDeadline};
 
-use super::host::LogRate;
+use super::host::{LogRate, sanitize};
 use super::limits::StoreState;
 use super::ticker::Ticker;
 
@@ -56,6 +60,34 @@ pub struct Recipe {
     pub log_rate: Arc<LogRate>,
     /// Advances the epoch while start functions run.
     pub ticker: Arc<Ticker>,
+    /// The component's `prepare`, run on each instance once it is made.
+    pub prepare: Option<Prepare>,
+}
+
+/// A component's `prepare` export and the settings it gets: the policy's
+/// own, so that its calls find them read.
+#[derive(Clone)]
+pub struct Prepare {
+    /// The export.
+    pub export: ComponentExportIndex,
+    /// The policy's settings, as its calls get them.
+    pub settings: Arc<str>,
+}
+
+impl Prepare {
+    /// Runs `prepare` on a fresh instance.
+    async fn run(
+        &self,
+        store: &mut Store<StoreState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<()> {
+        let prepare =
+            instance.get_typed_func::<(&str,), (Result<(), String>,)>(&mut *store, &self.export)?;
+        let (prepared,) = prepare.call_async(&mut *store, (&*self.settings,)).await?;
+        prepared.map_err(|message| {
+            wasmtime::format_err!("its `prepare` failed: {}", sanitize(&message))
+        })
+    }
 }
 
 /// What the epoch ticking into a store's code means: past the call's
@@ -110,37 +142,45 @@ impl Recipe {
         store
     }
 
-    /// Instantiates one fresh instance on this thread; its start function
-    /// (if any) may run for `budget`.
+    /// Makes one fresh instance on this thread; its start function and
+    /// `prepare` (if any) may run for `budget`.
     ///
     /// # Errors
     ///
-    /// Whatever instantiation reports.
+    /// Whatever instantiation or `prepare` reports.
     pub fn instantiate(&self, budget: Duration) -> Result<Instance, Failed> {
-        let mut store = self.store_for(budget, false);
+        let store = self.store_for(budget, false);
         let _active = self.ticker.active();
         // The world has an async import, so instantiation is always the
         // async kind; this store never yields, so the future completes in
         // one poll on this thread.
-        match futures::executor::block_on(self.pre.instantiate_async(&mut store)) {
-            Ok(instance) => Ok(Instance { store, instance }),
-            Err(error) => Err(Box::new((store, error))),
-        }
+        futures::executor::block_on(self.make(store))
     }
 
-    /// Instantiates one fresh instance as a future that yields at every
-    /// tick; its start function (if any) may run for `budget`.
+    /// Makes one fresh instance as a future that yields at every tick; its
+    /// start function and `prepare` (if any) may run for `budget`.
     ///
     /// # Errors
     ///
-    /// Whatever instantiation reports.
+    /// Whatever instantiation or `prepare` reports.
     pub async fn instantiate_async(&self, budget: Duration) -> Result<Instance, Failed> {
-        let mut store = self.store_for(budget, true);
+        let store = self.store_for(budget, true);
         let _active = self.ticker.active();
-        match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => Ok(Instance { store, instance }),
-            Err(error) => Err(Box::new((store, error))),
+        self.make(store).await
+    }
+
+    /// Instantiates in `store`, then prepares the instance.
+    async fn make(&self, mut store: Store<StoreState>) -> Result<Instance, Failed> {
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(error) => return Err(Box::new((store, error))),
+        };
+        if let Some(prepare) = &self.prepare
+            && let Err(error) = prepare.run(&mut store, &instance).await
+        {
+            return Err(Box::new((store, error)));
         }
+        Ok(Instance { store, instance })
     }
 }
 

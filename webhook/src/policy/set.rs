@@ -350,7 +350,7 @@ fn prepare(
         check_metadata(policy, metadata)?;
     }
     match pre.validate_settings(settings, limits) {
-        Ok(Ok(())) => pre.warm(limits),
+        Ok(Ok(())) => pre.warm(settings, limits),
         Ok(Err(message)) => return Err(LoadError::SettingsRejected(message)),
         Err(error) => return Err(LoadError::SettingsFailed(error)),
     }
