@@ -18,6 +18,11 @@ pub const WORLD_V0: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/w
 /// `tests/policies/start-loop`: a component whose start function loops.
 pub const START_LOOP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/policies/start-loop.wasm"));
 
+/// `tests/policies/prepare-probe`: a component whose `prepare` reports,
+/// fails or loops.
+pub const PREPARE_PROBE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/policies/prepare-probe.wasm"));
+
 /// `tests/opa-modules/opa-sample`: a core module of OPA's Wasm ABI.
 pub const OPA_SAMPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/opa/opa-sample.wasm"));
 

@@ -126,6 +126,9 @@ pub enum Error {
     /// The component's start function ran past the policy's deadline.
     #[error("policy's start function exceeded its deadline of {0} ms")]
     StartTimeout(u64),
+    /// The component's `prepare` ran past the policy's deadline.
+    #[error("policy's `prepare` exceeded its deadline of {0} ms")]
+    PrepareTimeout(u64),
     /// The request's deadline came before the policy's own (of this many
     /// ms) and the policy had not finished.
     #[error(
@@ -197,7 +200,7 @@ impl Error {
             | Error::Opa(_)
             | Error::Kubewarden(_)
             | Error::Instantiate(_) => "load",
-            Error::Timeout(_) | Error::StartTimeout(_) => "timeout",
+            Error::Timeout(_) | Error::StartTimeout(_) | Error::PrepareTimeout(_) => "timeout",
             Error::RequestDeadline(_) | Error::Queued => "request-deadline",
             Error::MemoryLimit(_) => "memory",
             Error::Trap(_) => "trap",
@@ -218,6 +221,7 @@ impl Error {
             self,
             Error::Timeout(_)
                 | Error::StartTimeout(_)
+                | Error::PrepareTimeout(_)
                 | Error::MemoryLimit(_)
                 | Error::Trap(_)
                 | Error::OutputTooLarge { .. }
@@ -601,6 +605,80 @@ mod tests {
             None,
             "no index export: it indexes nothing"
         );
+    }
+
+    #[test]
+    fn an_instance_reads_its_settings_once_ahead_of_its_call() {
+        let pre = engine().load("misbehave", MISBEHAVE).unwrap();
+        let limits = Limits::default();
+        let settings = r#"{"behaviour":"reads"}"#;
+        assert_eq!(pre.validate_settings(settings, &limits).unwrap(), Ok(()));
+        pre.warm(settings, &limits);
+        let reads = |settings: &str| {
+            let verdict = block_on(pre.evaluate(POD, settings, &limits, None, None)).unwrap();
+            verdict.audit_annotations[0].1.clone()
+        };
+        for _ in 0..3 {
+            // Read by `prepare` (on a spare, or inline), not by the call.
+            assert_eq!(reads(settings), "1");
+        }
+        // Other settings text: the call reads its own.
+        assert_eq!(reads(r#"{"behaviour": "reads"}"#), "2");
+    }
+
+    #[test]
+    fn prepare_gets_the_policys_settings_and_its_failures_are_contained() {
+        let probe = || {
+            engine()
+                .load("probe", crate::test_support::PREPARE_PROBE)
+                .unwrap()
+        };
+        let limits = Limits {
+            timeout: Duration::from_millis(30),
+            ..Limits::default()
+        };
+        let prepared = |pre: &PolicyPre| {
+            block_on(pre.evaluate(POD, "{}", &limits, None, None)).map(|v| v.audit_annotations)
+        };
+        let pre = probe();
+        let annotation = |text: &str| vec![("prepared".to_owned(), text.to_owned())];
+        assert_eq!(
+            prepared(&pre).unwrap(),
+            annotation(""),
+            "not prepared before warming"
+        );
+        pre.warm(r#"{"team":"a"}"#, &limits);
+        for _ in 0..3 {
+            assert_eq!(prepared(&pre).unwrap(), annotation(r#"{"team":"a"}"#));
+        }
+
+        // At load, a `prepare` that fails on accepted settings refuses them.
+        let refused = probe()
+            .validate_settings(r#"{"prepare":"fail"}"#, &limits)
+            .unwrap();
+        assert_eq!(
+            refused,
+            Err("its `prepare` failed: fails on purpose".to_owned())
+        );
+        // Warmed with them anyway, every call fails with the policy's error.
+        let failing = probe();
+        failing.warm(r#"{"prepare":"fail"}"#, &limits);
+        for _ in 0..2 {
+            let error = prepared(&failing).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                "policy error: its `prepare` failed: fails on purpose"
+            );
+        }
+        let looping = probe();
+        looping.warm(r#"{"prepare":"loop"}"#, &limits);
+        let started = std::time::Instant::now();
+        let result = prepared(&looping);
+        assert!(
+            matches!(result, Err(Error::PrepareTimeout(30))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

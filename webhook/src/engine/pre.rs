@@ -11,7 +11,7 @@ use super::host::{Abort, Host, LogRate};
 use super::limits::{Limits, StoreState};
 use super::output::{self, IndexEntry, RawEvaluation, RawIndex, RawSettings, Verdict};
 use super::slot::Slot;
-use super::spare::{Instance, Prepare, Recipe, Spares};
+use super::spare::{Instance, NotMade, Prepare, Recipe, Spares};
 use super::{Engine, Error, kubewarden, opa};
 
 /// The exports the host calls, looked up once per component.
@@ -193,8 +193,9 @@ impl PolicyPre {
         }
     }
 
-    /// Runs the policy's `validate-settings` on settings JSON text, and
-    /// checks that its other exports have the world's types. The outer
+    /// Runs the policy's `validate-settings` on settings JSON text (then
+    /// its `prepare`, if it has one, on settings it accepted), and checks
+    /// that its other exports have the world's types. The outer
     /// error is the sandbox's (trap, timeout, bad exports); the inner one is
     /// the policy's verdict on the settings.
     ///
@@ -239,13 +240,22 @@ impl PolicyPre {
                     .get_typed_func::<(&str, &str), (RawIndex,)>(&mut *store, index)
                     .map_err(Error::Link)?;
             }
-            if let Some(prepare) = &exports.prepare {
-                instance
-                    .get_typed_func::<(&str,), (RawSettings,)>(&mut *store, prepare)
-                    .map_err(Error::Link)?;
-            }
+            let prepare = exports
+                .prepare
+                .map(|prepare| {
+                    instance.get_typed_func::<(&str,), (RawSettings,)>(&mut *store, prepare)
+                })
+                .transpose()
+                .map_err(Error::Link)?;
             let (raw,) = block_on(validate.call_async(&mut *store, (settings,))).map_err(Raw)?;
-            Ok(output::settings(raw, limits)?)
+            let accepted = output::settings(raw, limits)?;
+            let Some(prepare) = prepare.filter(|_| accepted.is_ok()) else {
+                return Ok(accepted);
+            };
+            // Settings its `prepare` cannot read would fail every call.
+            let (raw,) = block_on(prepare.call_async(&mut *store, (settings,))).map_err(Raw)?;
+            Ok(output::settings(raw, limits)?
+                .map_err(|message| format!("its `prepare` failed: {message}")))
         })
     }
 
@@ -435,19 +445,28 @@ impl PolicyPre {
         self.finish(component, store, &recipe, result, limits, &window, false)
     }
 
-    /// What a failed instantiation is called; its store is torn down.
+    /// What a failed instantiation (or `prepare`) is called; its store is
+    /// torn down.
     fn not_started(
         &self,
         component: &Component,
         recipe: &Recipe,
-        (store, error): (Store<StoreState>, wasmtime::Error),
+        NotMade {
+            store,
+            error,
+            preparing,
+        }: NotMade,
         limits: &Limits,
         window: &Window,
     ) -> Error {
-        let error = if is_stopped(&store, &error) {
-            classify(&store, error, limits, window, true)
-        } else {
-            Error::Instantiate(error)
+        let error = match (is_stopped(&store, &error), preparing) {
+            (true, false) => classify(&store, error, limits, window, true),
+            (true, true) => match classify(&store, error, limits, window, true) {
+                Error::StartTimeout(ms) => Error::PrepareTimeout(ms),
+                other => other,
+            },
+            (false, false) => Error::Instantiate(error),
+            (false, true) => Error::Policy(format!("its `prepare` failed: {error:#}")),
         };
         self.engine
             .inner

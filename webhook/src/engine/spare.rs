@@ -84,9 +84,7 @@ impl Prepare {
         let prepare =
             instance.get_typed_func::<(&str,), (Result<(), String>,)>(&mut *store, &self.export)?;
         let (prepared,) = prepare.call_async(&mut *store, (&*self.settings,)).await?;
-        prepared.map_err(|message| {
-            wasmtime::format_err!("its `prepare` failed: {}", sanitize(&message))
-        })
+        prepared.map_err(|message| wasmtime::format_err!("{}", sanitize(&message)))
     }
 }
 
@@ -118,8 +116,17 @@ pub fn new_store(
     store
 }
 
-/// An instantiation that failed, with its store (to classify the error).
-pub type Failed = Box<(Store<StoreState>, wasmtime::Error)>;
+/// An instance that could not be made: its store (to classify the error),
+/// the error, and whether it came from `prepare` rather than from
+/// instantiation.
+pub struct NotMade {
+    /// The store it was being made in.
+    pub store: Store<StoreState>,
+    /// What failed.
+    pub error: wasmtime::Error,
+    /// Whether `prepare` failed (instantiation succeeded).
+    pub preparing: bool,
+}
 
 impl Recipe {
     /// A store with this recipe's memory cap, ready to instantiate in.
@@ -148,7 +155,7 @@ impl Recipe {
     /// # Errors
     ///
     /// Whatever instantiation or `prepare` reports.
-    pub fn instantiate(&self, budget: Duration) -> Result<Instance, Failed> {
+    pub fn instantiate(&self, budget: Duration) -> Result<Instance, Box<NotMade>> {
         let store = self.store_for(budget, false);
         let _active = self.ticker.active();
         // The world has an async import, so instantiation is always the
@@ -163,22 +170,32 @@ impl Recipe {
     /// # Errors
     ///
     /// Whatever instantiation or `prepare` reports.
-    pub async fn instantiate_async(&self, budget: Duration) -> Result<Instance, Failed> {
+    pub async fn instantiate_async(&self, budget: Duration) -> Result<Instance, Box<NotMade>> {
         let store = self.store_for(budget, true);
         let _active = self.ticker.active();
         self.make(store).await
     }
 
     /// Instantiates in `store`, then prepares the instance.
-    async fn make(&self, mut store: Store<StoreState>) -> Result<Instance, Failed> {
+    async fn make(&self, mut store: Store<StoreState>) -> Result<Instance, Box<NotMade>> {
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
-            Err(error) => return Err(Box::new((store, error))),
+            Err(error) => {
+                return Err(Box::new(NotMade {
+                    store,
+                    error,
+                    preparing: false,
+                }));
+            }
         };
         if let Some(prepare) = &self.prepare
             && let Err(error) = prepare.run(&mut store, &instance).await
         {
-            return Err(Box::new((store, error)));
+            return Err(Box::new(NotMade {
+                store,
+                error,
+                preparing: true,
+            }));
         }
         Ok(Instance { store, instance })
     }
@@ -257,7 +274,7 @@ impl Maker {
                             tracing::warn!(
                                 policy = &*job.recipe.name,
                                 "cannot make spare instances: {:#}",
-                                failed.1
+                                failed.error
                             );
                         }
                     }

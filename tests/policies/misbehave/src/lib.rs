@@ -16,6 +16,10 @@ pub enum Behaviour {
     /// the host gives every call a fresh instance).
     #[default]
     Count,
+    /// Allow, reporting how many times this instance has read its settings
+    /// (1 when the host prepared it with the call's settings, or did not
+    /// prepare it; 2 when it prepared it with others).
+    Reads,
     /// Loop forever.
     Loop,
     /// Allocate until memory runs out.
@@ -61,13 +65,33 @@ pub enum Behaviour {
 
 /// Settings.
 #[derive(Debug, Default, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Settings {
     /// The behaviour.
-    #[serde(default)]
     pub behaviour: Behaviour,
     /// How many, for behaviours that repeat something.
-    #[serde(default)]
     pub count: Option<usize>,
+}
+
+/// Settings as written; each read is counted.
+#[derive(Deserialize)]
+struct Stored {
+    #[serde(default)]
+    behaviour: Behaviour,
+    #[serde(default)]
+    count: Option<usize>,
+}
+
+static READS: AtomicU32 = AtomicU32::new(0);
+
+impl From<Stored> for Settings {
+    fn from(stored: Stored) -> Self {
+        READS.fetch_add(1, Ordering::Relaxed);
+        Settings {
+            behaviour: stored.behaviour,
+            count: stored.count,
+        }
+    }
 }
 
 /// The policy.
@@ -105,6 +129,8 @@ impl Policy for Misbehave {
                 let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
                 Ok(Verdict::allow().annotate("calls", calls.to_string()))
             }
+            Behaviour::Reads => Ok(Verdict::allow()
+                .annotate("settings-reads", READS.load(Ordering::Relaxed).to_string())),
             Behaviour::Loop => spin(),
             Behaviour::Allocate => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
