@@ -582,6 +582,7 @@ impl PolicyPre {
                     settings: settings.clone(),
                 },
             ),
+            spares: component.exports.prepare.is_none() || component.settings.get().is_some(),
         }
     }
 

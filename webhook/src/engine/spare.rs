@@ -62,6 +62,9 @@ pub struct Recipe {
     pub ticker: Arc<Ticker>,
     /// The component's `prepare`, run on each instance once it is made.
     pub prepare: Option<Prepare>,
+    /// Whether the thread may make spares of it: not for a component with
+    /// `prepare` until its settings are known, or they would go unprepared.
+    pub spares: bool,
 }
 
 /// A component's `prepare` export and the settings it gets: the policy's
@@ -260,7 +263,7 @@ impl Maker {
                     drop(job.used);
                     let spares = &job.spares;
                     let short = spares.ready.lock().expect("spares lock poisoned").len() < DEPTH;
-                    if !short || spares.broken.load(Ordering::Relaxed) {
+                    if !short || !job.recipe.spares || spares.broken.load(Ordering::Relaxed) {
                         continue;
                     }
                     match job.recipe.instantiate(job.recipe.timeout) {
