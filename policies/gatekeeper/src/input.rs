@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use regorus::Value;
-use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Reads JSON `text` into a Rego value.
 ///
@@ -80,11 +80,9 @@ impl<'de> Visitor<'de> for Json {
 
     fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Value, A::Error> {
         let mut object = BTreeMap::new();
+        // JSON's keys are strings; a repeated one keeps its last value, as
+        // regorus reads JSON.
         while let Some(key) = entries.next_key_seed(Json)? {
-            if !matches!(key, Value::String(_)) {
-                return Err(A::Error::custom("an object key that is not a string"));
-            }
-            // A repeated key keeps its last value, as regorus reads JSON.
             object.insert(key, entries.next_value_seed(Json)?);
         }
         Ok(Value::from(object))

@@ -71,11 +71,8 @@ pub fn build(
     // Start with enough linear memory for a typical evaluation (the 1 MiB
     // shadow stack plus a few MiB of heap): a fresh instance then never calls
     // `memory.grow`, which costs the host an `mprotect` on every call. Pages
-    // that are never touched cost nothing. Wasm SIMD (which wasmtime runs
-    // natively) lets LLVM vectorize the byte loops of parsing and copying:
-    // 7 % off the Gatekeeper policy's evaluation on the standard request.
-    let flags =
-        format!("-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES} -C target-feature=+simd128");
+    // that are never touched cost nothing.
+    let flags = format!("-C link-arg=--initial-memory={INITIAL_MEMORY_BYTES}");
     write_each(
         workspace,
         crates,

@@ -26,6 +26,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::host::{LogRate, sanitize};
 use super::limits::StoreState;
+use super::output::RawSettings;
 use super::ticker::Ticker;
 
 /// Spares kept per policy: enough for the two worker threads of a 2-core
@@ -85,7 +86,7 @@ impl Prepare {
         instance: &wasmtime::component::Instance,
     ) -> wasmtime::Result<()> {
         let prepare =
-            instance.get_typed_func::<(&str,), (Result<(), String>,)>(&mut *store, &self.export)?;
+            instance.get_typed_func::<(&str,), (RawSettings,)>(&mut *store, &self.export)?;
         let (prepared,) = prepare.call_async(&mut *store, (&*self.settings,)).await?;
         prepared.map_err(|message| wasmtime::format_err!("{}", sanitize(&message)))
     }
@@ -276,7 +277,12 @@ impl Maker {
                             spares.broken.store(true, Ordering::Relaxed);
                             tracing::warn!(
                                 policy = &*job.recipe.name,
-                                "cannot make spare instances: {:#}",
+                                "cannot make spare instances: {}{:#}",
+                                if failed.preparing {
+                                    "its `prepare` failed: "
+                                } else {
+                                    ""
+                                },
                                 failed.error
                             );
                         }
