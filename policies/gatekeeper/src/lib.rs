@@ -223,30 +223,30 @@ fn violations(result: &Value) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// What matching reads of an AdmissionRequest.
-struct Envelope {
-    group: String,
-    kind: String,
-    name: String,
-    namespace: String,
-    object: Option<Metadata>,
-    old_object: Option<Metadata>,
+/// What matching reads of an AdmissionRequest, borrowed from its values.
+struct Envelope<'a> {
+    group: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    namespace: &'a str,
+    object: Option<Metadata<'a>>,
+    old_object: Option<Metadata<'a>>,
 }
 
 /// What matching reads of an object's metadata.
-struct Metadata {
-    name: String,
+struct Metadata<'a> {
+    name: &'a str,
     labels: BTreeMap<String, String>,
 }
 
 /// A string field's text; empty when it is missing or not a string.
-fn text(value: &Value) -> String {
-    value.as_string().map(|s| s.to_string()).unwrap_or_default()
+fn text(value: &Value) -> &str {
+    value.as_string().map_or("", |s| s)
 }
 
-impl Metadata {
+impl<'a> Metadata<'a> {
     /// The metadata of `object`, when it is an object.
-    fn of(object: &Value) -> Option<Self> {
+    fn of(object: &'a Value) -> Option<Self> {
         object.as_object().ok()?;
         let metadata = &object["metadata"];
         let labels = metadata["labels"].as_object().map_or_else(
@@ -270,9 +270,9 @@ impl Metadata {
     }
 }
 
-impl Envelope {
+impl<'a> Envelope<'a> {
     /// What matching reads of `review`; a missing field reads as empty.
-    fn of(review: &Value) -> Self {
+    fn of(review: &'a Value) -> Self {
         Envelope {
             group: text(&review["kind"]["group"]),
             kind: text(&review["kind"]["kind"]),
@@ -292,18 +292,18 @@ impl Envelope {
             .object
             .as_ref()
             .or(self.old_object.as_ref())
-            .map(|o| o.name.as_str())
+            .map(|o| o.name)
             .filter(|n| !n.is_empty());
-        let name = object_name.unwrap_or(&self.name);
+        let name = object_name.unwrap_or(self.name);
         Subject {
-            group: &self.group,
-            kind: &self.kind,
+            group: self.group,
+            kind: self.kind,
             name,
             // A Namespace is matched by its own name, as Gatekeeper does.
             namespace: if self.is_namespace() {
                 name
             } else {
-                &self.namespace
+                self.namespace
             },
             namespaced: !self.namespace.is_empty(),
             labels: [
@@ -323,11 +323,8 @@ impl Envelope {
                 .map(|o| o.labels.clone())
                 .unwrap_or_default());
         }
-        let namespace = context::get("v1", "Namespace", "", &self.namespace)?
-            .map(|text| input::read(&text))
-            .transpose()?;
-        let metadata = namespace.as_ref().and_then(Metadata::of);
-        metadata.map(|m| m.labels).ok_or_else(|| {
+        let namespace: Option<Labelled> = context::get_as("v1", "Namespace", "", self.namespace)?;
+        namespace.map(|n| n.metadata.labels).ok_or_else(|| {
             format!(
                 "namespace {:?} is not in the cluster context, so a constraint's namespaceSelector cannot be matched",
                 self.namespace
@@ -335,6 +332,19 @@ impl Envelope {
             .into()
         })
     }
+}
+
+/// A cluster object as a namespace selector reads it: its labels only.
+#[derive(Deserialize)]
+struct Labelled {
+    #[serde(default)]
+    metadata: Labels,
+}
+
+#[derive(Default, Deserialize)]
+struct Labels {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 /// An AdmissionRequest's JSON text, rebuilt from a parsed request.
